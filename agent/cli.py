@@ -1,0 +1,47 @@
+"""The `energy-agent` command: one entry point, one module per subcommand under agent/commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from agent import __version__
+
+# name -> (module under agent.commands, one-line help). Modules are imported only when chosen,
+# so `energy-agent status` does not pay for pymodbus or paho.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check-config": ("check_config", "validate a config file and print the read plan"),
+}
+
+DEFAULT_CONFIG = "/etc/energy-agent/agent.toml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="energy-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"energy-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(f"agent.commands.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # pymodbus logs raw frames on every error; a dead meter would flood the journal.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    module = importlib.import_module(f"agent.commands.{args._module}")
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

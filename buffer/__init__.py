@@ -1,0 +1,1 @@
+"""SQLite store-and-forward: readings, outbox, small state."""

@@ -1,0 +1,1 @@
+"""Meter protocols behind one small interface (see drivers/base.py)."""

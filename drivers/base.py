@@ -1,0 +1,58 @@
+"""The interface every meter protocol shares, and the reading it produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from agent.config import MeterConfig
+
+
+class Quality(IntEnum):
+    """Why a sample is (not) trustworthy. 0 is the only good value; the rest are gaps."""
+
+    GOOD = 0
+    TIMEOUT = 1  # no reply within timeout x (retries + 1), or connection failed
+    EXCEPTION = 2  # the meter answered with a Modbus exception (or protocol error reply)
+    CORRUPT = 3  # a reply arrived but was malformed (CRC, length, framing)
+    OFFLINE = 4  # not polled: the meter is in its offline cooldown
+    INVALID = 5  # decoded, but not a usable number (NaN, inf)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One sample of one point. A gap has value None and a quality other than GOOD."""
+
+    meter: str
+    point: str
+    ts: int  # Unix time in milliseconds (UTC) when the reply arrived
+    value: float | None
+    quality: Quality = Quality.GOOD
+
+
+class MeterError(Exception):
+    """A meter (not the bus task) failed this cycle. Expected in the field: log one line, no trace.
+
+    `quality` says which kind of gap the failed points become; `busy` marks Modbus exception 6,
+    which is retried later rather than counted towards taking the meter offline.
+    """
+
+    def __init__(self, message: str, quality: Quality = Quality.TIMEOUT, busy: bool = False):
+        super().__init__(message)
+        self.quality = quality
+        self.busy = busy
+
+
+class Driver(Protocol):
+    """One bus (a serial line or a TCP endpoint). The caller reads one meter at a time.
+
+    `read` returns one Reading per configured point of the meter. A request that failed while
+    others succeeded yields gap readings for its points; if the meter did not answer at all,
+    `read` raises MeterError and the caller records the gaps.
+    """
+
+    async def read(self, meter: MeterConfig) -> list[Reading]: ...
+
+    async def close(self) -> None: ...

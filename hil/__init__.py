@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop rig: simulated meters, platform simulator, fault proxy, scenarios."""
