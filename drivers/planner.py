@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.config import PointConfig
+from agent.config import MeterConfig, PointConfig
 
 MODBUS_MAX_REGISTERS = 125  # a read holding/input registers reply carries at most 250 bytes
 
@@ -87,3 +87,12 @@ def describe_plan(plan: Sequence[ReadRequest]) -> list[str]:
         f"{r.function} {r.start}..{r.end - 1} ({r.count} registers, {len(r.points)} points)"
         for r in plan
     ]
+
+
+def plan_meter(meter: MeterConfig) -> list[ReadRequest]:
+    """The plan for a loaded meter, with its resolved limits (defaults if not resolved)."""
+    return plan_reads(
+        meter.points,
+        max_registers=meter.max_registers if meter.max_registers is not None else 125,
+        max_gap=meter.max_gap if meter.max_gap is not None else 10,
+    )

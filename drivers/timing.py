@@ -1,0 +1,82 @@
+"""How long Modbus requests take on the wire: the bus budget behind the poll interval.
+
+A Modbus RTU read of n registers is an 8-byte request and a (5 + 2n)-byte reply, each byte
+sent as one character of 1 start + data + parity + stop bits, each frame followed by a silent
+interval of 3.5 characters (fixed at 1.75 ms above 19200 baud, per the Modbus serial line
+spec), plus the meter's turnaround between request and reply. At 9600 baud 8E1 with 30 ms
+turnaround that is ≈ 17 transactions/s for 2 registers and ≈ 2.9/s for 125.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from drivers.planner import plan_meter
+
+if TYPE_CHECKING:
+    from agent.config import BusConfig, MeterConfig
+
+REQUEST_BYTES = 8  # unit, function, start (2), count (2), CRC (2)
+REPLY_OVERHEAD_BYTES = 5  # unit, function, byte count, CRC (2)
+TCP_REQUEST_SECONDS = 0.005  # a LAN round trip plus the meter's processing; an estimate
+DEFAULT_TURNAROUND_S = 0.03
+
+
+def character_bits(bus: BusConfig) -> int:
+    """Bits per character on the line: start + data + parity + stop."""
+    return 1 + bus.data_bits + (0 if bus.parity == "N" else 1) + bus.stop_bits
+
+
+def character_seconds(bus: BusConfig) -> float:
+    return character_bits(bus) / bus.baud
+
+
+def silent_interval_seconds(bus: BusConfig) -> float:
+    """The 3.5-character gap that ends an RTU frame (a fixed 1.75 ms above 19200 baud)."""
+    if bus.baud > 19200:
+        return 0.00175
+    return 3.5 * character_seconds(bus)
+
+
+def serial_request_seconds(bus: BusConfig, count: int, turnaround_s: float) -> float:
+    chars = REQUEST_BYTES + REPLY_OVERHEAD_BYTES + 2 * count
+    return chars * character_seconds(bus) + 2 * silent_interval_seconds(bus) + turnaround_s
+
+
+def request_seconds(
+    bus: BusConfig, count: int, turnaround_s: float = DEFAULT_TURNAROUND_S
+) -> float:
+    """One read request and its reply for `count` registers.
+
+    modbus-rtu: the serial line time above. modbus-rtu-over-tcp: the same serial time (a
+    serial line sits behind the converter, at the bus's baud settings) plus a TCP round trip.
+    modbus-tcp: a small fixed estimate.
+    """
+    if bus.kind == "modbus-tcp":
+        return TCP_REQUEST_SECONDS
+    serial = serial_request_seconds(bus, count, turnaround_s)
+    if bus.kind == "modbus-rtu-over-tcp":
+        return serial + TCP_REQUEST_SECONDS
+    return serial
+
+
+def cycle_seconds(
+    bus: BusConfig, meter: MeterConfig, turnaround_s: float = DEFAULT_TURNAROUND_S
+) -> float:
+    """Worst case bus time to read one answering meter: its planned requests plus its pauses."""
+    plan = plan_meter(meter)
+    pauses = max(len(plan) - 1, 0) * (meter.pause_ms or 0) / 1000
+    return sum(request_seconds(bus, r.count, turnaround_s) for r in plan) + pauses
+
+
+def dead_meter_seconds(bus: BusConfig) -> float:
+    """Bus time a silent meter costs per cycle: the driver gives up on a meter after its first
+    unanswered request, which pymodbus retries `retries` times, each waiting `timeout`."""
+    return bus.timeout * (bus.retries + 1)
+
+
+def transactions_per_second(
+    bus: BusConfig, count: int, turnaround_s: float = DEFAULT_TURNAROUND_S
+) -> float:
+    """The line-rate limit: back-to-back requests of `count` registers per second."""
+    return 1.0 / request_seconds(bus, count, turnaround_s)
