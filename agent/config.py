@@ -81,6 +81,14 @@ class ScheduleSection(Base, kw_only=True):
     heartbeat: Annotated[float, Meta(gt=0)] = 300.0  # seconds between status envelopes
 
 
+class StorageSection(Base, kw_only=True):
+    raw_keep_days: Annotated[float, Meta(gt=0)] = 31.0  # raw samples, once sealed
+    # Interval, daily and monthly envelopes: the regulation asks for at least 6 months.
+    history_keep_days: Annotated[float, Meta(ge=183)] = 190.0
+    budget_mb: Annotated[float, Meta(gt=0)] = 1024.0  # the store's size limit on disk
+    on_full: Literal["drop-oldest"] = "drop-oldest"  # what happens to unsent data when full
+
+
 class BusConfig(Base, kw_only=True):
     name: Name
     kind: BusKind
@@ -151,6 +159,7 @@ class Config(Base, kw_only=True):
     platform: PlatformSection
     signing: SigningSection
     schedule: ScheduleSection = msgspec.field(default_factory=ScheduleSection)
+    storage: StorageSection = msgspec.field(default_factory=StorageSection)
     bus: list[BusConfig] = []
     meter: list[MeterConfig] = []
     coefficients: dict[str, float] = {}  # energy variety -> kgce per unit (overrides GB/T 2589)
@@ -167,6 +176,10 @@ class Config(Base, kw_only=True):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.agent.timezone)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.agent.data_dir) / "agent.db"
 
 
 class ProfileInfo(Base, kw_only=True):

@@ -1,0 +1,255 @@
+"""Wires the daemon together; owns no logic of its own.
+
+Threads: the asyncio loop (polling, scheduling, uplink futures), paho's network thread, and one
+SQLite thread through which every store call goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from buffer.retention import prune
+from buffer.store import MeterStatus, Store, StoreError
+from drivers.factory import open_driver
+
+from agent.config import Config
+from agent.forwarder import Forwarder
+from agent.heartbeat import Heartbeat
+from agent.poller import BusPoller
+from agent.sealer import ClockImplausible, Sealer
+from agent.signing import load_signer
+from agent.supervise import supervise
+from agent.uplink_mqtt import MqttUplink
+from agent.watchdog import Watchdog
+from drivers.base import Reading
+
+log = logging.getLogger("agent.app")
+T = TypeVar("T")
+DAY_MS = 86_400_000
+
+
+def aligned_start(interval: float, now: float | None = None) -> datetime:
+    """The next wall-clock multiple of `interval` seconds, so polls land on :00, :15, …"""
+    now = time.time() if now is None else now
+    nxt = (int(now // interval) + 1) * interval
+    return datetime.fromtimestamp(nxt, UTC)
+
+
+class App:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self.stop = asyncio.Event()
+        self.exit_code = 0
+        self.polls_running: set[asyncio.Task[Any]] = set()
+        self.first_poll_done = False
+
+    async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
+        self.store = await self.in_db(Store, cfg.db_path, ("mqtt",))
+        self.sealer = Sealer(cfg, self.store, signer)
+        self.reporter = self._reporter()
+        self.heartbeat = Heartbeat(cfg, self.store, signer)
+        self.uplink = MqttUplink(cfg.platform, cfg.agent.enterprise, cfg.agent.gateway,
+                                 will=self.heartbeat.will())
+        self.forwarder = Forwarder(self.store, self.db, self.uplink, "mqtt", cfg.platform.inflight)
+        self.heartbeat.forwarder = self.forwarder
+        self.watchdog = Watchdog()
+        self.pollers = self._pollers()
+        statuses = await self.in_db(self.store.meter_statuses)
+        for p in self.pollers:
+            p.restore(statuses)
+            self.watchdog.register(p.bus.name, cfg.schedule.poll_interval)
+        self.heartbeat.pollers = self.pollers
+
+        await self.uplink.start()
+        scheduler = self._scheduler()
+        tasks = [
+            asyncio.create_task(supervise("forwarder", lambda: self.forwarder.run(self.stop), self.stop)),
+            asyncio.create_task(supervise("watchdog", lambda: self.watchdog.run(self.stop), self.stop)),
+        ]
+        log.info(
+            "started: gateway %s, %d bus(es), %d meter(s), poll every %g s, store %s",
+            cfg.agent.gateway, len(cfg.bus), len(cfg.meter), cfg.schedule.poll_interval, cfg.db_path,
+        )
+        await self._seal()  # catch up on anything a previous run committed but did not seal
+        scheduler.start()
+        try:
+            await self._wait(tasks)
+        finally:
+            await self._shutdown(scheduler, tasks)
+        return self.exit_code
+
+    def request_stop(self, why: str) -> None:
+        if not self.stop.is_set():
+            log.info("stopping (%s)", why)
+            self.watchdog.stopping() if hasattr(self, "watchdog") else None
+            self.stop.set()
+
+    async def _wait(self, tasks: list[asyncio.Task[None]]) -> None:
+        stop_task = asyncio.create_task(self.stop.wait())
+        done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stop_task and t.exception() is not None:
+                self._fatal(t.exception())
+        stop_task.cancel()
+
+    def _fatal(self, e: BaseException | None) -> None:
+        log.critical("store failure, exiting so systemd restarts the agent: %s", e)
+        self.exit_code = 1
+        self.stop.set()
+
+    async def _shutdown(self, scheduler: AsyncIOScheduler, tasks: list[asyncio.Task[None]]) -> None:
+        scheduler.shutdown(wait=False)
+        if self.polls_running:
+            await asyncio.wait(self.polls_running, timeout=10)
+        with contextlib.suppress(Exception):
+            await self._seal()
+        self.forwarder.wake()
+        await self.uplink.stop(grace=2.0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for p in self.pollers:
+            with contextlib.suppress(Exception):
+                await p.driver.close()
+        await self.in_db(self.store.close)
+        self.db.shutdown(wait=True)
+        log.info("stopped")
+
+    def _pollers(self) -> list[BusPoller]:
+        pollers = []
+        for bus in self.cfg.bus:
+            meters = [m for m in self.cfg.meter if m.bus == bus.name]
+            if meters:
+                pollers.append(BusPoller(bus, meters, open_driver(bus), self._sink(bus.name)))
+        return pollers
+
+    def _sink(self, bus: str) -> Callable[[list[Reading], list[MeterStatus]], Any]:
+        async def sink(readings: list[Reading], statuses: list[MeterStatus]) -> None:
+            try:
+                await self.in_db(self.store.add_readings, readings, statuses)
+            except StoreError as e:
+                self._fatal(e)
+                raise
+            self.watchdog.beat(bus)
+            if not self.first_poll_done and all(p.cycles > 0 or p.bus.name == bus for p in self.pollers):
+                self.first_poll_done = True
+                self.watchdog.mark_ready(f"polling {len(self.pollers)} bus(es)")
+
+        return sink
+
+    def _reporter(self) -> Any:
+        try:
+            from agent.reports import Reporter
+        except ImportError:  # accounting not installed in this build
+            return None
+        return Reporter(self.cfg, self.store, self.sealer)
+
+    def _scheduler(self) -> AsyncIOScheduler:
+        cfg = self.cfg
+        sched = AsyncIOScheduler(timezone=cfg.tz)
+        for p in self.pollers:
+            sched.add_job(
+                self._poll, IntervalTrigger(seconds=cfg.schedule.poll_interval,
+                                            start_date=aligned_start(cfg.schedule.poll_interval)),
+                args=[p], id=f"poll:{p.bus.name}", max_instances=1, coalesce=True,
+                misfire_grace_time=max(1, int(cfg.schedule.poll_interval)),
+            )
+        # Sealing and reports drain whatever is due whenever they run, so a late run loses
+        # nothing; a generous grace only avoids needless skips.
+        sched.add_job(self._seal, IntervalTrigger(seconds=cfg.schedule.seal_interval,
+                                                  start_date=aligned_start(cfg.schedule.seal_interval)),
+                      id="seal", max_instances=1, coalesce=True, misfire_grace_time=3600)
+        sched.add_job(self._heartbeat, IntervalTrigger(seconds=cfg.schedule.heartbeat),
+                      id="heartbeat", max_instances=1, coalesce=True, misfire_grace_time=3600,
+                      next_run_time=datetime.now(UTC) + timedelta(seconds=5))
+        sched.add_job(self._retention, IntervalTrigger(hours=1), id="retention", max_instances=1,
+                      coalesce=True, misfire_grace_time=3600,
+                      next_run_time=datetime.now(UTC) + timedelta(seconds=30))
+        sched.add_listener(self._job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        return sched
+
+    def _job_event(self, event: JobExecutionEvent) -> None:
+        if event.job_id.startswith("poll:"):
+            bus = event.job_id.split(":", 1)[1]
+            log.warning("bus %s: poll cycle skipped — the previous cycle overran poll_interval "
+                        "%g s; run check-config to see the bus time per cycle",
+                        bus, self.cfg.schedule.poll_interval)
+            if self.heartbeat:
+                self.heartbeat.overruns[bus] = self.heartbeat.overruns.get(bus, 0) + 1
+
+    async def _poll(self, poller: BusPoller) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.polls_running.add(task)
+        try:
+            if not self.stop.is_set():
+                await poller.poll_once()
+        except StoreError:
+            pass  # already fatal
+        except Exception as e:  # the job must run again next interval whatever happened
+            log.error("bus %s: poll cycle failed: %s: %s", poller.bus.name, type(e).__name__, e)
+        finally:
+            if task is not None:
+                self.polls_running.discard(task)
+
+    async def _seal(self) -> None:
+        try:
+            made = await self.in_db(self._seal_in_db)
+        except ClockImplausible:
+            return
+        except StoreError as e:
+            self._fatal(e)
+            return
+        if made:
+            self.forwarder.wake()
+
+    def _seal_in_db(self) -> int:
+        made = self.sealer.seal_readings()
+        if self.reporter is not None:
+            made += len(self.reporter.seal_due(int(time.time() * 1000)))
+        return made
+
+    async def _heartbeat(self) -> None:
+        try:
+            await self.in_db(self.sealer.check_clock)
+            await self.in_db(self.heartbeat.seal_status, self.sealer)
+            self.forwarder.wake()
+        except ClockImplausible:
+            pass
+        except StoreError as e:
+            self._fatal(e)
+
+    async def _retention(self) -> None:
+        s = self.cfg.storage
+        try:
+            report = await self.in_db(
+                prune, self.store, int(time.time() * 1000), int(s.raw_keep_days * DAY_MS),
+                int(s.history_keep_days * DAY_MS), int(s.budget_mb * 1024 * 1024),
+            )
+            log.debug("retention: %s", report)
+        except StoreError as e:
+            self._fatal(e)
+
+
+def run_agent(cfg: Config) -> int:
+    return asyncio.run(App(cfg).run())

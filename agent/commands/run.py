@@ -1,0 +1,25 @@
+"""`energy-agent run`: the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from agent.commands._common import add_config_argument, load_or_exit
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_or_exit(args.config)
+    logging.getLogger().setLevel(cfg.agent.log_level.upper())
+    from agent.app import run_agent
+    from agent.signing import KeyFileError
+
+    try:
+        return run_agent(cfg)
+    except KeyFileError as e:
+        logging.getLogger("agent").error("%s", e)
+        return 78

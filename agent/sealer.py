@@ -1,0 +1,116 @@
+"""Turns committed data into signed, chained envelopes in the outbox.
+
+Runs on the store's thread only: the seq and prev come from the chain head and the envelope is
+enqueued in the same thread before anything else can take that seq, so the chain never forks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from buffer.store import EnvelopeMeta, Store
+
+from agent.config import Config
+from agent.envelope import build_envelope, envelope_id, format_value, topic_for
+from agent.signing import Signer
+
+log = logging.getLogger("agent.sealer")
+
+SEALED_CURSOR = "sealed_rowid"
+# No gateway can truthfully read a meter before this build existed; a clock behind it booted
+# without RTC/NTP. Bump with releases.
+BUILD_DATE_MS = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
+# A clock this far behind the newest stored sample has stepped backwards.
+CLOCK_BEHIND_MS = 10 * 60 * 1000
+
+
+class ClockImplausible(Exception):
+    pass
+
+
+class Sealer:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        signer: Signer,
+        clock: Callable[[], float] = time.time,
+        batch: int = 5000,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.signer = signer
+        self.clock = clock
+        self.batch = batch
+        self.tz = cfg.tz
+        self.decimals = {(m.name, p.name): p.value_decimals for m in cfg.meter for p in m.points}
+        self.clock_problem: str | None = None
+
+    def check_clock(self) -> None:
+        """Raise ClockImplausible when sealing now would stamp envelopes with a wrong time."""
+        now = int(self.clock() * 1000)
+        problem = None
+        if now < BUILD_DATE_MS:
+            problem = f"wall clock {_iso(now)} is before this build ({_iso(BUILD_DATE_MS)})"
+        else:
+            last = self.store.last_reading_ts()
+            if last is not None and now < last - CLOCK_BEHIND_MS:
+                problem = f"wall clock {_iso(now)} is behind the newest stored sample {_iso(last)}"
+        if problem != self.clock_problem:
+            if problem:
+                log.error("clock implausible, sealing paused (samples are still stored): %s", problem)
+            else:
+                log.info("clock plausible again, sealing resumes")
+            self.clock_problem = problem
+        if problem:
+            raise ClockImplausible(problem)
+
+    def seal(self, type: str, body: dict[str, Any], period: str | None = None,
+             cursor: tuple[str, int] | None = None) -> int:
+        seq, prev = self.store.chain_head()
+        now = self.clock()
+        created = datetime.fromtimestamp(int(now), self.tz)
+        a = self.cfg.agent
+        payload = build_envelope(
+            seq=seq, prev=prev, type=type, enterprise=a.enterprise, gateway=a.gateway,
+            created=created, body=body, signer=self.signer,
+        )
+        meta = EnvelopeMeta(
+            seq=seq,
+            id=envelope_id(a.enterprise, a.gateway, seq),
+            type=type,
+            topic=topic_for(self.cfg.platform.topic_prefix, a.enterprise, a.gateway, type),
+            created_ms=int(now * 1000),
+            period=period,
+        )
+        self.store.enqueue(payload, meta, cursor)
+        log.debug("sealed %s (%s, %d bytes)", meta.id, type, len(payload))
+        return seq
+
+    def seal_readings(self) -> int:
+        """Seal every committed sample not yet sealed; returns how many envelopes were made."""
+        self.check_clock()
+        made = 0
+        while True:
+            after = self.store.cursor(SEALED_CURSOR)
+            rows = self.store.readings_after(after, self.batch)
+            if not rows:
+                return made
+            samples = [
+                [r.meter, r.point, r.ts,
+                 format_value(r.value, self.decimals.get((r.meter, r.point), 3)), int(r.quality)]
+                for _, r in rows
+            ]
+            if self.cfg.platform.send_raw:
+                self.seal("readings", {"samples": samples}, cursor=(SEALED_CURSOR, rows[-1][0]))
+                made += 1
+            else:
+                self.store.set_cursor(SEALED_CURSOR, rows[-1][0])
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")

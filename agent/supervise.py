@@ -1,0 +1,43 @@
+"""Long-lived tasks that cannot die silently: log once, back off, start again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from buffer.store import StoreError
+
+log = logging.getLogger("agent.supervise")
+
+
+async def supervise(
+    name: str,
+    factory: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    backoff_min: float = 1.0,
+    backoff_max: float = 60.0,
+) -> None:
+    """Run `factory()` until `stop` is set, restarting it after any unexpected exception.
+
+    A StoreError is not survivable here: an agent that no longer knows what is on disk must
+    not keep polling into the void, so it propagates and the process exits for systemd.
+    """
+    delay = backoff_min
+    while not stop.is_set():
+        try:
+            await factory()
+            if stop.is_set():
+                return
+            log.error("task %s returned unexpectedly; restarting in %.1f s", name, delay)
+        except asyncio.CancelledError:
+            raise
+        except StoreError:
+            raise
+        except Exception as e:
+            log.error("task %s failed (%s: %s); restarting in %.1f s", name, type(e).__name__, e, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay * (0.8 + 0.4 * random.random()))
+        delay = min(delay * 2, backoff_max)
