@@ -123,7 +123,10 @@ class BusPoller:
             bad = [r for r in rows if r.quality != Quality.GOOD]
             if bad:
                 names = ", ".join(sorted({r.point for r in bad}))
-                self._note_error(h, f"{label(meter)}: {len(bad)} point(s) failed: {names} ({Quality(bad[0].quality).name.lower()})")
+                why = Quality(bad[0].quality).name.lower()
+                message = f"{label(meter)}: {len(bad)} point(s) failed: {names} ({why})"
+                self._note_error(h, message)
+                log.warning("%s", message)
         else:
             reason = Quality(rows[0].quality).name.lower() if rows else "no points"
             self._failed(meter, h, f"{label(meter)}: every point failed ({reason})", busy=False)

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
           f"{sum(len(m.points) for m in cfg.meter)} point(s); poll every {cfg.schedule.poll_interval:g} s")
     for bus in cfg.bus:
         meters = [m for m in cfg.meter if m.bus == bus.name]
-        where = f"{bus.host}:{bus.port}" if bus.host else f"{bus.device} {bus.baud} {bus.data_bits}{bus.parity}{bus.stop_bits}"
+        serial = f"{bus.device} {bus.baud} {bus.data_bits}{bus.parity}{bus.stop_bits}"
+        where = f"{bus.host}:{bus.port}" if bus.host else serial
         print(f"bus {bus.name} ({bus.kind} {where}): {len(meters)} meter(s)")
         for m in meters:
             print(f"  meter {m.name} unit {m.unit}{' profile ' + m.profile if m.profile else ''}: "
