@@ -1,0 +1,178 @@
+"""The gateway's signing identity: an Ed25519 key in a 0600 PKCS8 PEM file.
+
+The algorithm is named in every envelope (`alg`) and the signer is a small protocol, so a
+later SM2 signer (not supported by `cryptography` today) can slot in beside Ed25519.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# Group/other bits of any kind: a key others can read is no longer this gateway's identity,
+# and one others can write can be swapped for theirs.
+_FOREIGN_ACCESS = stat.S_IRWXG | stat.S_IRWXO
+_MAX_KEY_FILE = 64 * 1024  # a PKCS8 Ed25519 PEM is ~120 bytes; refuse to slurp anything huge
+
+
+class Signer(Protocol):
+    alg: str
+    key_id: str
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+class KeyFileError(Exception):
+    """A signing key file that cannot be used; the message is one line saying how to fix it."""
+
+
+class Ed25519Signer:
+    alg = "ed25519"
+
+    def __init__(self, private_key: Ed25519PrivateKey, key_id: str | None = None):
+        self._key = private_key
+        self.public_key_raw = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.key_id = key_id or key_id_for(self.public_key_raw)
+
+    @classmethod
+    def from_pem(cls, pem: bytes, key_id: str | None = None) -> Ed25519Signer:
+        """From PKCS8 PEM bytes, without the file checks (tests, the worked example)."""
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"expected an Ed25519 private key, got {type(key).__name__}")
+        return cls(key, key_id)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+    def __repr__(self) -> str:  # never show key material in logs or tracebacks
+        return f"Ed25519Signer(key_id={self.key_id!r})"
+
+
+def key_id_for(public_key_raw: bytes) -> str:
+    """The key id the platform files the key under: 16 hex digits of SHA-256(raw public key)."""
+    if len(public_key_raw) != 32:
+        raise ValueError(f"expected a raw 32-byte Ed25519 public key, got {len(public_key_raw)}")
+    return hashlib.sha256(public_key_raw).hexdigest()[:16]
+
+
+def public_key_base64(public_key_raw: bytes) -> str:
+    return base64.b64encode(public_key_raw).decode("ascii")
+
+
+def public_key_pem(public_key_raw: bytes) -> str:
+    """SubjectPublicKeyInfo PEM, what most platforms' crypto libraries import directly."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = Ed25519PublicKey.from_public_bytes(public_key_raw)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+
+
+def load_signer(path: str | Path, key_id: str | None = None) -> Ed25519Signer:
+    """Load the gateway's key; refuse (KeyFileError) a missing, exposed or foreign-format file."""
+    path = Path(path)
+    try:
+        # Check the mode of the file actually opened (fstat), not of a path that may change.
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"{path}: signing key not found — create it with `energy-agent keygen --key {path}`"
+        ) from None
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot open signing key: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path}: signing key is not a regular file")
+        if st.st_mode & _FOREIGN_ACCESS:
+            raise KeyFileError(
+                f"{path}: signing key is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}) — run `chmod 600 {path}`"
+            )
+        data = os.read(fd, _MAX_KEY_FILE + 1)
+    finally:
+        os.close(fd)
+    try:
+        if len(data) > _MAX_KEY_FILE:
+            raise ValueError("file too large")
+        return Ed25519Signer.from_pem(data, key_id)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        # TypeError: an encrypted PEM (no password given); ValueError: not PEM / not Ed25519.
+        raise KeyFileError(
+            f"{path}: not an unencrypted Ed25519 PKCS8 PEM private key ({_first_line(e)}) — "
+            f"create one with `energy-agent keygen --key NEW_FILE`"
+        ) from None
+
+
+def generate_key(path: str | Path) -> tuple[bytes, str]:
+    """Create a new key file (0600, never overwriting); return (raw public key, key id)."""
+    path = Path(path)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    try:
+        # O_EXCL: refuse an existing file (or symlink) atomically; mode 0600 at creation, so
+        # there is no moment when the key sits in a readable file.
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        raise KeyFileError(
+            f"{path}: already exists — refusing to overwrite a signing key (the platform knows "
+            "this gateway by it); move it away first if you really mean to replace it"
+        ) from None
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"{path}: directory {path.parent} does not exist — create it first "
+            f"(mkdir -p {path.parent})"
+        ) from None
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot create signing key: {e.strerror}") from None
+    try:
+        # A umask can only remove bits, but a restrictive one (e.g. 0277) would leave the owner
+        # unable to read the key back; set exactly 0600.
+        os.fchmod(fd, 0o600)
+        view = memoryview(pem)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    _fsync_dir(path.parent)
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw, key_id_for(raw)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The new directory entry must survive a power cut too, or the key the platform was told
+    # about could vanish on the next boot.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    # cryptography appends a FAQ link to PEM errors; the first sentence is the useful part.
+    return text.splitlines()[0].split(". See ")[0]
