@@ -210,7 +210,6 @@ class ConfigError(Exception):
         self.lines = lines
 
 
-_RESERVED = {"points", "source", "warnings"}
 
 
 def profile_dirs() -> list[Path]:
@@ -256,24 +255,24 @@ def _decode(path: Path, kind: type[_T]) -> _T:
         raise ConfigError([f"{path}: cannot read: {e}"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
-    for key in _RESERVED & _all_keys(raw):
-        raise ConfigError([f"{path}: {key}: unknown key"])
+    if kind is Config:
+        _refuse_internal_keys(path, raw)
     try:
         return msgspec.convert(raw, kind, strict=True)
     except msgspec.ValidationError as e:
         raise ConfigError([f"{path}: {_explain(str(e), kind)}"]) from None
 
 
-def _all_keys(raw: Any) -> set[str]:
-    keys: set[str] = set()
-    if isinstance(raw, dict):
-        for k, v in raw.items():
-            keys.add(k)
-            keys |= _all_keys(v)
-    elif isinstance(raw, list):
-        for v in raw:
-            keys |= _all_keys(v)
-    return keys
+def _refuse_internal_keys(path: Path, raw: dict[str, Any]) -> None:
+    """Fields the loader fills in are not TOML keys; msgspec would otherwise accept them."""
+    for key in ("source", "warnings"):
+        if key in raw:
+            raise ConfigError([f"{path}: {key}: unknown key"])
+    meters = raw.get("meter")
+    if isinstance(meters, list):
+        for i, m in enumerate(meters):
+            if isinstance(m, dict) and "points" in m:
+                raise ConfigError([f"{path}: meter[{i}].points: unknown key (did you mean [[meter.point]]?)"])
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

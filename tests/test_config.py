@@ -1,0 +1,125 @@
+"""Malformed configs: one clear line naming file, key path and expectation; exit 78; no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config
+
+GOOD = """
+[agent]
+gateway = "gw-01"
+enterprise = "91370600780790663W"
+
+[platform]
+host = "127.0.0.1"
+
+[signing]
+key_file = "/nonexistent/signing.key"
+
+[[bus]]
+name = "lan"
+kind = "modbus-tcp"
+host = "127.0.0.1"
+
+[[meter]]
+name = "m1"
+bus = "lan"
+unit = 1
+[[meter.point]]
+name = "import_active_energy"
+register = 0
+type = "u32"
+scale = 0.01
+unit = "kWh"
+kind = "counter"
+"""
+
+
+def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    f = tmp_path / "agent.toml"
+    f.write_text(text, encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(f)],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_good_config_passes_and_prints_plan(tmp_path: Path) -> None:
+    r = check(tmp_path, GOOD)
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+    assert "holding 0..1" in r.stdout
+    assert r.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda s: s + "\n[[[ not toml", "not valid TOML"),
+        (lambda s: s.replace('register = 0', 'register = "zero"'),
+         "meter[0].point[0].register: expected int, got str"),
+        (lambda s: s.replace('type = "u32"', 'type = "float"'),
+         'meter[0].point[0].type: expected one of u16,s16,u32,s32,u64,s64,f32,f64, got "float"'),
+        (lambda s: s.replace('host = "127.0.0.1"\n\n[signing]', 'host = "127.0.0.1"\nhots = 1\n\n[signing]'),
+         "platform.hots: unknown key"),
+        (lambda s: s.replace('bus = "lan"', 'bus = "rs485-9"'),
+         "meter[0].bus: unknown bus 'rs485-9' (buses: lan)"),
+        (lambda s: s.replace('gateway = "gw-01"\n', ''), "agent.gateway: required key is missing"),
+        (lambda s: s.replace('kind = "modbus-tcp"', 'kind = "modbus-tcp"\ndevice = "/dev/ttyS1"'),
+         "bus[0].device: not used by kind modbus-tcp"),
+        (lambda s: s.replace('unit = "kWh"', 'unit = "kWh"\ncode = "01-02"'),
+         "meter[0].point[0].code: expected a data code PP-UU-EEEE-CCTTTT-DD"),
+        (lambda s: s.replace('[agent]', '[agent]\ntimezone = "Mars/Olympus"'), "agent.timezone"),
+    ],
+)
+def test_mistakes_give_one_line_and_exit_78(tmp_path: Path, mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
+    r = check(tmp_path, mutate(GOOD))
+    assert r.returncode == 78, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert lines[0].startswith(f"error: {tmp_path / 'agent.toml'}: ")
+    assert expected in lines[0]
+
+
+def test_bad_credit_code_check_character_is_a_warning(tmp_path: Path) -> None:
+    r = check(tmp_path, GOOD.replace("91370600780790663W", "91370600780790663X"))
+    assert r.returncode == 0
+    assert r.stderr.count("\n") == 1
+    assert "warning:" in r.stderr and "agent.enterprise: check character is 'X', expected 'W'" in r.stderr
+
+
+def test_missing_file_is_one_line(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "agent", "check-config", str(tmp_path / "nope.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78
+    assert r.stderr.strip() == f"error: {tmp_path / 'nope.toml'}: file not found"
+
+
+def test_profile_points_resolve_and_codes_apply() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "agent.example.toml"
+    cfg = load_config(example)
+    m = cfg.meter_named("workshop-a")
+    assert m.points, "profile points resolved"
+    energy = next(p for p in m.points if p.name == "import_active_energy")
+    assert energy.code == "01-00-0000-020101-10"
+    assert m.probe_point
+
+
+def test_reserved_keys_are_unknown(tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text(GOOD.replace('unit = 1\n', 'unit = 1\npoints = []\n'), encoding="utf-8")
+    with pytest.raises(ConfigError, match="points: unknown key"):
+        load_config(f)
+
+
+def test_duplicate_unit_on_a_bus(tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text(GOOD + GOOD[GOOD.index("[[meter]]"):].replace('name = "m1"', 'name = "m2"'), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"meter\[1\].unit: unit 1 on bus 'lan' is already meter\[0\]"):
+        load_config(f)
