@@ -1,0 +1,139 @@
+"""The HIL rig's parts against real counterparts: pymodbus clients, socat ptys, Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
+from agent.config import PointConfig
+from drivers.codec import apply_scale, decode
+from hil.serial_pair import serial_pair
+from hil.sim_meter import ModbusTcpServer, SimMeter
+from hil.sim_rtu import RtuLine, crc16
+
+
+def _point(name: str, reg: int, type: str, order: str = "ABCD", **kw: object) -> PointConfig:
+    return PointConfig(name=name, register=reg, type=type, order=order, **kw)  # type: ignore[arg-type]
+
+
+INLINE = [
+    _point("energy", 0, "u32", "CDAB", scale=0.01, kind="counter", unit="kWh"),
+    _point("gas", 4, "f64", "DCBA", kind="counter", unit="m3"),
+    _point("power", 10, "f32", "BADC", unit="kW"),
+    _point("volts", 12, "u16", scale=0.1, unit="V"),
+    _point("small", 13, "u16", scale=0.01, kind="counter", unit="kWh"),
+]
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _decoded(meter: SimMeter, regs: list[int], p: PointConfig, base: int) -> float:
+    raw = decode(regs[p.register - base : p.register - base + p.count], p.type, p.order)
+    return apply_scale(raw, p)
+
+
+def test_counters_grow_deterministically_and_reset() -> None:
+    m = SimMeter(name="m", unit=1, points=INLINE, t0_ms=1_000_000)
+    a, b = m.true_value("energy", 1_000_000), m.true_value("energy", 1_060_000)
+    assert b > a
+    assert m.true_value("energy", 1_060_000) == b  # a pure function of time
+    assert m.true_value("small", 1_000_000 + 3_600_000) > m.true_value("small", 1_000_000)
+    m.reset_counters(1_100_000)
+    assert m.true_value("energy", 1_100_000) == 0.0
+    assert m.true_value("energy", 1_099_999) == m.true_value("energy", 1_099_999)
+    assert m.matches("energy", 1_099_000, f"{m.true_value('energy', 1_098_000):.2f}")
+    assert not m.matches("energy", 1_099_000, f"{m.true_value('energy', 1_099_000) + 1:.2f}")
+    # A window spanning the reset accepts values from either side of it.
+    assert m.matches("energy", 1_100_500, f"{m.true_value('energy', 1_099_800):.2f}")
+    assert m.matches("energy", 1_100_500, f"{m.true_value('energy', 1_100_400):.2f}")
+
+
+def test_instantaneous_values_vary_and_match_only_their_window() -> None:
+    m = SimMeter(name="m", unit=1, points=INLINE, t0_ms=0)
+    values = {m.true_value("volts", t) for t in range(0, 80_000, 5_000)}
+    assert len(values) > 5 and all(200 < v < 260 for v in values)
+    v = m.true_value("volts", 12_000)
+    assert m.matches("volts", 12_500, f"{v:.1f}", window_ms=1000)
+    wrong = next(x for x in values if abs(x - v) > 0.5)
+    assert not m.matches("volts", 12_500, f"{wrong:.1f}", window_ms=1000)
+
+
+def test_profile_meter_encodes_every_point_with_the_agent_codec() -> None:
+    m = SimMeter.from_profile("main", 1, "chint-dtsu666")
+    t = _now()
+    for p in m.points:
+        fc = "holding" if p.function == "holding" else "input"
+        regs = m.registers(fc, p.register, p.count, t)
+        assert decode(regs, p.type, p.order) == pytest.approx(m.raw_value(p.name, t))
+
+
+def test_tcp_server_serves_pymodbus_and_faults() -> None:
+    async def main() -> None:
+        m = SimMeter(name="m", unit=3, points=INLINE)
+        server = await ModbusTcpServer([m]).start()
+        client = AsyncModbusTcpClient("127.0.0.1", port=server.port, timeout=0.5, retries=0)
+        try:
+            assert await client.connect()
+            rr = await client.read_holding_registers(0, count=14, device_id=3)
+            assert not rr.isError()
+            t = _now()
+            for p in INLINE:
+                assert m.matches(p.name, t, f"{_decoded(m, rr.registers, p, 0):.6f}", 2000)
+            rr = await client.read_holding_registers(0, count=2, device_id=9)
+            assert rr.isError() and rr.exception_code == 0x0B
+            m.mode, m.exception_code = "exception", 6
+            rr = await client.read_holding_registers(0, count=2, device_id=3)
+            assert rr.isError() and rr.exception_code == 6
+            m.mode = "silent"
+            with pytest.raises(Exception):  # noqa: B017 - pymodbus: ModbusIOException
+                rr = await client.read_holding_registers(0, count=2, device_id=3)
+                assert rr.isError()
+        finally:
+            client.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_rtu_line_shares_a_pty_between_meters_and_injects_faults() -> None:
+    async def main(meter_side: str, agent_side: str) -> None:
+        a = SimMeter(name="a", unit=1, points=INLINE)
+        b = SimMeter(name="b", unit=2, points=INLINE)
+        line = await RtuLine(meter_side, [a, b], baud=9600, line_rate=True).start()
+        client = AsyncModbusSerialClient(agent_side, baudrate=9600, timeout=0.3, retries=0)
+        try:
+            assert await client.connect()
+            started = time.monotonic()
+            rr = await client.read_holding_registers(0, count=14, device_id=2)
+            elapsed = time.monotonic() - started
+            assert not rr.isError()
+            assert elapsed >= line.wire_seconds(8, 5 + 28) * 0.9  # real line rate
+            p = INLINE[0]
+            assert b.matches(p.name, _now(), f"{_decoded(b, rr.registers, p, 0):.2f}", 2000)
+            for dead in (7, 1):  # nobody at 7; then meter 1 goes silent
+                a.mode = "silent"
+                with pytest.raises(Exception):  # noqa: B017 - no reply: ModbusIOException
+                    rr = await client.read_holding_registers(0, count=2, device_id=dead)
+                    assert rr.isError()
+            rr = await client.read_holding_registers(0, count=2, device_id=2)
+            assert not rr.isError()  # the shared line still works for the live meter
+            b.mode = "corrupt"
+            with pytest.raises(Exception):  # noqa: B017 - bad CRC is dropped: no valid reply
+                rr = await client.read_holding_registers(0, count=2, device_id=2)
+                assert rr.isError()
+        finally:
+            client.close()
+            await line.stop()
+
+    with serial_pair() as (meter_side, agent_side):
+        asyncio.run(main(meter_side, agent_side))
+
+
+def test_crc16_known_vector() -> None:
+    # Read 10 holding registers from unit 1 at 0: the textbook frame 01 03 00 00 00 0A C5 CD.
+    assert crc16(bytes.fromhex("01030000000a")) == bytes.fromhex("c5cd")
