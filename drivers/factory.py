@@ -1,0 +1,22 @@
+"""Pick the driver for a bus kind."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.config import BusConfig
+    from drivers.base import Driver
+
+
+def open_driver(bus: BusConfig) -> Driver:
+    """A driver owning `bus`. Nothing is opened until its first read."""
+    if bus.kind == "modbus-tcp":
+        from drivers.modbus_tcp import ModbusTcpDriver
+
+        return ModbusTcpDriver(bus)
+    if bus.kind in ("modbus-rtu", "modbus-rtu-over-tcp"):
+        from drivers.modbus_rtu import ModbusRtuDriver
+
+        return ModbusRtuDriver(bus)
+    raise ValueError(f"bus {bus.name}: no driver for kind {bus.kind!r}")

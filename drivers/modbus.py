@@ -1,0 +1,297 @@
+"""What Modbus TCP and RTU share: planned requests, strictly one after another, and what the
+meter's replies (or silences) mean for each point.
+
+`RequestExecutor` runs a meter's plan on a connected pymodbus async client and turns replies
+into Readings. `ModbusDriver` owns one bus: it connects lazily, reconnects on the next read
+after a loss, and serialises every request on the bus with one lock. The TCP and RTU modules
+only say how to build the client and how to phrase hints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from drivers.base import MeterError, Quality, Reading
+from drivers.codec import apply_scale, decode, is_usable
+from drivers.planner import ReadRequest, plan_meter
+
+if TYPE_CHECKING:
+    from pymodbus.client.base import ModbusBaseClient
+
+    from agent.config import BusConfig, MeterConfig, PointConfig
+
+log = logging.getLogger("drivers.modbus")
+
+BUSY = 6  # Modbus exception "server device busy": retry later, not a fault
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+
+
+def meter_label(meter: MeterConfig) -> str:
+    return f'meter "{meter.name}" (bus {meter.bus}, unit {meter.unit})'
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _RequestFailed(Exception):
+    """One request produced no usable registers. `answered`: the meter did reply."""
+
+    def __init__(
+        self, what: str, quality: Quality, answered: bool, busy: bool = False, link_down: bool = False
+    ) -> None:
+        super().__init__(what)
+        self.what = what
+        self.quality = quality
+        self.answered = answered
+        self.busy = busy
+        self.link_down = link_down
+
+
+class RequestExecutor:
+    """Executes planned read requests on a connected client and decodes the replies."""
+
+    def __init__(self, bus: BusConfig, no_reply_hint: str) -> None:
+        self.bus = bus
+        self.no_reply_hint = no_reply_hint
+        self.requests_sent = 0  # every request put on the wire (retries by pymodbus not counted)
+        self.timed_out = False  # a request went unanswered since the driver last looked
+
+    async def read(
+        self, client: ModbusBaseClient, meter: MeterConfig, plan: list[ReadRequest]
+    ) -> list[Reading]:
+        """One Reading per point of the meter, in the meter's point order.
+
+        Raises MeterError when the meter did not answer at all (TIMEOUT) or answered every
+        request with "busy" (busy=True). A request that failed while others succeeded gives
+        gaps for its own points only.
+        """
+        got: dict[str, Reading] = {}
+        answered = False
+        failures: list[_RequestFailed] = []
+        link_down = False
+        for i, request in enumerate(plan):
+            if link_down:
+                # Nothing more can get through this cycle; the driver reconnects next read.
+                self._gaps(got, meter, request, Quality.TIMEOUT)
+                continue
+            if i and meter.pause_ms:
+                await asyncio.sleep(meter.pause_ms / 1000)
+            try:
+                registers, ts = await self._execute(client, meter, request)
+            except _RequestFailed as failure:
+                if not answered and not failure.answered:
+                    # A silent meter costs one request's timeout per cycle, not one per request.
+                    raise MeterError(f"{meter_label(meter)}: {failure.what}", failure.quality) from None
+                answered = answered or failure.answered
+                link_down = failure.link_down
+                failures.append(failure)
+                self._gaps(got, meter, request, failure.quality)
+                log.warning("%s: %s; its %d points are gaps", meter_label(meter), failure.what,
+                            len(request.points))
+                continue
+            answered = True
+            for point in request.points:
+                got[point.name] = self._decode_point(meter, request, point, registers, ts)
+        if plan and failures and len(failures) == len(plan) and all(f.busy for f in failures):
+            raise MeterError(
+                f"{meter_label(meter)}: busy (exception 6) on every request — retried next cycle",
+                Quality.EXCEPTION,
+                busy=True,
+            )
+        ts = now_ms()
+        return [
+            got.get(p.name) or Reading(meter.name, p.name, ts, None, Quality.CORRUPT)
+            for p in meter.points
+        ]
+
+    async def _execute(
+        self, client: ModbusBaseClient, meter: MeterConfig, request: ReadRequest
+    ) -> tuple[list[int], int]:
+        call = (
+            client.read_holding_registers
+            if request.function == "holding"
+            else client.read_input_registers
+        )
+        where = f"{request.function} {request.start}..{request.end - 1}"
+        self.requests_sent += 1
+        try:
+            reply: Any = await call(request.start, count=request.count, device_id=meter.unit)
+        except ConnectionException:
+            raise _RequestFailed(
+                f"connection lost reading {where} — {self.no_reply_hint}",
+                Quality.TIMEOUT, answered=False, link_down=True,
+            ) from None
+        except ModbusIOException as e:
+            self.timed_out = "No response" in str(e) or self.timed_out
+            if "but received" in str(e):  # a reply from another unit or transaction
+                raise _RequestFailed(
+                    f"mismatched reply to {where} — check for duplicate unit ids on the line",
+                    Quality.CORRUPT, answered=True,
+                ) from None
+            raise _RequestFailed(
+                f"no reply after {self.bus.retries + 1} tries (timeout {self.bus.timeout:g} s) "
+                f"— {self.no_reply_hint}",
+                Quality.TIMEOUT, answered=False,
+            ) from None
+        except (ModbusException, OSError) as e:
+            raise _RequestFailed(
+                f"failed reading {where}: {e} — {self.no_reply_hint}",
+                Quality.TIMEOUT, answered=False, link_down=True,
+            ) from None
+        ts = now_ms()
+        if reply.isError():
+            code = getattr(reply, "exception_code", None)
+            name = EXCEPTION_NAMES.get(code, "unknown exception") if code is not None else "error"
+            hint = (
+                "retried next cycle"
+                if code == BUSY
+                else "check the register map (profile) and the function (holding/input)"
+            )
+            raise _RequestFailed(
+                f"exception {code} ({name}) reading {where} — {hint}",
+                Quality.EXCEPTION, answered=True, busy=code == BUSY,
+            )
+        registers = list(getattr(reply, "registers", None) or [])
+        if len(registers) < request.count:
+            raise _RequestFailed(
+                f"short reply to {where} (got {len(registers)} of {request.count} registers) "
+                "— check for noise or a second master on the line",
+                Quality.CORRUPT, answered=True,
+            )
+        return registers, ts
+
+    @staticmethod
+    def _decode_point(
+        meter: MeterConfig, request: ReadRequest, point: PointConfig, registers: list[int], ts: int
+    ) -> Reading:
+        offset = point.register - request.start
+        raw = decode(registers[offset : offset + point.count], point.type, point.order)
+        value = apply_scale(raw, point)
+        if not is_usable(value):
+            return Reading(meter.name, point.name, ts, None, Quality.INVALID)
+        return Reading(meter.name, point.name, ts, value, Quality.GOOD)
+
+    @staticmethod
+    def _gaps(
+        got: dict[str, Reading], meter: MeterConfig, request: ReadRequest, quality: Quality
+    ) -> None:
+        ts = now_ms()
+        for point in request.points:
+            got[point.name] = Reading(meter.name, point.name, ts, None, quality)
+
+
+class ModbusDriver(ABC):
+    """One Modbus bus. Requests never overlap; the connection opens on the first read."""
+
+    # Over TCP a silence may be a half-open connection that will never answer again; a fresh
+    # connection on the next read is cheap. A serial port stays open.
+    reconnect_after_silence = False
+
+    def __init__(self, bus: BusConfig) -> None:
+        self.bus = bus
+        self._lock = asyncio.Lock()
+        self._client: ModbusBaseClient | None = None
+        self._plans: dict[str, tuple[tuple[Any, ...], list[ReadRequest]]] = {}
+        self._executor = RequestExecutor(bus, self.no_reply_hint())
+        self.connects = 0  # successful (re)connections, for status and tests
+
+    @property
+    def requests_sent(self) -> int:
+        return self._executor.requests_sent
+
+    @abstractmethod
+    def _new_client(self) -> ModbusBaseClient:
+        """A pymodbus async client for this bus, not yet connected."""
+
+    @abstractmethod
+    def endpoint(self) -> str:
+        """Where the bus is, for messages: `10.0.0.5:502` or `/dev/ttyS1`."""
+
+    @abstractmethod
+    def no_reply_hint(self) -> str:
+        """What to check when a meter stays silent."""
+
+    @abstractmethod
+    def connect_hint(self) -> str:
+        """What to check when the bus cannot be opened."""
+
+    def plan(self, meter: MeterConfig) -> list[ReadRequest]:
+        """The meter's read plan, computed once and reused while its points are unchanged."""
+        key = (id(meter.points), len(meter.points), meter.max_registers, meter.max_gap)
+        cached = self._plans.get(meter.name)
+        if cached is None or cached[0] != key:
+            cached = (key, plan_meter(meter))
+            self._plans[meter.name] = cached
+        return cached[1]
+
+    async def read(self, meter: MeterConfig) -> list[Reading]:
+        async with self._lock:
+            client = await self._connected(meter)
+            self._executor.timed_out = False
+            try:
+                return await self._executor.read(client, meter, self.plan(meter))
+            finally:
+                if not client.connected or (
+                    self._executor.timed_out and self.reconnect_after_silence
+                ):
+                    self._drop_client()
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop_client()
+
+    async def _connected(self, meter: MeterConfig) -> ModbusBaseClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        self._drop_client()
+        client = self._new_client()
+        try:
+            ok = await client.connect()
+        except (ModbusException, OSError) as e:
+            log.debug("bus %s: connect to %s failed: %s", self.bus.name, self.endpoint(), e)
+            ok = False
+        if not ok:
+            client.close()
+            raise MeterError(
+                f"{meter_label(meter)}: cannot connect to {self.endpoint()} — {self.connect_hint()}",
+                Quality.TIMEOUT,
+            )
+        self._client = client
+        self.connects += 1
+        log.info("bus %s: connected to %s", self.bus.name, self.endpoint())
+        if meter.connect_pause_ms:
+            # Some meters drop the first request that arrives right after a connect.
+            await asyncio.sleep(meter.connect_pause_ms / 1000)
+        return client
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def client_options(self) -> dict[str, Any]:
+        """Options every client of this bus gets: the bus's timeout and retries, and no
+        background reconnect (we reconnect on the next read, under the bus lock)."""
+        return {
+            "timeout": self.bus.timeout,
+            "retries": self.bus.retries,
+            "reconnect_delay": 0,
+            "name": self.bus.name,
+        }
