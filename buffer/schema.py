@@ -1,0 +1,216 @@
+"""Opening the store's SQLite file: pragmas, integrity check, versioned migrations.
+
+The schema version is `PRAGMA user_version`; `MIGRATIONS[i]` takes the file from version i to
+i + 1 inside one transaction, so a crash mid-migration leaves the previous version intact.
+A file that fails its integrity check is moved aside (never deleted) and a fresh one started;
+what could be read from it (the envelope chain head) is salvaged so `seq` never repeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+log = logging.getLogger("buffer.schema")
+
+ZERO_HASH = "0" * 64
+BUSY_TIMEOUT_MS = 5000
+# After a checkpoint the WAL is truncated to this, so a burst (pruning) does not pin disk space.
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["series"].create({"series_id": int, "meter": str, "point": str}, pk="series_id",
+                        not_null={"meter", "point"})
+    db["series"].create_index(["meter", "point"], unique=True)
+    # AUTOINCREMENT (which sqlite-utils cannot declare) so a row id is never reused after
+    # pruning empties the table: reuse would put new samples behind the "sealed_rowid" cursor.
+    db.execute(
+        "CREATE TABLE readings (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " series_id INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, quality INTEGER NOT NULL)"
+    )
+    db["readings"].create_index(["series_id", "ts"])
+    db["meter_status"].create(
+        {"meter": str, "bus": str, "online": int, "last_good_ms": int, "last_error_ms": int,
+         "last_error": str, "errors_total": int, "consecutive_failures": int},
+        pk="meter",
+    )
+    # Envelope metadata apart from the payload, so scans for pending/backlog never touch
+    # the (often overflow-page sized) payload bytes.
+    db["outbox"].create(
+        {"seq": int, "id": str, "type": str, "topic": str, "created_ms": int, "period": str,
+         "checksum": bytes},
+        pk="seq", not_null={"id", "type", "topic", "created_ms", "checksum"},
+    )
+    db["outbox"].create_index(["type", "period"])
+    db["payloads"].create({"seq": int, "payload": bytes}, pk="seq", not_null={"payload"})
+    db["chain"].create({"id": int, "next_seq": int, "head": str}, pk="id")
+    db["chain"].insert({"id": 1, "next_seq": 1, "head": ZERO_HASH})
+    # Per destination: every seq <= watermark is done (delivered, rejected or gone);
+    # delivery_marks holds the few done seqs above it (out-of-order acks).
+    db["delivery"].create(
+        {"destination": str, "watermark": int, "last_seq": int, "last_ms": int},
+        pk="destination", not_null={"watermark"},
+    )
+    db["delivery_marks"].create({"destination": str, "seq": int}, pk=("destination", "seq"))
+    db["rejected"].create({"destination": str, "seq": int, "reason": str, "ts_ms": int},
+                          pk=("destination", "seq"))
+    db["cursors"].create({"name": str, "value": int}, pk="name", not_null={"value"})
+    db["state"].create({"key": str, "value": str}, pk="key")
+    db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"})
+    db["events"].create({"id": int, "kind": str, "ts_ms": int, "data": str}, pk="id",
+                        not_null={"kind", "ts_ms", "data"})
+    db["events"].create_index(["kind", "ts_ms"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+
+
+@dataclass(frozen=True, slots=True)
+class Salvage:
+    """What was moved aside and what could still be read from it."""
+
+    moved_to: str
+    reason: str
+    next_seq: int | None
+    head: str | None
+
+
+class SchemaError(Exception):
+    """The file is healthy but cannot be used by this version of the agent."""
+
+
+def is_corruption(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    text = str(e)
+    return "malformed" in text or "not a database" in text
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                               isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def configure(conn: sqlite3.Connection) -> None:
+    # auto_vacuum only takes effect before the first table exists, so it comes first.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise SchemaError(f"cannot switch to WAL journal mode (got {mode!r})")
+    # FULL: a commit survives a power cut, not only a process crash.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+
+
+def integrity_problem(conn: sqlite3.Connection) -> str | None:
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    if rows == [("ok",)]:
+        return None
+    return "; ".join(str(r[0]) for r in rows[:3])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the file to the newest version; returns the version it was at."""
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found > len(MIGRATIONS):
+        raise SchemaError(
+            f"database schema version {found} is newer than this agent knows ({len(MIGRATIONS)})"
+            " — install the newer agent or move the database aside"
+        )
+    db = sqlite_utils.Database(conn)
+    for version in range(found, len(MIGRATIONS)):
+        with db.atomic():
+            MIGRATIONS[version](db)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        log.info("store schema migrated to version %d", version + 1)
+    return found
+
+
+def salvage_chain(conn: sqlite3.Connection) -> tuple[int | None, str | None]:
+    """Best effort: the next seq and chain head of a damaged file (None when unreadable)."""
+    next_seq: int | None = None
+    head: str | None = None
+    try:
+        row = conn.execute("SELECT next_seq, head FROM chain WHERE id = 1").fetchone()
+        if row:
+            next_seq, head = int(row[0]), str(row[1])
+    except sqlite3.Error:
+        pass
+    try:
+        row = conn.execute("SELECT max(seq) FROM outbox").fetchone()
+        if row and row[0] is not None:
+            next_seq = max(next_seq or 0, int(row[0]) + 1)
+    except sqlite3.Error:
+        pass
+    return next_seq, head
+
+
+def move_aside(path: Path, reason: str, conn: sqlite3.Connection | None) -> Salvage:
+    next_seq, head = salvage_chain(conn) if conn is not None else (None, None)
+    if conn is not None:
+        conn.close()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    path.rename(target)
+    # The WAL belongs with its file: named so that opening the moved copy still finds it.
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    log.error("store %s is corrupt (%s): moved aside to %s, starting a fresh store",
+              path, reason, target.name)
+    return Salvage(str(target), reason, next_seq, head)
+
+
+def open_database(path: Path) -> tuple[sqlite3.Connection, Salvage | None]:
+    """Open (creating if needed), check and migrate; a corrupt file is moved aside first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    salvage: Salvage | None = None
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = connect(path)
+        configure(conn)
+        problem = integrity_problem(conn)
+    except sqlite3.DatabaseError as e:
+        if not is_corruption(e):
+            if conn is not None:
+                conn.close()
+            raise
+        problem = str(e)
+    if problem is not None:
+        salvage = move_aside(path, problem, conn)
+        conn = connect(path)
+        configure(conn)
+    assert conn is not None
+    migrate(conn)
+    return conn, salvage
+
+
+def resume_seq(salvage: Salvage) -> int:
+    """The first seq of a fresh store replacing a corrupt one: never one already used.
+
+    When the old chain head could not be read, the wall clock in milliseconds is a floor no
+    earlier seq can have reached (the agent seals far fewer than 1000 envelopes a second).
+    """
+    if salvage.next_seq is not None:
+        return salvage.next_seq
+    return max(1, int(time.time() * 1000))
