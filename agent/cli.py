@@ -12,7 +12,9 @@ from agent import __version__
 # name -> (module under agent.commands, one-line help). Modules are imported only when chosen,
 # so `energy-agent status` does not pay for pymodbus or paho.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run", "run the daemon: poll, store, seal, upload"),
     "check-config": ("check_config", "validate a config file and print the read plan"),
+    "probe": ("probe", "read one meter once and print its values with units"),
 }
 
 DEFAULT_CONFIG = "/etc/energy-agent/agent.toml"
