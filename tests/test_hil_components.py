@@ -137,3 +137,116 @@ def test_rtu_line_shares_a_pty_between_meters_and_injects_faults() -> None:
 def test_crc16_known_vector() -> None:
     # Read 10 holding registers from unit 1 at 0: the textbook frame 01 03 00 00 00 0A C5 CD.
     assert crc16(bytes.fromhex("01030000000a")) == bytes.fromhex("c5cd")
+
+
+# -- platform simulator ------------------------------------------------------------------
+
+E, G = "91370600780790663W", "gw-hil"
+
+
+def _signer() -> object:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.signing import Ed25519Signer
+
+    return Ed25519Signer(Ed25519PrivateKey.generate())
+
+
+def _chain(signer: object, n: int, tag: str = "") -> list[bytes]:
+    """n readings envelopes built by the agent's own envelope code (the sim must accept them)."""
+    from datetime import UTC, datetime
+
+    from agent.envelope import build_envelope, sha256_hex
+
+    out, prev = [], "0" * 64
+    for seq in range(1, n + 1):
+        body = {"samples": [["m", "energy" + tag, 1_700_000_000_000 + seq, f"{seq}.00", 0]]}
+        wire = build_envelope(seq=seq, prev=prev, type="readings", enterprise=E, gateway=G,
+                              created=datetime.now(UTC), body=body, signer=signer)  # type: ignore[arg-type]
+        out.append(wire)
+        prev = sha256_hex(wire)
+    return out
+
+
+def _until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_platform_sim_verifies_dedups_acks_and_stores(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from hil.broker import Mosquitto, Subscriber
+    from hil.platform_sim import PlatformSim
+
+    signer = _signer()
+    envs = _chain(signer, 5)
+    up = f"energy/{E}/{G}/up/readings"
+    with Mosquitto() as broker, Subscriber(broker.port, f"energy/{E}/{G}/down/ack") as acks:
+        sim = PlatformSim(broker.port, {signer.key_id: signer.public_key_raw},  # type: ignore[attr-defined]
+                          tmp_path / "platform.db").start()
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-agent")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        try:
+            for wire in (envs[0], envs[1], envs[1], envs[3]):  # a resend; seq 3 missing
+                pub.publish(up, wire, qos=1).wait_for_publish(5)
+            tampered = envs[2].replace(b'"3.00"', b'"4.00"')
+            pub.publish(up, tampered, qos=1).wait_for_publish(5)
+            msgs = acks.wait_for(5)
+            results = [json.loads(p)["acks"][0]["result"] for _t, p in msgs]
+            assert results == ["accepted", "accepted", "duplicate", "accepted", "rejected"]
+            assert sim.counters.reasons == {"bad signature": 1}
+            assert sim.chain(E, G)["missing"] == [3] and not sim.chain(E, G)["intact"]
+
+            # Away: nothing acked; back: the broker hands over what it queued for the session.
+            sim.go_away()
+            pub.publish(up, envs[2], qos=1).wait_for_publish(5)
+            time.sleep(0.3)
+            assert len(acks.snapshot()) == 5
+            sim.come_back()
+            _until(lambda: sim.counters.accepted == 4)
+            assert sim.chain(E, G) == {"envelopes": 4, "max_seq": 4, "missing": [], "broken": [],
+                                       "intact": True}
+            assert sim.counters.gaps_seen == 1  # seq 4 came before seq 3
+
+            sim.reject_next(1)
+            pub.publish(up, envs[4], qos=1).wait_for_publish(5)
+            _until(lambda: any(b"told to reject" in p for _t, p in acks.snapshot()))
+            sim.ack = False
+            sent = sim.counters.acks_sent
+            pub.publish(up, envs[4], qos=1).wait_for_publish(5)  # resend after a rejection
+            _until(lambda: sim.counters.accepted == 5)
+            assert sim.counters.acks_sent == sent
+            assert [s[4] for s in sorted(sim.samples(), key=lambda s: s[3])] == [
+                "1.00", "2.00", "3.00", "4.00", "5.00"]
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+            sim.stop()
+
+
+def test_platform_sim_rejects_a_broken_chain_and_unknown_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from hil.platform_sim import PlatformSim
+
+    signer, stranger = _signer(), _signer()
+    sim = PlatformSim(1, {signer.key_id: signer.public_key_raw}, tmp_path / "p.db")  # type: ignore[attr-defined]
+    envs = _chain(signer, 2)
+    topic = f"energy/{E}/{G}/up/readings"
+    assert sim.accept(topic, envs[0])[0] == ("accepted", "")
+    other = _chain(signer, 3, tag="x")[2]  # seq 3 from another chain: prev names a seq 2 we lack
+    assert sim.accept(topic, other)[0] == ("accepted", "")
+    # seq 2 of the first chain arrives late: seq 3 already names another predecessor.
+    outcome = sim.accept(topic, envs[1])[0]
+    assert outcome[0] == "rejected" and "predecessor" in outcome[1]
+    assert sim.accept(topic, _chain(stranger, 1)[0])[0][1].startswith("unknown kid")
+    assert sim.accept(f"energy/{E}/{G}/up/daily", envs[0])[0][1].startswith("topic")
+    assert sim.accept(topic, _chain(signer, 1, tag="y")[0])[0][1].startswith("resend differs")
+    assert sim.accept(topic, b'{"v":1}')[0][0] == "rejected"
+    assert sim.counters.chain_breaks == 1 and sim.counters.accepted == 2
+    sim.db.close()
