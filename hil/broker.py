@@ -107,7 +107,12 @@ class Mosquitto:
             # tmp dir (certificates) or write its persistence file into ours.
             lines.append("user root")
         if self.persistence:
-            lines += [f"persistence_location {self._dir}/", "autosave_interval 1"]
+            # Save after every change, so even stop(kill=True) keeps sessions and queues.
+            lines += [
+                f"persistence_location {self._dir}/",
+                "autosave_interval 1",
+                "autosave_on_changes true",
+            ]
         if self.tls and self.tls_port:
             lines += [
                 f"listener {self.tls_port} {self.host}",
@@ -154,8 +159,12 @@ class Mosquitto:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)  # a paused broker cannot act on SIGTERM
-                os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+                if kill:
+                    # Even a paused broker dies at once, without handling what is buffered.
+                    os.kill(proc.pid, signal.SIGKILL)
+                else:
+                    os.kill(proc.pid, signal.SIGCONT)  # a paused broker cannot act on SIGTERM
+                    os.kill(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:

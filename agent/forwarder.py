@@ -1,0 +1,260 @@
+"""The forwarder: drains one destination's outbox through an uplink, oldest first.
+
+A sliding window: up to `window` envelopes in flight, sent in seq order (tasks start in
+creation order and each sends before its first await), refilled with rows after the highest
+seq already sent, so nothing in flight is fetched twice and nothing delivered is ever sent
+again. Acknowledged seqs are marked delivered in batches (everything that completed while
+the previous store call ran). On a link failure the window stops growing, drains, and the
+same rows are retried — byte-identical, straight from the store — after a back-off.
+
+Store calls go through the app's single SQLite thread (`db_executor`). A store failure ends
+`run()` (the app must stop); anything the uplink throws is logged in one line and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger("energy_agent.forwarder")
+_R = TypeVar("_R")
+
+
+class UplinkDown(Exception):
+    """The link is not usable right now; retry the same envelope later."""
+
+
+class AckTimeout(Exception):
+    """Sent, but no acknowledgement in time; resend the same bytes later."""
+
+
+class PlatformRejected(Exception):
+    """The platform refused this envelope for good: never resend it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Uplink(Protocol):
+    name: str
+    connection_changed: asyncio.Event  # set on every connect/disconnect; consumers clear it
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def publish(self, topic: str, payload: bytes, envelope_id: str) -> None: ...
+
+
+class Forwarder:
+    def __init__(
+        self,
+        store: Any,
+        db_executor: Executor,
+        uplink: Uplink,
+        destination: str = "mqtt",
+        window: int = 20,
+        idle_check: float = 5.0,
+        backoff_min: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.db = db_executor
+        self.uplink = uplink
+        self.destination = destination
+        self.window = max(1, window)
+        self.idle_check = idle_check
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self._wake = asyncio.Event()
+        # Stats for status/heartbeat.
+        self.delivered_total = 0
+        self.rejected_total = 0
+        self.failures_total = 0
+        self.last_delivered_seq: int | None = None
+        self.last_delivered_ms: int | None = None
+        self.last_error: str | None = None
+        self._failures_in_row = 0
+
+    def wake(self) -> None:
+        """New envelopes were enqueued (or we are stopping): look at the outbox now."""
+        self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "connected": self.uplink.connected,
+            "delivered_total": self.delivered_total,
+            "rejected_total": self.rejected_total,
+            "failures_total": self.failures_total,
+            "last_delivered_seq": self.last_delivered_seq,
+            "last_delivered_ms": self.last_delivered_ms,
+            "last_error": self.last_error,
+        }
+
+    async def _db(self, fn: Callable[..., _R], *args: Any) -> _R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.db, functools.partial(fn, *args))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Forward until `stop` is set. Raises only what the store raises."""
+        while not stop.is_set():
+            if not self.uplink.connected:
+                await self._sleep(stop, self.idle_check)
+                continue
+            try:
+                ok = await self._drain(stop)
+            except _StoreFailed as e:
+                raise e.__cause__ from None  # type: ignore[misc]
+            except Exception as e:  # a bug here: log it with its trace, never stop forwarding
+                self._failed(f"{type(e).__name__}: {e}", unexpected=True)
+                ok = False
+            if ok is None:
+                await self._sleep(stop, self.idle_check)  # nothing pending
+            elif not ok:
+                await self._sleep(stop, self._backoff(), wake=False)
+
+    async def _drain(self, stop: asyncio.Event) -> bool | None:
+        """Send until the outbox is empty (None), a failure (False) or stop (True)."""
+        loop = asyncio.get_running_loop()
+        inflight: dict[asyncio.Task[None], Any] = {}
+        sent_upto = 0  # highest seq handed to the uplink in this round
+        failed: str | None = None
+        exhausted = False
+        stop_deadline: float | None = None
+        try:
+            while True:
+                sending = failed is None and not stop.is_set()
+                if sending and len(inflight) < self.window and (not exhausted or self._wake.is_set()):
+                    self._wake.clear()  # before the read: a wake() during it is not lost
+                    rows = await self._store(
+                        self.store.pending, self.destination, self.window - len(inflight),
+                        sent_upto,
+                    )
+                    exhausted = len(rows) < self.window - len(inflight)
+                    for row in rows:
+                        inflight[asyncio.create_task(self._send(row))] = row
+                        sent_upto = row.seq
+                if not inflight:
+                    if failed is not None:
+                        return False
+                    return True if stop.is_set() else None
+                waits: set[asyncio.Future[Any]] = set(inflight)
+                extras: list[asyncio.Future[Any]] = []
+                timeout = None
+                if stop.is_set():
+                    # Let what is in flight finish briefly; the rest is resent next run.
+                    stop_deadline = stop_deadline or loop.time() + 2.0
+                    timeout = stop_deadline - loop.time()
+                    if timeout <= 0:
+                        return True
+                else:
+                    extras.append(asyncio.ensure_future(stop.wait()))
+                    if sending and len(inflight) < self.window:
+                        extras.append(asyncio.ensure_future(self._wake.wait()))
+                waits.update(extras)
+                try:
+                    done, _ = await asyncio.wait(
+                        waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for extra in extras:
+                        extra.cancel()
+                finished = {t: inflight.pop(t) for t in done if t in inflight}
+                failure = await self._settle(finished)
+                failed = failed or failure
+                if failed is not None and not inflight:
+                    self._failed(failed)
+        finally:
+            for t in inflight:
+                t.cancel()
+
+    async def _settle(self, finished: dict[asyncio.Task[None], Any]) -> str | None:
+        """Record what finished: mark delivered (one batch), mark rejected; return a failure."""
+        delivered: list[int] = []
+        failure: str | None = None
+        for task, row in sorted(finished.items(), key=lambda item: item[1].seq):
+            if task.cancelled():
+                failure = failure or f"{row.id}: cancelled"
+                continue
+            exc = task.exception()
+            if exc is None:
+                delivered.append(row.seq)
+            elif isinstance(exc, PlatformRejected):
+                self.rejected_total += 1
+                log.warning("envelope %s (seq %d) rejected by the platform, not resent: %s",
+                            row.id, row.seq, exc.reason)
+                await self._store(self.store.mark_rejected, self.destination, row.seq, exc.reason)
+            elif isinstance(exc, (UplinkDown, AckTimeout)):
+                failure = failure or f"{row.id}: {type(exc).__name__}: {exc}"
+            else:
+                failure = failure or f"{row.id}: unexpected {type(exc).__name__}: {exc}"
+        if delivered:
+            await self._mark_delivered(delivered)
+        return failure
+
+    async def _send(self, row: Any) -> None:
+        await self.uplink.publish(row.topic, row.payload, row.id)
+
+    async def _mark_delivered(self, seqs: list[int]) -> None:
+        await self._store(self.store.mark_delivered, self.destination, seqs)
+        self.delivered_total += len(seqs)
+        top = max(seqs)
+        if self.last_delivered_seq is None or top > self.last_delivered_seq:
+            self.last_delivered_seq = top
+        self.last_delivered_ms = int(time.time() * 1000)
+        self._failures_in_row = 0
+        log.debug("delivered %d envelope(s) up to seq %d", len(seqs), top)
+
+    async def _store(self, fn: Callable[..., _R], *args: Any) -> _R:
+        try:
+            return await self._db(fn, *args)
+        except Exception as e:
+            raise _StoreFailed() from e
+
+    # -- failures and waiting ----------------------------------------------------------------
+
+    def _failed(self, what: str, unexpected: bool = False) -> None:
+        self.failures_total += 1
+        self._failures_in_row += 1
+        self.last_error = what
+        # One line per failed round, not per envelope; an outage logs at DEBUG after the first.
+        if unexpected:
+            log.error("forwarder round failed: %s", what, exc_info=True)
+        elif self._failures_in_row == 1:
+            log.warning("forwarding paused: %s", what)
+        else:
+            log.debug("forwarding still failing (%d): %s", self._failures_in_row, what)
+
+    def _backoff(self) -> float:
+        n = max(0, self._failures_in_row - 1)
+        cap = min(self.backoff_max, self.backoff_min * (2**min(n, 20)))
+        return cap * (0.5 + random.random() / 2)  # jitter: many gateways, one broker
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float, wake: bool = True) -> None:
+        """Sleep until the timeout, stop, the link changing state, or (if wake) wake()."""
+        self.uplink.connection_changed.clear()
+        events = [stop.wait(), self.uplink.connection_changed.wait()]
+        if wake:
+            events.append(self._wake.wait())
+        tasks = [asyncio.ensure_future(e) for e in events]
+        try:
+            await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _StoreFailed(Exception):
+    """Wraps a store exception so it leaves run() instead of being retried."""

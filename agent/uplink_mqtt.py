@@ -1,0 +1,348 @@
+"""The MQTT uplink: publish one envelope at QoS 1 and return only when it is acknowledged.
+
+paho runs its network thread (loop_start); every callback hops onto the asyncio loop with
+call_soon_threadsafe, so all our state (connected flag, waiters) is touched on the loop only.
+
+SQLite is the only durable queue. paho keeps its own in-memory queue — it accepts publishes
+while offline (rc 4) and resends in-flight messages after a reconnect — which would add a
+second, volatile queue and duplicates next to our byte-identical resends. So: publish only
+while connected, and empty paho's outgoing store at every (re)connect, before paho resends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import PlatformSection
+from agent.forwarder import AckTimeout, PlatformRejected, UplinkDown
+
+__all__ = ["AckTimeout", "MqttUplink", "PlatformRejected", "UplinkDown"]
+
+log = logging.getLogger("energy_agent.uplink.mqtt")
+
+
+class MqttUplink:
+    """One MQTT connection to the platform; `publish` returns when the envelope is acked."""
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        cfg: PlatformSection,
+        enterprise: str,
+        gateway: str,
+        will: tuple[str, bytes] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.client_id = cfg.client_id or f"energy-agent-{enterprise}-{gateway}"
+        self.ack_topic = f"{cfg.topic_prefix}/{enterprise}/{gateway}/down/ack"
+        self.platform_acks = cfg.ack == "platform"
+        self.connection_changed = asyncio.Event()  # set on every connect/disconnect
+        self._up = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._by_mid: dict[int, asyncio.Future[None]] = {}
+        self._by_id: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._connect_failures = 0
+        self._started = False
+        self._client = self._make_client(will)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _make_client(self, will: tuple[str, bytes] | None) -> mqtt.Client:
+        cfg = self.cfg
+        v5 = cfg.mqtt_version == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            # A fresh session each time: what was not acked is resent from SQLite.
+            clean_session=None if v5 else True,
+        )
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=cfg.ca_file,
+                certfile=cfg.cert_file,
+                keyfile=cfg.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if cfg.username:
+            password = None
+            if cfg.password_file:
+                password = Path(cfg.password_file).read_text(encoding="utf-8").strip()
+            client.username_pw_set(cfg.username, password)
+        if will:
+            client.will_set(will[0], will[1], qos=1, retain=False)
+        # paho sleeps these with time.sleep: fractions of a second work (tests use them).
+        client.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(cfg.inflight)
+        # Counts in-flight too; room for a forwarder window a little larger than `inflight`.
+        client.max_queued_messages_set(cfg.inflight * 2)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    async def start(self) -> None:
+        """Begin connecting in the background (also retries the first connect)."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        cfg = self.cfg
+        kwargs: dict[str, Any] = {}
+        if cfg.mqtt_version == "5":
+            kwargs["clean_start"] = True
+        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive, **kwargs)
+        self._client.loop_start()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Let in-flight publishes finish for up to `grace` s, then disconnect cleanly."""
+        if not self._started:
+            return
+        waiting = [f for f in self._all_waiters() if not f.done()]
+        if waiting and self.connected:
+            await asyncio.wait(waiting, timeout=grace)
+        self._started = False
+        client = self._client
+        await asyncio.to_thread(lambda: (client.disconnect(), client.loop_stop()))
+        log.info("mqtt disconnected from %s:%d (stopped)", self.cfg.host, self.cfg.port)
+        self._set_down("stopped")
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _set_up(self) -> None:
+        if not self._started or self._up.is_set():
+            return
+        self._connect_failures = 0
+        self._up.set()
+        self.connection_changed.set()
+
+    def _set_down(self, why: str) -> None:
+        was_up = self._up.is_set()
+        self._up.clear()
+        if was_up:
+            self.connection_changed.set()
+        err = UplinkDown(why)
+        for fut in self._all_waiters():
+            if not fut.done():
+                fut.set_exception(err)
+        self._by_mid.clear()
+        self._by_id.clear()
+
+    def _all_waiters(self) -> list[asyncio.Future[None]]:
+        return [*self._by_mid.values(), *(f for fs in self._by_id.values() for f in fs)]
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes, envelope_id: str) -> None:
+        """Send at QoS 1; return on PUBACK (ack mode broker) or on the platform's ack.
+
+        Raises UplinkDown (not connected, paho queue full, link lost while waiting),
+        AckTimeout (no platform ack within ack_timeout) or PlatformRejected.
+        """
+        if not self.connected or self._loop is None:
+            raise UplinkDown("not connected")
+        loop = self._loop
+        acked: asyncio.Future[None] = loop.create_future()
+        puback: asyncio.Future[None] = loop.create_future()
+        mid: int | None = None
+        if self.platform_acks:
+            self._by_id[envelope_id].append(acked)
+        try:
+            info = self._client.publish(topic, payload, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                # rc 4 (no connection) or 15 (queue full): paho may keep a copy; the next
+                # connect drops it. We never count on it.
+                raise UplinkDown(f"publish refused locally: {mqtt.error_string(info.rc)}")
+            # paho's on_publish may run before publish() has returned the mid, but our
+            # handler hops onto this loop, which cannot run it before this line: registering
+            # here, with no await in between, can never miss an early PUBACK.
+            mid = info.mid
+            self._by_mid[mid] = puback
+            if not self.platform_acks:
+                await puback
+                return
+            await self._await_platform_ack(acked, puback, envelope_id)
+        finally:
+            if mid is not None and self._by_mid.get(mid) is puback:
+                del self._by_mid[mid]
+            waiters = self._by_id.get(envelope_id)
+            if waiters is not None:
+                if acked in waiters:
+                    waiters.remove(acked)
+                if not waiters:
+                    del self._by_id[envelope_id]
+            for fut in (acked, puback):
+                if not fut.done():
+                    fut.cancel()
+                elif not fut.cancelled():
+                    fut.exception()  # mark retrieved: no "exception never retrieved" noise
+
+    async def _await_platform_ack(
+        self, acked: asyncio.Future[None], puback: asyncio.Future[None], envelope_id: str
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.ack_timeout
+        while True:
+            if acked.done():
+                return acked.result()  # raises PlatformRejected or UplinkDown
+            if puback.done() and puback.exception() is not None:
+                raise puback.exception()  # type: ignore[misc]
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AckTimeout(f"no platform ack for {envelope_id} in {self.cfg.ack_timeout:g} s")
+            watch = {acked} if puback.done() else {acked, puback}
+            await asyncio.wait(watch, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+
+    def _settle_puback(self, fut: asyncio.Future[None], rc: ReasonCode, envelope_id: str) -> None:
+        if fut.done():
+            return
+        if rc.is_failure:
+            # MQTT 5 brokers may refuse (not authorised, quota): not the envelope's fault,
+            # so retry later rather than reject it forever.
+            fut.set_exception(UplinkDown(f"broker refused {envelope_id}: {rc}"))
+        else:
+            fut.set_result(None)
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closed between check and call
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _props: Any
+    ) -> None:
+        if rc.is_failure:
+            self._call(self._log_refused, rc)
+            return
+        _forget_paho_outgoing(client)
+        if self.platform_acks:
+            client.subscribe(self.ack_topic, qos=1)  # connected once the SUBACK is in
+        self._call(self._connected, rc)
+
+    def _connected(self, rc: ReasonCode) -> None:
+        log.info(
+            "mqtt connected to %s:%d as %s (%s)",
+            self.cfg.host, self.cfg.port, self.client_id, rc,
+        )
+        if not self.platform_acks:
+            self._set_up()
+
+    def _log_refused(self, rc: ReasonCode) -> None:
+        self._connect_failures += 1
+        level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
+        log.log(level, "mqtt connection to %s:%d refused: %s", self.cfg.host, self.cfg.port, rc)
+
+    def _on_connect_fail(self, _client: mqtt.Client, _u: Any) -> None:
+        self._call(self._connect_failed)
+
+    def _connect_failed(self) -> None:
+        # A broker that is down fails every reconnect_delay: say it once, then at DEBUG.
+        self._connect_failures += 1
+        level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
+        log.log(
+            level, "mqtt cannot connect to %s:%d (attempt %d); retrying",
+            self.cfg.host, self.cfg.port, self._connect_failures,
+        )
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _props: Any
+    ) -> None:
+        self._call(self._disconnected, rc)
+
+    def _disconnected(self, rc: ReasonCode) -> None:
+        if self._up.is_set() or self._started:
+            level = logging.WARNING if rc.is_failure else logging.INFO
+            log.log(level, "mqtt disconnected from %s:%d (%s)", self.cfg.host, self.cfg.port, rc)
+        self._set_down(f"disconnected: {rc}")
+
+    def _on_subscribe(
+        self, _client: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode], _props: Any
+    ) -> None:
+        bad = [rc for rc in rcs if rc.is_failure]
+        self._call(self._subscribed, bad)
+
+    def _subscribed(self, bad: list[ReasonCode]) -> None:
+        if bad:
+            log.warning("mqtt subscribe to %s refused: %s", self.ack_topic, bad[0])
+            return  # without the ack topic, platform mode cannot deliver: stay "down"
+        self._set_up()
+
+    def _on_publish(
+        self, _client: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _props: Any
+    ) -> None:
+        self._call(self._puback, mid, rc)
+
+    def _puback(self, mid: int, rc: ReasonCode) -> None:
+        fut = self._by_mid.pop(mid, None)
+        if fut is not None:  # None: a publish that already gave up (timeout, cancelled)
+            self._settle_puback(fut, rc, f"mid {mid}")
+
+    def _on_message(self, _client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._call(self._platform_acks, bytes(msg.payload))
+
+    def _platform_acks(self, payload: bytes) -> None:
+        try:
+            doc = json.loads(payload)
+            acks = doc["acks"] if isinstance(doc, dict) and doc.get("v") == 1 else None
+            if not isinstance(acks, list):
+                raise ValueError("expected {\"v\": 1, \"acks\": [...]}")
+        except (ValueError, KeyError) as e:
+            log.warning("mqtt ack on %s ignored: %s", self.ack_topic, e)
+            return
+        for ack in acks:
+            if not isinstance(ack, dict) or not isinstance(ack.get("id"), str):
+                log.warning("mqtt ack entry ignored: %r", ack)
+                continue
+            eid, result = ack["id"], ack.get("result")
+            for fut in self._by_id.pop(eid, []):
+                if fut.done():
+                    continue
+                if result in ("accepted", "duplicate"):
+                    fut.set_result(None)
+                elif result == "rejected":
+                    fut.set_exception(PlatformRejected(str(ack.get("reason") or "no reason")))
+                else:
+                    log.warning("mqtt ack for %s has unknown result %r", eid, result)
+
+
+def _forget_paho_outgoing(client: mqtt.Client) -> None:
+    """Drop what paho kept from an earlier connection before it resends it (see top).
+
+    Private paho state (pinned <3): an unknown layout only costs harmless duplicates.
+    """
+    lock = getattr(client, "_out_message_mutex", None)
+    messages = getattr(client, "_out_messages", None)
+    if lock is None or messages is None:
+        return
+    with lock:
+        messages.clear()
+        client._inflight_messages = 0
