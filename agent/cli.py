@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run the daemon: poll, store, seal, upload"),
     "check-config": ("check_config", "validate a config file and print the read plan"),
     "probe": ("probe", "read one meter once and print its values with units"),
+    "keygen": ("keygen", "create the Ed25519 signing key; print the public key and key id"),
 }
 
 DEFAULT_CONFIG = "/etc/energy-agent/agent.toml"

@@ -1,0 +1,47 @@
+"""`energy-agent keygen`: create the gateway's Ed25519 signing key and show what to register."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_KEY = "/etc/energy-agent/signing.key"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--key", metavar="FILE", help=f"key file to create (default {DEFAULT_KEY})")
+    where.add_argument(
+        "-c", "--config", metavar="CONFIG", help="create the key named by the config's signing.key_file"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.signing import KeyFileError, generate_key, public_key_base64, public_key_pem
+
+    key_id_override = None
+    if args.config:
+        from agent.commands._common import load_or_exit
+
+        cfg = load_or_exit(args.config)
+        path = cfg.signing.key_file
+        key_id_override = cfg.signing.key_id
+    else:
+        path = args.key or DEFAULT_KEY
+    try:
+        raw, key_id = generate_key(path)
+    except KeyFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} (Ed25519, PKCS8 PEM, mode 0600)")
+    print()
+    print("Register this gateway's public key with the platform:")
+    print(f"  key id:     {key_id}")
+    print(f"  public key: {public_key_base64(raw)}  (base64 of the raw 32 bytes)")
+    print()
+    print(public_key_pem(raw), end="")
+    if key_id_override and key_id_override != key_id:
+        print()
+        print(f"note: the config sets signing.key_id = {key_id_override!r}; envelopes will carry that "
+              "kid, so register the key under it (or remove it to use the derived one)")
+    return 0
