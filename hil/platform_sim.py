@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 FIELDS = {"v", "id", "seq", "type", "enterprise", "gateway", "created", "prev", "body", "alg",
           "kid", "sig"}
 ZERO_PREV = "0" * 64
+TYPES = {"readings", "interval", "daily", "monthly", "manual", "status"}
+VALUE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
+CREATED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS envelope (
     id TEXT PRIMARY KEY, enterprise TEXT, gateway TEXT, seq INTEGER, type TEXT,
@@ -62,8 +67,8 @@ def _canon(o: Any) -> str:
     if isinstance(o, bool) or o is None or isinstance(o, float):
         raise ValueError(f"{o!r}: only integers and strings are allowed")
     if isinstance(o, int):
-        if abs(o) > 2**53:
-            raise ValueError(f"{o}: integer beyond ±2^53")
+        if abs(o) > 2**53 - 1:
+            raise ValueError(f"{o}: integer beyond ±(2^53 − 1)")
         return str(o)
     if isinstance(o, str):
         # json.dumps escapes exactly like ECMAScript JSON.stringify for these characters.
@@ -235,6 +240,10 @@ class PlatformSim:
         return env
 
     def _check(self, topic: str, env: dict[str, Any], payload: bytes) -> None:
+        if env["type"] not in TYPES:
+            raise Rejected(f"unknown type {env['type']!r}")
+        if not CREATED.fullmatch(env["created"]) or not HEX64.fullmatch(env["prev"]):
+            raise Rejected("created or prev not in the exact form")
         if env["alg"] != "ed25519":
             raise Rejected(f"unsupported alg {env['alg']!r}")
         key = self.keys.get(env["kid"])
@@ -258,6 +267,8 @@ class PlatformSim:
         want = f"{self.prefix}/{env['enterprise']}/{env['gateway']}/up/{env['type']}"
         if topic != want:
             raise Rejected(f"topic {topic!r} is not {want!r}")
+        if env["type"] == "readings":
+            _check_readings(env["body"])
         if self._reject_next > 0:
             self._reject_next -= 1
             raise Rejected("told to reject")
@@ -334,6 +345,25 @@ class PlatformSim:
     def sample_count(self) -> int:
         with self._lock:
             return int(self.db.execute("SELECT count(*) FROM sample").fetchone()[0])
+
+
+def _check_readings(body: Any) -> None:
+    """docs/protocol.md "readings": one member `samples`, non-empty, five typed positions."""
+    if not isinstance(body, dict) or set(body) != {"samples"}:
+        raise Rejected("readings body: expected exactly one member, samples")
+    samples = body["samples"]
+    if not isinstance(samples, list) or not samples:
+        raise Rejected("readings body: samples must be a non-empty array")
+    for i, s in enumerate(samples):
+        ok = (isinstance(s, list) and len(s) == 5 and isinstance(s[0], str)
+              and isinstance(s[1], str) and isinstance(s[2], int) and isinstance(s[3], str)
+              and isinstance(s[4], int) and 0 <= s[4] <= 5)
+        if not ok:
+            raise Rejected(f"readings body: samples[{i}] is not [meter, point, ts, value, quality]")
+        if (s[3] == "") != (s[4] != 0) or (s[3] and not VALUE.fullmatch(s[3])):
+            raise Rejected(f"readings body: samples[{i}] value {s[3]!r} with quality {s[4]}")
+        if s[3].startswith("-") and not s[3].strip("-0."):
+            raise Rejected(f"readings body: samples[{i}] is a negative zero")
 
 
 def _now_ms() -> int:

@@ -250,3 +250,26 @@ def test_platform_sim_rejects_a_broken_chain_and_unknown_keys(tmp_path) -> None:
     assert sim.accept(topic, b'{"v":1}')[0][0] == "rejected"
     assert sim.counters.chain_breaks == 1 and sim.counters.accepted == 2
     sim.db.close()
+
+
+def test_platform_sim_accepts_the_protocol_worked_example(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import base64
+    import re
+    from pathlib import Path
+
+    from hil.platform_sim import PlatformSim
+
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+
+    def block(name: str) -> str:
+        m = re.search(rf"<!-- example:{name} -->\n```[a-z]*\n(.*?)\n```", doc, re.S)
+        assert m, name
+        return m.group(1)
+
+    raw = base64.b64decode(block("public-key"))
+    sim = PlatformSim(1, {block("kid"): raw}, tmp_path / "p.db")
+    wire = block("wire-bytes").encode()
+    topic = "energy/91370600780790663W/gw-01/up/readings"
+    assert sim.accept(topic, wire)[0] == ("accepted", "")
+    assert sim.accept(topic, wire.replace(b'"v":1}', b'"v":1 }'))[0][0] == "rejected"
+    sim.db.close()
