@@ -23,6 +23,7 @@ from buffer.retention import prune
 from buffer.store import MeterStatus, Store, StoreError
 from drivers.factory import open_driver
 
+from agent import sdnotify
 from agent.config import Config
 from agent.forwarder import Forwarder
 from agent.heartbeat import Heartbeat
@@ -101,7 +102,7 @@ class App:
     def request_stop(self, why: str) -> None:
         if not self.stop.is_set():
             log.info("stopping (%s)", why)
-            self.watchdog.stopping() if hasattr(self, "watchdog") else None
+            sdnotify.stopping(f"stopping ({why})")
             self.stop.set()
 
     async def _wait(self, tasks: list[asyncio.Task[None]]) -> None:

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # pymodbus logs raw frames on every error; a dead meter would flood the journal.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # APScheduler logs every job run at INFO: one line per poll per bus would drown the journal.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     module = importlib.import_module(f"agent.commands.{args._module}")
     try:
         return int(module.run(args) or 0)
