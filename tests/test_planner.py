@@ -9,8 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import REGISTERS, PointConfig
+from agent.config import REGISTERS, BusConfig, MeterConfig, PointConfig
 from drivers.planner import ReadRequest, describe_plan, plan_reads
+from drivers.timing import (
+    TCP_REQUEST_SECONDS,
+    character_bits,
+    cycle_seconds,
+    dead_meter_seconds,
+    request_seconds,
+    transactions_per_second,
+)
 
 TYPES = list(REGISTERS)
 
@@ -151,3 +159,46 @@ def test_contiguous_maps_use_the_minimal_number_of_requests(
     plan = plan_reads(points, max_registers=max_registers, max_gap=0)
     check_invariants(points, plan, max_registers, 0)
     assert len(plan) == fewest_requests(tuple(REGISTERS[t] for t in types), max_registers)
+
+
+# -- what a plan costs on the wire (drivers/timing.py) ---------------------------------------
+
+
+def rtu(baud: int = 9600, parity: str = "E", **kw: object) -> BusConfig:
+    return BusConfig(name="rs485-1", kind="modbus-rtu", device="/dev/ttyS1", baud=baud,
+                     parity=parity, **kw)  # type: ignore[arg-type]
+
+
+def test_line_rate_at_9600_8e1() -> None:
+    # 2 registers: 8 + 9 characters of 11 bits, 2 x 3.5 characters of silence, 30 ms turnaround.
+    assert request_seconds(rtu(), 2) == pytest.approx((17 + 7) * 11 / 9600 + 0.03)
+    assert transactions_per_second(rtu(), 2) == pytest.approx(17.4, abs=0.1)
+    assert transactions_per_second(rtu(), 125) == pytest.approx(2.95, abs=0.01)
+    # One 60-register read against 30 two-register reads: ~9x less bus time at 9600.
+    assert 30 * request_seconds(rtu(), 2) / request_seconds(rtu(), 60) == pytest.approx(9.06, abs=0.1)
+
+
+def test_character_framing_and_fast_lines() -> None:
+    assert character_bits(rtu(parity="N")) == 10
+    assert character_bits(rtu(parity="E", stop_bits=2)) == 12
+    assert character_bits(rtu(parity="N", data_bits=7)) == 9
+    # Above 19200 baud the silent interval is a fixed 1.75 ms.
+    fast = rtu(baud=115200)
+    assert request_seconds(fast, 2, turnaround_s=0) == pytest.approx(17 * 11 / 115200 + 0.0035)
+
+
+def test_tcp_and_rtu_over_tcp_estimates() -> None:
+    tcp = BusConfig(name="lan", kind="modbus-tcp", host="10.0.0.5")
+    assert request_seconds(tcp, 2) == request_seconds(tcp, 125) == TCP_REQUEST_SECONDS
+    over = BusConfig(name="gw", kind="modbus-rtu-over-tcp", host="10.0.0.6")
+    assert request_seconds(over, 10) == pytest.approx(request_seconds(rtu(), 10) + TCP_REQUEST_SECONDS)
+
+
+def test_cycle_and_dead_meter_seconds() -> None:
+    m = MeterConfig(name="m", bus="rs485-1")
+    m.points = [pt("a", 0, "f32"), pt("b", 2, "f32"), pt("c", 100, "u16")]
+    m.max_registers, m.max_gap, m.pause_ms = 125, 10, 50
+    bus = rtu(timeout=0.5, retries=2)
+    assert cycle_seconds(bus, m) == pytest.approx(
+        request_seconds(bus, 4) + request_seconds(bus, 1) + 0.05)
+    assert dead_meter_seconds(bus) == pytest.approx(1.5)
