@@ -1,0 +1,250 @@
+"""Counter arithmetic: from raw cumulative reads to consumption per period, exactly.
+
+A counter point (energy, volume) is read as a running total. Consumption over a period is the
+difference of the counter's values at the period's boundaries, where each boundary value is
+interpolated between the reads either side (DOMAIN.md §4: the day starts at 00:00 ± 1 min).
+
+The hard part is what a raw difference can hide, so every step between two consecutive reads is
+classified before it counts:
+
+- normal      the counter went up: the difference is consumption;
+- rollover    it went down but a wrap through the modulus explains it as a small step forward;
+- reset       it dropped to (near) zero: the meter was cleared; consumption is the new value;
+- backwards   it went down for no known reason: counted as zero, flagged, and the last good value
+              is held as the baseline, so one bad read can never become huge consumption later;
+- replaced    a recorded meter replacement (old final value → new initial value): zero.
+
+A read that jumps up while the next read falls back to between the baseline and it (a garbled
+reply, then the counter resumes) is dropped as a spike rather than counted and held against.
+
+All arithmetic is Decimal on values quantized to the point's decimal places, so sums telescope:
+the consumption of consecutive periods adds up exactly to the consumption over their union,
+whichever way the span is cut. That is what makes "a month is the sum of its days" exact.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+
+# Flags a period can carry; the set is part of the wire format (docs/protocol.md).
+GAP = "gap"  # reads further apart than the gap limit overlap the period
+BACKWARDS = "backwards"  # the counter went down without a recorded replacement
+ROLLOVER = "rollover"  # the counter wrapped through its modulus
+RESET = "reset"  # the counter restarted from (near) zero
+REPLACED = "replaced"  # a recorded meter replacement falls in the period
+SPIKE = "spike"  # an implausible read was dropped
+INTERPOLATED = "interpolated"  # a boundary value was interpolated across a gap
+EXTRAPOLATED = "extrapolated"  # no read on one side of a boundary: the nearest value was held
+CLOCK = "clock"  # the gateway clock was stepped during the period
+NO_DATA = "no_data"  # no read at all: the value is empty
+FLAGS = frozenset(
+    {GAP, BACKWARDS, ROLLOVER, RESET, REPLACED, SPIKE, INTERPOLATED, EXTRAPOLATED, CLOCK, NO_DATA}
+)
+
+# A drop to at most this fraction of the previous value is a meter reset, not a bad read.
+RESET_FRACTION = Decimal("0.01")
+
+_READ, _OLD_FINAL, _NEW_INITIAL = 1, 0, 2  # sort order at equal timestamps
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One good counter read, already quantized (see `to_decimal`)."""
+
+    ts: int  # Unix ms
+    value: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """A meter swap recorded by `energy-agent replace-meter`."""
+
+    ts: int  # Unix ms: reads before are the old meter, reads from here on the new one
+    old_final: Decimal
+    new_initial: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodValue:
+    """Consumption over [start, end) of one counter, with its boundary values and flags."""
+
+    start: int
+    end: int
+    start_value: Decimal | None  # effective counter value at `start` (None: no data at all)
+    end_value: Decimal | None
+    consumption: Decimal | None
+    flags: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    ts: int
+    eff: Decimal  # effective counter value after this node (held baseline on a backwards step)
+    cum: Decimal  # consumption from the first node up to here
+    # How the step from the previous node to this one was classified (for interpolation).
+    kind: str
+    base: Decimal  # value the step starts from: previous eff, or 0 for a reset
+    delta: Decimal  # consumption of the step
+
+
+def to_decimal(value: float, decimals: int) -> Decimal:
+    """A float read as the exact decimal it was meant to be, at the point's precision."""
+    return Decimal(repr(value)).quantize(_quantum(decimals), rounding=ROUND_HALF_EVEN)
+
+
+def modulus_for(type_: str, scale: float, modulus: float | None, decimals: int) -> Decimal | None:
+    """Where a counter wraps: the configured modulus, else the integer type's range × scale."""
+    if modulus is not None:
+        return to_decimal(modulus, decimals)
+    if type_[0] in "us" and type_[1:].isdigit():
+        return (Decimal(2) ** int(type_[1:]) * Decimal(repr(abs(scale)))).quantize(
+            _quantum(decimals)
+        )
+    return None  # floats do not wrap
+
+
+def _quantum(decimals: int) -> Decimal:
+    return Decimal(1).scaleb(-decimals)
+
+
+def classify(prev: Decimal, cur: Decimal, modulus: Decimal | None) -> tuple[str, Decimal, Decimal]:
+    """(kind, base, consumption) of a step from effective value `prev` to read `cur`."""
+    d = cur - prev
+    if d >= 0:
+        # Forward by more than half the range is a small step backwards through the wrap point.
+        if modulus is not None and d > modulus / 2:
+            return BACKWARDS, prev, Decimal(0)
+        return "normal", prev, d
+    if modulus is not None and d + modulus <= modulus / 2:
+        return ROLLOVER, prev, d + modulus
+    if prev > 0 and cur >= 0 and cur <= prev * RESET_FRACTION:
+        return RESET, Decimal(0), cur
+    return BACKWARDS, prev, Decimal(0)
+
+
+def _walk(
+    seed: Sample | None,
+    samples: Sequence[Sample],
+    replacements: Sequence[Replacement],
+    modulus: Decimal | None,
+) -> tuple[list[_Node], list[int]]:
+    events: list[tuple[int, int, Decimal]] = [(s.ts, _READ, s.value) for s in samples]
+    for r in replacements:
+        events.append((r.ts, _OLD_FINAL, r.old_final))
+        events.append((r.ts, _NEW_INITIAL, r.new_initial))
+    if seed is not None:
+        # The seed is the previous period's closing value; everything at or before it is history.
+        events = [e for e in events if e[0] > seed.ts]
+    events.sort(key=lambda e: (e[0], e[1]))
+    nodes: list[_Node] = []
+    spikes: list[int] = []
+    if seed is not None:
+        nodes.append(_Node(seed.ts, seed.value, Decimal(0), "seed", seed.value, Decimal(0)))
+    for i, (ts, k, v) in enumerate(events):
+        if not nodes:
+            nodes.append(_Node(ts, v, Decimal(0), "seed", v, Decimal(0)))
+            continue
+        prev = nodes[-1]
+        if k == _READ and _is_spike(prev.eff, v, events, i):
+            spikes.append(ts)
+            continue
+        if k == _NEW_INITIAL:
+            kind, base, delta = REPLACED, v, Decimal(0)
+        else:
+            kind, base, delta = classify(prev.eff, v, modulus)
+        eff = prev.eff if kind == BACKWARDS else v
+        nodes.append(_Node(ts, eff, prev.cum + delta, kind, base, delta))
+    return nodes, spikes
+
+
+def _is_spike(baseline: Decimal, value: Decimal, events: list[tuple[int, int, Decimal]],
+              i: int) -> bool:
+    """A read above the baseline whose next read of the same meter falls back to between the
+    two: a bit error or a garbled reply, not consumption. Judged against the effective
+    baseline (not the raw previous read) so that cutting the history anywhere decides alike."""
+    if i + 1 >= len(events) or events[i + 1][1] != _READ:
+        return False
+    return baseline <= events[i + 1][2] < value
+
+
+def _at(
+    nodes: list[_Node], times: list[int], t: int, modulus: Decimal | None, q: Decimal
+) -> tuple[Decimal, Decimal, str | None]:
+    """(effective value, cumulative consumption, flag) at time t: from the last node at or
+    before t, moved along the step after it in proportion to the time elapsed."""
+    i = bisect.bisect_right(times, t) - 1
+    if i < 0:
+        return nodes[0].eff, nodes[0].cum, EXTRAPOLATED
+    a = nodes[i]
+    if a.ts == t:
+        return a.eff, a.cum, None
+    if i + 1 >= len(nodes):
+        return a.eff, a.cum, EXTRAPOLATED
+    b = nodes[i + 1]
+    if b.kind == BACKWARDS:
+        return a.eff, a.cum, None  # the baseline is held through a backwards step
+    part = (b.delta * Decimal(t - a.ts) / Decimal(b.ts - a.ts)).quantize(q, ROUND_HALF_EVEN)
+    value = b.base + part
+    if b.kind == ROLLOVER and modulus is not None and value >= modulus:
+        value -= modulus
+    # `part` is exactly what the step a → value counts (see module doc: splits telescope).
+    return value, a.cum + part, None
+
+
+def close_periods(
+    bounds: Sequence[int],
+    samples: Sequence[Sample],
+    *,
+    decimals: int,
+    modulus: Decimal | None = None,
+    seed: Decimal | None = None,
+    replacements: Sequence[Replacement] = (),
+    gap_ms: int | None = None,
+) -> list[PeriodValue]:
+    """Consumption of a counter over consecutive periods [bounds[k], bounds[k+1]).
+
+    `seed` is the counter value at bounds[0] carried over from the previous period's closing
+    value (so consecutive calls chain exactly); without it the opening value is interpolated
+    from `samples`, which should then reach back before bounds[0]. `samples` should reach past
+    the last bound, else the closing value is extrapolated (held) and flagged. Reads further
+    apart than `gap_ms` mark the periods they overlap with "gap".
+    """
+    q = _quantum(decimals)
+    seed_sample = Sample(bounds[0], seed) if seed is not None else None
+    nodes, spikes = _walk(seed_sample, samples, replacements, modulus)
+    out: list[PeriodValue] = []
+    if not nodes:
+        for s, e in itertools.pairwise(bounds):
+            out.append(PeriodValue(s, e, None, None, None, frozenset({NO_DATA})))
+        return out
+    times = [n.ts for n in nodes]
+    at = [_at(nodes, times, t, modulus, q) for t in bounds]
+    for k, (s, e) in enumerate(itertools.pairwise(bounds)):
+        flags: set[str] = set()
+        (v0, c0, f0), (v1, c1, f1) = at[k], at[k + 1]
+        flags.update(f for f in (f0, f1) if f)
+        lo = max(bisect.bisect_left(times, s), 1)
+        hi = bisect.bisect_right(times, e) + 1
+        for j in range(lo, min(hi, len(nodes))):
+            a, b = nodes[j - 1], nodes[j]
+            # A zero-length replacement step at exactly `s` belongs to the period before.
+            inside = (a.ts < e and b.ts > s) or (a.ts == b.ts and s < b.ts <= e)
+            if not inside:
+                continue
+            if b.kind in (ROLLOVER, RESET, BACKWARDS, REPLACED):
+                flags.add(b.kind)
+            if gap_ms is not None and b.ts - a.ts > gap_ms:
+                flags.add(GAP)
+                # A boundary inside the gap was interpolated across it.
+                if a.ts < s < b.ts or a.ts < e < b.ts:
+                    flags.add(INTERPOLATED)
+        if any(s <= t < e for t in spikes):
+            flags.add(SPIKE)
+        if gap_ms is not None and EXTRAPOLATED in flags:
+            flags.add(GAP)
+        out.append(PeriodValue(s, e, v0, v1, c1 - c0, frozenset(flags)))
+    return out
