@@ -10,6 +10,7 @@ type checks trivial. Anything refused raises with the key path, e.g.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 # Number.MAX_SAFE_INTEGER. 2**53 itself is a double, but so is 2**53 + 1 once a JavaScript
@@ -30,8 +31,56 @@ _ESCAPES.update({
 })
 
 
+# For the plain values _plain() admits, the stdlib's C encoder writes exactly JCS: the same
+# escapes (lowercase \u00xx for other C0 controls, nothing else escaped with ensure_ascii off),
+# and sort_keys' code-point order equals UTF-16 order while no key leaves the BMP. It is ~3x
+# faster than the reference writer below, which matters on ARM gateways sealing big batches.
+_FAST = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, check_circular=False,
+    allow_nan=False,
+)
+
+
 def canonical(obj: Any) -> bytes:
     """The JCS canonical UTF-8 bytes of `obj` (dict with str keys, list/tuple, str, int)."""
+    if _plain(obj):
+        try:
+            return _FAST.encode(obj).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: let the reference writer name where it is
+    return _reference(obj)
+
+
+def _plain(obj: Any) -> bool:
+    """Exactly str/int/list/tuple/dict (no subclasses), safe integers, BMP-only keys."""
+    t = type(obj)
+    if t is str:
+        return True
+    if t is int:
+        return -MAX_SAFE_INTEGER <= obj <= MAX_SAFE_INTEGER
+    if t is list or t is tuple:
+        for x in obj:
+            tx = type(x)
+            if tx is str:
+                continue
+            if tx is int:
+                if not -MAX_SAFE_INTEGER <= x <= MAX_SAFE_INTEGER:
+                    return False
+            elif not _plain(x):
+                return False
+        return True
+    if t is dict:
+        for k, v in obj.items():
+            if type(k) is not str or (not k.isascii() and max(k) > "\uffff"):
+                return False
+            if not _plain(v):
+                return False
+        return True
+    return False
+
+
+def _reference(obj: Any) -> bytes:
+    """The straightforward JCS writer: any input, and errors that name the key path."""
     parts: list[str] = []
     _write(obj, parts, "")
     # Every string was checked for lone surrogates on the way, so this cannot fail.

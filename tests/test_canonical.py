@@ -10,7 +10,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.canonical import MAX_SAFE_INTEGER, canonical
+from agent.canonical import MAX_SAFE_INTEGER, _plain, _reference, canonical
 
 ints = st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
 # Hypothesis text() never yields lone surrogates, so every string is valid UTF-8. Bias towards
@@ -33,7 +33,17 @@ values = st.recursive(
 @settings(max_examples=400, deadline=None)
 @given(values)
 def test_matches_rfc8785_oracle(value: object) -> None:
-    assert canonical(value) == rfc8785.dumps(value)
+    expected = rfc8785.dumps(value)
+    # Both writers: canonical() takes the stdlib fast path for most values, and the reference
+    # writer for non-BMP keys and anything it must refuse.
+    assert canonical(value) == expected
+    assert _reference(value) == expected
+
+
+def test_fast_path_is_taken_for_envelope_shaped_values() -> None:
+    body = {"samples": [["m", "p", 1763777700000, "12.50", 0]], "é": ["\u2028"]}
+    assert _plain(body)
+    assert not _plain({"\U0001f600": 1}) and not _plain([True]) and not _plain([2**53])
 
 
 @settings(max_examples=200, deadline=None)
