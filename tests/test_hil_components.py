@@ -273,3 +273,69 @@ def test_platform_sim_accepts_the_protocol_worked_example(tmp_path) -> None:  # 
     assert sim.accept(topic, wire)[0] == ("accepted", "")
     assert sim.accept(topic, wire.replace(b'"v":1}', b'"v":1 }'))[0][0] == "rejected"
     sim.db.close()
+
+
+# -- fault proxy -------------------------------------------------------------------------
+
+
+def test_fault_proxy_pass_delay_blackhole_cut_flap() -> None:
+    from hil.fault_proxy import FaultProxy
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1024):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def roundtrip(r: asyncio.StreamReader, w: asyncio.StreamWriter, msg: bytes,
+                        timeout: float = 2.0) -> float:
+        started = time.monotonic()
+        w.write(msg)
+        await w.drain()
+        assert await asyncio.wait_for(r.readexactly(len(msg)), timeout) == msg
+        return time.monotonic() - started
+
+    async def main() -> None:
+        target = await asyncio.start_server(echo, "127.0.0.1", 0)
+        proxy = await FaultProxy(target.sockets[0].getsockname()[1]).start()
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
+            assert await roundtrip(r, w, b"hello") < 0.2
+
+            await proxy.set_mode("delay", delay=0.3)
+            assert await roundtrip(r, w, b"slow") >= 0.55  # 0.3 s each way
+
+            await proxy.set_mode("blackhole")
+            w.write(b"held")
+            await w.drain()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(r.readexactly(4), 0.3)
+            r2, w2 = await asyncio.open_connection("127.0.0.1", proxy.port)  # accepted, mute
+            w2.write(b"new")
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(r2.readexactly(3), 0.3)
+            await proxy.set_mode("pass")
+            assert await asyncio.wait_for(r.readexactly(4), 2) == b"held"  # held, not dropped
+            assert await asyncio.wait_for(r2.readexactly(3), 2) == b"new"
+
+            await proxy.set_mode("cut")
+            assert await asyncio.wait_for(r.read(10), 2) == b""  # reset
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", proxy.port)  # refused
+            await proxy.set_mode("pass")
+            r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
+            assert await roundtrip(r, w, b"back") < 0.2
+
+            proxy.flap([("cut", 0.15), ("pass", 0.15)])
+            await asyncio.sleep(0.7)
+            assert proxy.stats.mode_changes >= 5 + 4  # 5 before, one per 0.15 s step
+            await proxy.set_mode("pass")
+            r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
+            assert await roundtrip(r, w, b"steady") < 0.2
+            w.close()
+            w2.close()
+        finally:
+            await proxy.stop()
+            target.close()
+
+    asyncio.run(main())
