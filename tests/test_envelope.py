@@ -210,6 +210,16 @@ def test_key_change_keeps_the_chain() -> None:
     assert v.accept(second)["kid"] == new.key_id
 
 
+def test_topic_must_match_the_envelope() -> None:
+    signer = new_signer()
+    payload = build_chain(signer, 1)[0]
+    verifier_for(signer).accept(payload, topic=topic_for("energy", E, G, "readings"))
+    for wrong in (topic_for("energy", E, G, "status"), topic_for("energy", E, "gw-02", "readings"),
+                  f"/{E}/{G}/up/readings"[1:]):
+        with pytest.raises(VerificationError, match="does not match the envelope"):
+            verifier_for(signer).accept(payload, topic=wrong)
+
+
 def test_envelope_from_another_gateway_is_rejected() -> None:
     signer = new_signer()
     payload = build_chain(signer, 1, gateway="gw-02")[0]

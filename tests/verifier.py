@@ -67,11 +67,15 @@ class ChainVerifier:
         self._hash: dict[int, str] = {}  # seq -> SHA-256 of its wire bytes
         self._prev: dict[int, str] = {}  # seq -> its prev field
 
-    def accept(self, payload: bytes) -> dict[str, Any]:
-        """Verify one payload (docs/protocol.md, "Verification"); return the parsed envelope."""
+    def accept(self, payload: bytes, topic: str | None = None) -> dict[str, Any]:
+        """Verify one payload (docs/protocol.md, "Verification"); return the parsed envelope.
+        With `topic`, also check it is {prefix}/{E}/{G}/up/{type} for this envelope."""
         self.last_duplicate = False
         env = _parse(payload)
         _check_fields(env)
+        suffix = f"/{env['enterprise']}/{env['gateway']}/up/{env['type']}"
+        if topic is not None and not (topic.endswith(suffix) and len(topic) > len(suffix)):
+            raise VerificationError(f"topic {topic!r} does not match the envelope (…{suffix})")
         if rfc8785.dumps(env) != payload:
             raise VerificationError("payload is not the canonical form of its JSON")
         key = self.keys.get(env["kid"])
