@@ -103,8 +103,10 @@ class RequestExecutor:
                 link_down = failure.link_down
                 failures.append(failure)
                 self._gaps(got, meter, request, failure.quality)
-                log.warning("%s: %s; its %d points are gaps", meter_label(meter), failure.what,
-                            len(request.points))
+                # Busy is routine (the meter is retried next cycle), not worth a warning.
+                log.log(logging.DEBUG if failure.busy else logging.WARNING,
+                        "%s: %s; its %d points are gaps", meter_label(meter), failure.what,
+                        len(request.points))
                 continue
             answered = True
             for point in request.points:
