@@ -1,0 +1,199 @@
+"""Retention: what may leave the store, in which order, and giving the space back.
+
+Order (DESIGN.md), each step only when the previous one was not enough:
+1. raw readings older than the raw window that are already sealed;
+2. envelopes done (delivered or rejected) for every destination and older than the history window;
+3. over budget: sealed raw readings of any age, then done envelopes of any age, oldest first;
+4. over budget, the very last resort: unsent envelopes oldest first — each one counted,
+   logged with its id and recorded as an event.
+Unsealed readings are never deleted. Deletes run in batches of one transaction each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from buffer.store import Store
+
+log = logging.getLogger("buffer.retention")
+
+SEALED_CURSOR = "sealed_rowid"
+BATCH = 10_000
+# Pages are only given back to the filesystem past this many free pages: rewriting a few
+# pages on every run would wear eMMC/SD for nothing (free pages are reused by new rows).
+VACUUM_MIN_FREE_PAGES = 256
+VACUUM_STEP_PAGES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    raw_readings: int = 0  # step 1
+    history_envelopes: int = 0  # step 2
+    budget_readings: int = 0  # step 3, sealed raw readings within the raw window
+    budget_envelopes: int = 0  # step 3, done envelopes within the history window
+    dropped_envelopes: int = 0  # step 4, never delivered
+    dropped_ids: tuple[str, ...] = ()
+    events: int = 0  # event records older than the history window
+    bytes_before: int = 0
+    bytes_after: int = 0
+    over_budget: bool = False  # still over after everything allowed was pruned
+
+
+def prune(store: Store, now_ms: int, raw_keep_ms: int, history_keep_ms: int,
+          budget_bytes: int | None) -> PruneReport:
+    before = store.size_bytes()
+    sealed = store.cursor(SEALED_CURSOR)
+    raw_cut, history_cut = now_ms - raw_keep_ms, now_ms - history_keep_ms
+
+    raw = _delete_readings(store, sealed, raw_cut, None)
+    history = _delete_done_envelopes(store, history_cut, None)
+    events = _delete_events(store, history_cut)
+
+    budget_readings = budget_envelopes = 0
+    dropped: list[str] = []
+    if budget_bytes is not None and store.used_bytes() > budget_bytes:
+        budget_readings = _delete_readings(store, sealed, None, budget_bytes)
+        if store.used_bytes() > budget_bytes:
+            budget_envelopes = _delete_done_envelopes(store, None, budget_bytes)
+        if store.used_bytes() > budget_bytes:
+            dropped = _drop_unsent(store, now_ms, budget_bytes)
+    if history or budget_envelopes or dropped:
+        store.advance_watermarks()
+    _reclaim(store)
+
+    over = budget_bytes is not None and store.used_bytes() > budget_bytes
+    if over:
+        log.warning("store still over its disk budget (%d bytes used, budget %d): what is left"
+                    " is unsealed readings and the schema", store.used_bytes(), budget_bytes)
+    report = PruneReport(raw, history, budget_readings, budget_envelopes, len(dropped),
+                         tuple(dropped), events, before, store.size_bytes(), over)
+    if raw or history or budget_readings or budget_envelopes or dropped:
+        log.info("retention pruned %d raw readings, %d envelopes, %d for the disk budget"
+                 " (%d readings, %d envelopes), dropped %d unsent; %d -> %d bytes",
+                 raw + budget_readings, history + budget_envelopes,
+                 budget_readings + budget_envelopes, budget_readings, budget_envelopes,
+                 len(dropped), before, report.bytes_after)
+    return report
+
+
+def _keep_going(store: Store, budget: int | None) -> bool:
+    """Without a budget a step deletes all that qualifies; with one, until under it."""
+    return budget is None or store.used_bytes() > budget
+
+
+def _delete_readings(store: Store, sealed: int, before_ts: int | None,
+                     budget: int | None) -> int:
+    """Sealed readings oldest first: all older than before_ts, or until under budget."""
+    sql = "SELECT id FROM readings WHERE id <= ?"
+    params: list[Any] = [sealed]
+    if before_ts is not None:
+        sql += " AND ts < ?"
+        params.append(before_ts)
+    total = 0
+    while _keep_going(store, budget):
+        with store.transaction() as c:
+            ids = [r[0] for r in c.execute(sql + " ORDER BY id LIMIT ?", [*params, BATCH])]
+            if ids:
+                # ids ascend and all are <= sealed: one range delete, the ts filter re-applied.
+                c.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?"
+                          + ("" if before_ts is None else " AND ts < ?"),
+                          [ids[0], ids[-1], *params[1:]])
+                _count(c, "pruned_readings", len(ids))
+        total += len(ids)
+        if len(ids) < BATCH:
+            break
+    return total
+
+
+def _done_condition(store: Store) -> tuple[str, list[Any]]:
+    """SQL true for an outbox row `o` that every configured destination is done with."""
+    parts, params = [], []
+    for d in store.destinations:
+        parts.append("(o.seq <= (SELECT watermark FROM delivery WHERE destination = ?)"
+                     " OR EXISTS (SELECT 1 FROM delivery_marks m"
+                     " WHERE m.destination = ? AND m.seq = o.seq))")
+        params += [d, d]
+    return " AND ".join(parts), params
+
+
+def _delete_envelopes(c: Any, seqs: Sequence[int]) -> None:
+    rows = [(s,) for s in seqs]
+    c.executemany("DELETE FROM outbox WHERE seq = ?", rows)
+    c.executemany("DELETE FROM payloads WHERE seq = ?", rows)
+
+
+def _delete_done_envelopes(store: Store, before_ms: int | None, budget: int | None) -> int:
+    done, params = _done_condition(store)
+    sql = f"SELECT o.seq FROM outbox o WHERE {done}"
+    if before_ms is not None:
+        sql += " AND o.created_ms < ?"
+        params.append(before_ms)
+    # Under a budget, small batches: envelopes can be large and each one is history.
+    batch = BATCH if budget is None else 200
+    total = 0
+    while _keep_going(store, budget):
+        with store.transaction() as c:
+            seqs = [r[0] for r in c.execute(sql + " ORDER BY o.seq LIMIT ?", [*params, batch])]
+            _delete_envelopes(c, seqs)
+            if seqs:
+                _count(c, "pruned_envelopes", len(seqs))
+        total += len(seqs)
+        if len(seqs) < batch:
+            break
+    return total
+
+
+def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
+    dropped: list[str] = []
+    while store.used_bytes() > budget:
+        with store.transaction() as c:
+            rows = c.execute("SELECT seq, id, type, period, created_ms FROM outbox"
+                             " ORDER BY seq LIMIT 50").fetchall()
+            _delete_envelopes(c, [r[0] for r in rows])
+            for seq, id_, type_, period, created in rows:
+                info = {"seq": seq, "id": id_, "type": type_, "period": period,
+                        "created_ms": created}
+                c.execute("INSERT INTO events(kind, ts_ms, data) VALUES (?, ?, ?)",
+                          ("envelope_dropped", now_ms, json.dumps(info, sort_keys=True)))
+            if rows:
+                _count(c, "dropped_envelopes", len(rows))
+                last = {"id": rows[-1][1], "seq": rows[-1][0], "at_ms": now_ms}
+                c.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
+                          ("last_dropped_envelope", json.dumps(last, sort_keys=True)))
+        for seq, id_, type_, _, _ in rows:
+            log.error("disk budget exhausted: dropped unsent envelope %s (seq %d, %s)",
+                      id_, seq, type_)
+            dropped.append(id_)
+        if not rows:
+            break
+    return dropped
+
+
+def _delete_events(store: Store, before_ms: int) -> int:
+    with store.transaction() as c:
+        return int(c.execute("DELETE FROM events WHERE ts_ms < ?", (before_ms,)).rowcount)
+
+
+def _count(c: Any, name: str, n: int) -> None:
+    c.execute("INSERT INTO counters(name, value) VALUES (?, ?)"
+              " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, n))
+
+
+def _reclaim(store: Store) -> None:
+    """Give free pages back to the filesystem in steps, then shrink the WAL."""
+    free = store.free_pages()
+    if free < VACUUM_MIN_FREE_PAGES:
+        return
+    while free > 0:
+        with store.transaction() as c:
+            # A PRAGMA that returns rows only runs as far as it is stepped: fetch them all.
+            c.execute(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})").fetchall()
+        left = store.free_pages()
+        if left >= free:
+            break
+        free = left
+    store.checkpoint()

@@ -1,0 +1,161 @@
+"""buffer.retention: prune order, the disk budget, and what is never deleted."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from buffer.retention import prune
+from buffer.store import EnvelopeMeta, Store
+from drivers.base import Reading
+
+DAY = 86_400_000
+NOW = 1_763_700_000_000 + 400 * DAY
+RAW_KEEP, HISTORY_KEEP = 7 * DAY, 183 * DAY
+
+
+def add_readings(store: Store, n: int, ts0: int, step: int = 1000) -> None:
+    store.add_readings([Reading(f"m{i % 10}", "e", ts0 + i * step, float(i)) for i in range(n)])
+
+
+def add_envelopes(store: Store, n: int, created_ms: int, size: int = 4000) -> list[int]:
+    seqs = []
+    for _ in range(n):
+        seq, _ = store.chain_head()
+        payload = (f"{seq}:".encode() + b"x" * size)[:size]
+        store.enqueue(payload, EnvelopeMeta(seq, f"E-G-{seq}", "daily", "t", created_ms))
+        seqs.append(seq)
+    return seqs
+
+
+def reading_ids(store: Store) -> list[int]:
+    return [r[0] for r in store.conn.execute("SELECT id FROM readings ORDER BY id")]
+
+
+def outbox_seqs(store: Store) -> list[int]:
+    return [r[0] for r in store.conn.execute("SELECT seq FROM outbox ORDER BY seq")]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "r.db", ("mqtt", "https"))
+    yield s
+    s.close()
+
+
+def test_raw_window_prunes_only_old_sealed_readings(store: Store) -> None:
+    add_readings(store, 1000, NOW - 30 * DAY)  # old: ids 1..1000
+    add_readings(store, 1000, NOW - DAY)  # inside the raw window: ids 1001..2000
+    store.set_cursor("sealed_rowid", 500)  # old readings 501..1000 are not sealed yet
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
+    assert report.raw_readings == 500
+    assert reading_ids(store) == list(range(501, 2001))
+    store.set_cursor("sealed_rowid", 2000)
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
+    assert report.raw_readings == 500
+    assert reading_ids(store) == list(range(1001, 2001))
+    assert store.counters()["pruned_readings"] == 1000
+
+
+def test_history_window_needs_every_destination(store: Store) -> None:
+    old = add_envelopes(store, 6, NOW - 200 * DAY, 100)  # 1..6
+    new = add_envelopes(store, 2, NOW - DAY, 100)  # 7..8
+    store.mark_delivered("mqtt", old + new)
+    store.mark_delivered("https", [1, 2, 4, 7, 8])
+    store.mark_rejected("https", 5, "bad data code")
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
+    # 3 and 6 still owed to https; 7 and 8 are done but inside the history window
+    assert report.history_envelopes == 4
+    assert outbox_seqs(store) == [3, 6, 7, 8]
+    assert [r.seq for r in store.pending("https", 10)] == [3, 6]
+    assert store.pending("mqtt", 10) == []
+    assert store.backlog("https") == (2, NOW - 200 * DAY)
+    assert report.dropped_envelopes == 0 and "dropped_envelopes" not in store.counters()
+
+
+def test_unsent_envelopes_kept_without_budget_pressure(store: Store) -> None:
+    add_envelopes(store, 5, NOW - 400 * DAY)
+    add_readings(store, 2000, NOW - 30 * DAY)  # never sealed
+    used = store.used_bytes()
+    for budget in (None, used * 2):
+        report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, budget)
+        assert report.dropped_envelopes == 0 and not report.over_budget
+    assert outbox_seqs(store) == [1, 2, 3, 4, 5]
+    assert len(reading_ids(store)) == 2000
+
+
+def test_budget_order(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    add_readings(store, 40_000, NOW - 3 * DAY, 10)  # sealed, inside the raw window
+    sealed = reading_ids(store)[-1]
+    store.set_cursor("sealed_rowid", sealed)
+    add_readings(store, 20_000, NOW - 2 * DAY, 10)  # not sealed: never deleted
+    done = add_envelopes(store, 400, NOW - DAY)  # delivered everywhere, inside history window
+    unsent = add_envelopes(store, 100, NOW - DAY)
+    store.mark_delivered("mqtt", done + unsent[:50])  # half the unsent reached one destination
+    store.mark_delivered("https", done)
+    unsealed = reading_ids(store)[sealed:]
+
+    # 1) a little over budget: only the oldest sealed readings go
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, store.used_bytes() - 300_000)
+    assert report.budget_readings > 0
+    assert (report.budget_envelopes, report.dropped_envelopes) == (0, 0)
+    ids = reading_ids(store)
+    assert ids[0] > 1 and ids == list(range(ids[0], sealed + 1)) + unsealed
+    assert outbox_seqs(store) == done + unsent
+
+    # 2) further: every sealed reading goes before any envelope, then done envelopes oldest first
+    sealed_bytes = (sealed - ids[0] + 1) * 60  # generous: a reading takes ~40 bytes here
+    budget = store.used_bytes() - sealed_bytes - 200_000
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, budget)
+    assert reading_ids(store) == unsealed
+    assert 0 < report.budget_envelopes < len(done)
+    assert report.dropped_envelopes == 0
+    assert outbox_seqs(store) == done[report.budget_envelopes:] + unsent
+
+    # 3) impossible budget: unsent envelopes dropped oldest first, each counted and recorded
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)
+    assert report.over_budget
+    assert outbox_seqs(store) == []
+    assert report.dropped_envelopes == len(unsent)
+    assert report.dropped_ids == tuple(f"E-G-{s}" for s in unsent)
+    assert store.counters()["dropped_envelopes"] == len(unsent)
+    dropped_events = store.events("envelope_dropped")
+    assert [e[3]["seq"] for e in dropped_events] == unsent
+    assert json.loads(store.get_state("last_dropped_envelope") or "{}")["seq"] == unsent[-1]
+    lines = [m for m in caplog.messages if "dropped unsent envelope" in m]
+    assert len(lines) == len(unsent) and f"E-G-{unsent[0]} " in lines[0]
+    assert reading_ids(store) == unsealed  # unsealed readings are never deleted
+    assert store.pending("mqtt", 10) == [] and store.backlog("https") == (0, None)
+    assert store.chain_head()[0] == unsent[-1] + 1  # seq never goes back after a drop
+
+
+def test_space_is_given_back(store: Store) -> None:
+    add_readings(store, 100_000, NOW - 30 * DAY, 10)
+    store.set_cursor("sealed_rowid", reading_ids(store)[-1] - 10)
+    store.checkpoint()
+    before = store.size_bytes()
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
+    assert report.raw_readings == 100_000 - 10
+    assert report.bytes_after == store.size_bytes()
+    assert store.size_bytes() < before / 4
+    assert store.free_pages() == 0
+
+
+def test_new_readings_never_fall_behind_the_sealed_cursor(store: Store) -> None:
+    add_readings(store, 100, NOW - 30 * DAY)
+    store.set_cursor("sealed_rowid", 100)
+    prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
+    assert reading_ids(store) == []
+    add_readings(store, 1, NOW)
+    assert [i for i, _ in store.readings_after(store.cursor("sealed_rowid"), 10)] == [101]
+
+
+def test_prune_logs_one_line(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    add_readings(store, 10, NOW - 30 * DAY)
+    store.set_cursor("sealed_rowid", 10)
+    with caplog.at_level(logging.INFO, logger="buffer.retention"):
+        prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
+    assert len([r for r in caplog.records if r.name == "buffer.retention"]) == 1
