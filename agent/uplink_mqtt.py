@@ -55,6 +55,7 @@ class MqttUplink:
         self._by_id: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._connect_failures = 0
         self._started = False
+        self._stopping = False
         self._client = self._make_client(will)
 
     # -- setup -------------------------------------------------------------------------------
@@ -102,6 +103,7 @@ class MqttUplink:
             return
         self._loop = asyncio.get_running_loop()
         self._started = True
+        self._stopping = False
         cfg = self.cfg
         kwargs: dict[str, Any] = {}
         if cfg.mqtt_version == "5":
@@ -117,6 +119,7 @@ class MqttUplink:
         if waiting and self.connected:
             await asyncio.wait(waiting, timeout=grace)
         self._started = False
+        self._stopping = True  # the DISCONNECT we cause is logged once, below
         client = self._client
         await asyncio.to_thread(lambda: (client.disconnect(), client.loop_stop()))
         log.info("mqtt disconnected from %s:%d (stopped)", self.cfg.host, self.cfg.port)
@@ -279,7 +282,7 @@ class MqttUplink:
         self._call(self._disconnected, rc)
 
     def _disconnected(self, rc: ReasonCode) -> None:
-        if self._up.is_set() or self._started:
+        if not self._stopping:
             level = logging.WARNING if rc.is_failure else logging.INFO
             log.log(level, "mqtt disconnected from %s:%d (%s)", self.cfg.host, self.cfg.port, rc)
         self._set_down(f"disconnected: {rc}")
