@@ -52,6 +52,8 @@ class App:
         self.cfg = cfg
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self.stop = asyncio.Event()
+        # The forwarder outlives `stop` briefly, to flush what the last seal produced.
+        self.forward_stop = asyncio.Event()
         self.exit_code = 0
         self.polls_running: set[asyncio.Task[Any]] = set()
         self.first_poll_done = False
@@ -84,7 +86,7 @@ class App:
         await self.uplink.start()
         scheduler = self._scheduler()
         tasks = [
-            asyncio.create_task(supervise("forwarder", lambda: self.forwarder.run(self.stop), self.stop)),
+            asyncio.create_task(supervise("forwarder", lambda: self.forwarder.run(self.forward_stop), self.forward_stop)),
             asyncio.create_task(supervise("watchdog", lambda: self.watchdog.run(self.stop), self.stop)),
         ]
         log.info(
@@ -124,7 +126,8 @@ class App:
             await asyncio.wait(self.polls_running, timeout=10)
         with contextlib.suppress(Exception):
             await self._seal()
-        self.forwarder.wake()
+        await self._flush(grace=3.0)
+        self.forward_stop.set()
         await self.uplink.stop(grace=2.0)
         for t in tasks:
             t.cancel()
@@ -135,6 +138,20 @@ class App:
         await self.in_db(self.store.close)
         self.db.shutdown(wait=True)
         log.info("stopped")
+
+    async def _flush(self, grace: float) -> None:
+        """Give the outbox a short chance to empty; whatever is left goes out after restart."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.uplink.connected and loop.time() < deadline:
+            try:
+                pending, _ = await self.in_db(self.store.backlog, "mqtt")
+            except StoreError:
+                return
+            if pending == 0:
+                return
+            self.forwarder.wake()
+            await asyncio.sleep(0.05)
 
     def _pollers(self) -> list[BusPoller]:
         pollers = []
