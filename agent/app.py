@@ -19,9 +19,6 @@ from typing import Any, TypeVar
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from buffer.retention import prune
-from buffer.store import MeterStatus, Store, StoreError
-from drivers.factory import open_driver
 
 from agent import sdnotify
 from agent.config import Config
@@ -33,7 +30,10 @@ from agent.signing import load_signer
 from agent.supervise import supervise
 from agent.uplink_mqtt import MqttUplink
 from agent.watchdog import Watchdog
+from buffer.retention import prune
+from buffer.store import MeterStatus, Store, StoreError
 from drivers.base import Reading
+from drivers.factory import open_driver
 
 log = logging.getLogger("agent.app")
 T = TypeVar("T")
@@ -86,7 +86,9 @@ class App:
         await self.uplink.start()
         scheduler = self._scheduler()
         tasks = [
-            asyncio.create_task(supervise("forwarder", lambda: self.forwarder.run(self.forward_stop), self.forward_stop)),
+            asyncio.create_task(
+                supervise("forwarder", lambda: self.forwarder.run(self.forward_stop), self.forward_stop)
+            ),
             asyncio.create_task(supervise("watchdog", lambda: self.watchdog.run(self.stop), self.stop)),
         ]
         log.info(

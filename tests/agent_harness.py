@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -87,10 +88,8 @@ class CountingMeter:
     def stop(self) -> None:
         if self._loop and self._server:
             fut = asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop)
-            try:
+            with contextlib.suppress(Exception):
                 fut.result(5)
-            except Exception:
-                pass
         if self._thread:
             self._thread.join(5)
 

@@ -95,7 +95,7 @@ def test_broker_outage_loses_nothing(site: Any) -> None:
     finally:
         assert agent.terminate() == 0, agent.log_text()
     # After a clean stop everything sealed has been delivered; let the last messages arrive.
-    samples, sealed, next_seq = committed(tmp / "data")
+    samples, _sealed, next_seq = committed(tmp / "data")
     assert wait_until(lambda: max(ids_in_order(sub.snapshot()), default=0) >= next_seq - 1, 20)
     msgs = sub.snapshot()
     v = verify_all(tmp / "signing.key", msgs)
@@ -132,7 +132,7 @@ def test_kill_9_loses_no_committed_reading(site: Any) -> None:
     agent = AgentProcess(cfg).start()
     time.sleep(3)
     assert agent.terminate() == 0, agent.log_text()
-    samples, sealed, next_seq = committed(tmp / "data")
+    samples, _sealed, next_seq = committed(tmp / "data")
     assert samples[: len(before_final)] == before_final, "a committed reading changed or vanished"
     assert wait_until(lambda: max(ids_in_order(sub.snapshot()), default=0) >= next_seq - 1, 20)
     msgs = sub.snapshot()
