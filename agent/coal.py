@@ -1,0 +1,124 @@
+"""Standard-coal conversion (GB/T 2589): kgce per unit of each energy variety.
+
+The defaults are the reference values of DOMAIN.md §5. Provinces publish their own coefficient
+per energy code and a measured calorific value beats any table, so `Config.coefficients`
+(variety → kgce per unit) overrides them site by site. Everything here is Decimal so a report's
+tonnes of standard coal equivalent (tce) are reproducible to the last digit from the figures in
+the envelope.
+
+Electricity has two conventions: the equivalent value (当量值, 0.1229 kgce/kWh, the calorific
+content of electricity itself) and the equal value (等价值, ≈0.30, the coal burnt to generate
+it, published yearly). The default is the equivalent value; a site that configures another
+electricity coefficient reports under the equal-value convention, and every report says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+KJ_PER_KGCE = Decimal("29307.6")
+STEAM_KGCE_PER_MJ = Decimal("0.03412")  # = 1 / 29.3076 MJ per kgce, rounded as GB/T 2589 does
+ELECTRICITY_EQUIVALENT = Decimal("0.1229")
+TCE_PLACES = Decimal("0.0001")  # tonnes of standard coal to 0.1 kgce
+
+# variety -> (kgce per base unit, base unit). Tags as in DOMAIN.md §5: [K] values are background
+# knowledge to confirm against the province's table; sites override them via Config.coefficients.
+DEFAULTS: dict[str, tuple[Decimal, str]] = {
+    "electricity": (ELECTRICITY_EQUIVALENT, "kWh"),  # equivalent value [P]
+    "heat": (Decimal("0.03412"), "MJ"),  # 34.12 kgce per GJ [P]
+    "raw_coal": (Decimal("0.7143"), "kg"),
+    "cleaned_coal": (Decimal("0.9000"), "kg"),
+    "coke": (Decimal("0.9714"), "kg"),
+    "crude_oil": (Decimal("1.4286"), "kg"),
+    "fuel_oil": (Decimal("1.4286"), "kg"),
+    "gasoline": (Decimal("1.4714"), "kg"),
+    "kerosene": (Decimal("1.4714"), "kg"),
+    "diesel": (Decimal("1.4571"), "kg"),
+    "lpg": (Decimal("1.7143"), "kg"),
+    "natural_gas": (Decimal("1.2143"), "m3"),  # range 1.1000–1.3300: override with the measured
+    "coke_oven_gas": (Decimal("0.5714"), "m3"),  # range 0.5714–0.6143 [P]/[K]: lower bound
+    "blast_furnace_gas": (Decimal("0.1286"), "m3"),  # [K]
+    # Low-pressure saturated steam, 3.763 MJ/kg × 0.03412 [K]. Steam really is enthalpy-based:
+    # configure coefficients.steam = steam_coefficient(enthalpy) for the site's conditions.
+    "steam": (Decimal("0.1284"), "kg"),
+    "fresh_water": (Decimal("0.0857"), "t"),  # [K]
+    "compressed_air": (Decimal("0.0400"), "m3"),  # [K]
+    "oxygen": (Decimal("0.4000"), "m3"),  # [K]
+}
+
+# unit as configured -> (base unit, factor): a reading in `unit` × factor is in the base unit.
+UNITS: dict[str, tuple[str, Decimal]] = {
+    "kWh": ("kWh", Decimal(1)), "kW·h": ("kWh", Decimal(1)), "MWh": ("kWh", Decimal(1000)),
+    "Wh": ("kWh", Decimal("0.001")),
+    "kg": ("kg", Decimal(1)), "t": ("kg", Decimal(1000)),
+    "m3": ("m3", Decimal(1)), "m³": ("m3", Decimal(1)), "Nm3": ("m3", Decimal(1)),
+    "Nm³": ("m3", Decimal(1)),
+    "MJ": ("MJ", Decimal(1)), "GJ": ("MJ", Decimal(1000)), "kJ": ("MJ", Decimal("0.001")),
+}
+
+
+class CoalError(ValueError):
+    """A variety or unit the conversion table cannot handle; the message says what to set."""
+
+
+@dataclass(frozen=True, slots=True)
+class Coefficients:
+    """The coefficients one report uses: defaults with the site's overrides applied."""
+
+    kgce: Mapping[str, Decimal]  # variety -> kgce per base unit
+    base_units: Mapping[str, str]  # variety -> base unit of its coefficient
+
+    @property
+    def electricity_convention(self) -> str:
+        """"equivalent" (当量值) for the default 0.1229 kgce/kWh, else "equal" (等价值)."""
+        e = self.kgce.get("electricity", ELECTRICITY_EQUIVALENT)
+        return "equivalent" if e == ELECTRICITY_EQUIVALENT else "equal"
+
+    def factor(self, variety: str, unit: str) -> Decimal:
+        """kgce per `unit` of `variety` (the coefficient adjusted for the unit's scale)."""
+        if variety not in self.kgce:
+            raise CoalError(
+                f"energy variety {variety!r} has no standard-coal coefficient: add "
+                f"coefficients.{variety} = <kgce per unit> to the config"
+            )
+        base = self.base_units.get(variety)
+        if base is None or unit == base:
+            return self.kgce[variety]  # a site coefficient is taken as per the point's own unit
+        conv = UNITS.get(unit)
+        if conv is None or conv[0] != base:
+            raise CoalError(
+                f"energy variety {variety!r} is measured in {unit!r}, but its coefficient is per "
+                f"{base}: use a unit convertible to {base} or set coefficients.{variety} per {unit}"
+            )
+        return self.kgce[variety] * conv[1]
+
+    def tce(self, variety: str, unit: str, quantity: Decimal) -> Decimal:
+        """Tonnes of standard coal for `quantity` in `unit`, rounded to 0.1 kgce."""
+        kgce = quantity * self.factor(variety, unit)
+        return (kgce / 1000).quantize(TCE_PLACES, rounding=ROUND_HALF_UP)
+
+
+def coefficients(overrides: Mapping[str, float] | None = None) -> Coefficients:
+    """Defaults with the site's `Config.coefficients` applied.
+
+    An override is taken per the variety's base unit when the variety is in the table (so
+    "natural_gas = 1.1" means kgce per m³), and per the point's own unit for a variety of the
+    site's own naming.
+    """
+    kgce = {v: c for v, (c, _) in DEFAULTS.items()}
+    base = {v: u for v, (_, u) in DEFAULTS.items()}
+    for variety, value in (overrides or {}).items():
+        kgce[variety] = Decimal(repr(value))
+    return Coefficients(kgce, base)
+
+
+def steam_coefficient(enthalpy_mj_per_kg: Decimal | float | str) -> Decimal:
+    """kgce per kg of steam from its enthalpy in MJ/kg (GB/T 2589: enthalpy × 0.03412)."""
+    return (Decimal(str(enthalpy_mj_per_kg)) * STEAM_KGCE_PER_MJ).quantize(Decimal("0.0001"))
+
+
+def format_decimal(value: Decimal) -> str:
+    """A Decimal as a plain decimal string (never exponent notation), for the wire."""
+    return f"{value:f}"
