@@ -1,0 +1,227 @@
+"""RS-485 for real: the RTU driver and the bus poller on a serial line with several meters.
+
+Each line is agent pty ⇄ SerialRelay ⇄ pty with one pymodbus ModbusSerialServer playing all
+the meters on it (tests/rtu_sim.py); the relay injects silence, bad CRCs, truncated and late
+replies per unit id and adds the 9600-baud frame time a pty does not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pymodbus.constants import ExcCodes
+
+from agent.config import PointConfig
+from agent.poller import BusPoller
+from drivers.base import Quality, Reading
+from drivers.modbus_rtu import ModbusRtuDriver
+from tests.rtu_sim import Switch, device_for, inline_meter, profile_meter, rtu_bus, rtu_line
+
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it prints every bad frame
+
+POINTS = [
+    PointConfig(name="import_active_energy", register=0, type="u32", scale=0.01, kind="counter",
+                unit="kWh"),
+    PointConfig(name="voltage_a", register=2, type="u16", scale=0.1, unit="V"),
+    PointConfig(name="current_a", register=3, type="f32", scale=0.001, unit="A"),
+    PointConfig(name="frequency", register=5, type="u16", scale=0.01, unit="Hz"),
+]
+
+
+@dataclass
+class Cycle:
+    started: float
+    seconds: float
+    readings: dict[str, list[Reading]]
+    statuses: list = field(default_factory=list)  # type: ignore[type-arg]
+
+
+class Recorder:
+    """The poller's sink: keeps what each cycle handed on."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[Reading], list]] = []  # type: ignore[type-arg]
+
+    async def __call__(self, readings: list[Reading], statuses: list) -> None:  # type: ignore[type-arg]
+        self.batches.append((readings, statuses))
+
+
+def by_meter(readings: Sequence[Reading]) -> dict[str, list[Reading]]:
+    out: dict[str, list[Reading]] = {}
+    for r in readings:
+        out.setdefault(r.meter, []).append(r)
+    return out
+
+
+def qualities(rows: Sequence[Reading]) -> set[Quality]:
+    return {r.quality for r in rows}
+
+
+async def run_cycles(
+    poller: BusPoller, sink: Recorder, count: int, interval: float, between: dict | None = None  # type: ignore[type-arg]
+) -> list[Cycle]:
+    """Poll `count` times on an `interval` grid, calling between[i]() before cycle i."""
+    cycles: list[Cycle] = []
+    t0 = time.monotonic()
+    for i in range(count):
+        if between and i in between:
+            between[i]()
+        await asyncio.sleep(max(0.0, t0 + i * interval - time.monotonic()))
+        start = time.monotonic()
+        await poller.poll_once()
+        readings, statuses = sink.batches[-1]
+        cycles.append(Cycle(start, time.monotonic() - start, by_meter(readings), statuses))
+    return cycles
+
+
+def test_silent_meter_goes_offline_and_costs_the_live_ones_nothing() -> None:
+    interval, cooldown = 0.5, 1.5
+    meters = [inline_meter(f"m{u}", u, POINTS) for u in (1, 2, 3)]
+
+    async def main() -> tuple[list[Cycle], list[float], BusPoller, float]:
+        async with rtu_line([device_for(u, POINTS) for u in (1, 2, 3)], baud=9600) as line:
+            bus = rtu_bus(line.agent_port, timeout=0.1, retries=0, offline_after=2,
+                          offline_cooldown=cooldown)
+            driver = ModbusRtuDriver(bus)
+            sink = Recorder()
+            poller = BusPoller(bus, meters, driver, sink)
+            line.relay.set_fault(3, "silent")
+            t0 = time.monotonic()
+            try:
+                cycles = await run_cycles(poller, sink, 12, interval,
+                                          {8: lambda: line.relay.set_fault(3, "pass")})
+            finally:
+                await driver.close()
+            probes = [r.at - t0 for r in line.relay.requests_for(3)]
+            return cycles, probes, poller, t0
+
+    cycles, probes, poller, t0 = asyncio.run(main())
+
+    for i, c in enumerate(cycles):
+        assert c.seconds < interval, f"cycle {i} took {c.seconds:.3f} s"
+        for name in ("m1", "m2"):
+            assert qualities(c.readings[name]) == {Quality.GOOD}, (i, name)
+    m3 = [qualities(c.readings["m3"]) for c in cycles]
+    # Cycles 0 and 1 time out, then the meter is offline: its skipped polls are OFFLINE gaps.
+    assert m3[0] == m3[1] == {Quality.TIMEOUT}
+    offline = [i for i, q in enumerate(m3) if q == {Quality.OFFLINE}]
+    assert offline and offline[0] == 2
+    for i in offline:
+        # Skipping it costs nothing: the cycle is the two live meters only.
+        assert cycles[i].seconds < 0.1, f"offline cycle {i} took {cycles[i].seconds:.3f} s"
+        assert len(cycles[i].readings["m3"]) == len(POINTS)
+    # Probed again no more than once per cooldown while silent; each probe is one request.
+    # Requests 0 and 1 are the two failed cycles; every later one while silent is a probe.
+    silent_until = cycles[8].started - t0
+    silent = [t for t in probes if t < silent_until]
+    assert len(silent) >= 3, "the offline meter was never probed again"
+    assert len(silent) <= 2 + int((silent_until - silent[1]) / cooldown)
+    for a, b in itertools.pairwise(silent[1:]):
+        assert b - a >= cooldown, f"probes at {a:.2f} s and {b:.2f} s closer than the cooldown"
+    # Back once the relay passes it again: the next probe succeeds and it stays online.
+    assert m3[-1] == {Quality.GOOD}
+    assert poller.health["m3"].online and poller.health["m3"].consecutive_failures == 0
+    assert all(poller.health[m].errors_total == 0 for m in ("m1", "m2"))
+    went_offline = [s for c in cycles for s in c.statuses if s.meter == "m3" and not s.online]
+    assert went_offline, "the sink never heard that m3 went offline"
+
+
+def test_faulty_replies_are_errors_of_their_meter_only() -> None:
+    far = PointConfig(name="power_factor", register=500, type="s16", scale=0.001)
+    meters = [
+        inline_meter("ok", 1, POINTS),
+        inline_meter("refuses", 2, POINTS),  # answers every read with exception 2
+        inline_meter("busy", 3, POINTS),  # exception 6 for a while, then fine
+        inline_meter("noisy", 4, POINTS),  # bad CRC, then truncated replies, then fine
+        inline_meter("partial", 5, [*POINTS, far]),  # register 500 does not exist on the meter
+    ]
+    refuse, busy = Switch(ExcCodes.ILLEGAL_ADDRESS), Switch(ExcCodes.DEVICE_BUSY)
+    devices = [
+        device_for(1, POINTS), device_for(2, POINTS, action=refuse),
+        device_for(3, POINTS, action=busy), device_for(4, POINTS), device_for(5, POINTS),
+    ]
+
+    async def main() -> tuple[list[Cycle], BusPoller]:
+        async with rtu_line(devices) as line:
+            bus = rtu_bus(line.agent_port, timeout=0.1, retries=0, offline_after=2,
+                          offline_cooldown=60)
+
+            def noisy(fault: str) -> None:
+                line.relay.set_fault(4, fault)
+
+            def calm() -> None:
+                busy.code = None
+                noisy("pass")
+
+            driver = ModbusRtuDriver(bus)
+            sink = Recorder()
+            poller = BusPoller(bus, meters, driver, sink)
+            noisy("corrupt")
+            try:
+                cycles = await run_cycles(poller, sink, 5, 0.0, {1: lambda: noisy("truncate"),
+                                                                 4: calm})
+            finally:
+                await driver.close()
+            return cycles, poller
+
+    cycles, poller = asyncio.run(main())
+    h = poller.health
+    assert poller.cycles == 5  # the bus task survived every reply
+    for c in cycles:
+        assert qualities(c.readings["ok"]) == {Quality.GOOD}
+        assert qualities(c.readings["refuses"]) <= {Quality.EXCEPTION, Quality.OFFLINE}
+    assert h["ok"].errors_total == 0 and h["ok"].last_error is None
+
+    # Exception 2 on every read: a misconfigured meter, errors counted, offline after 2 cycles.
+    assert qualities(cycles[0].readings["refuses"]) == {Quality.EXCEPTION}
+    assert "exception" in (h["refuses"].last_error or "")
+    assert h["refuses"].errors_total == 2 and not h["refuses"].online
+
+    # Busy: retried every cycle, never offline, however long it lasts.
+    for c in cycles[:4]:
+        assert qualities(c.readings["busy"]) == {Quality.EXCEPTION}
+    assert qualities(cycles[4].readings["busy"]) == {Quality.GOOD}
+    assert busy.calls == 5
+    assert h["busy"].online and h["busy"].errors_total == 4
+    assert "busy" in (h["busy"].last_error or "")
+
+    # A bad CRC and a truncated reply are both "no valid reply": gaps, errors, then recovery.
+    for c in cycles[:4]:
+        assert qualities(c.readings["noisy"]) <= {Quality.TIMEOUT, Quality.CORRUPT, Quality.OFFLINE}
+    assert qualities(cycles[1].readings["noisy"]) <= {Quality.TIMEOUT, Quality.CORRUPT}
+    assert h["noisy"].errors_total == 2
+    assert not h["noisy"].online  # two failed cycles; offline_cooldown keeps it out for now
+
+    # One request of two refused: its point is an EXCEPTION gap, the rest are good, no offline.
+    for c in cycles:
+        rows = {r.point: r.quality for r in c.readings["partial"]}
+        assert rows.pop("power_factor") == Quality.EXCEPTION
+        assert set(rows.values()) == {Quality.GOOD}
+    assert h["partial"].online and h["partial"].errors_total == 5
+    assert "power_factor" in (h["partial"].last_error or "")
+
+
+def test_a_12_point_profile_is_read_in_the_fewest_requests() -> None:
+    meter = profile_meter("incomer", 7, "chint-dtsu666")
+    assert len(meter.points) == 12
+
+    async def main() -> tuple[list[Reading], list[tuple[int, int | None, int | None]]]:
+        async with rtu_line([device_for(7, meter.points)], baud=9600) as line:
+            driver = ModbusRtuDriver(rtu_bus(line.agent_port))
+            try:
+                rows = await driver.read(meter)
+            finally:
+                await driver.close()
+            return rows, [(r.function, r.start, r.count) for r in line.relay.requests_for(7)]
+
+    rows, requests = asyncio.run(main())
+    assert qualities(rows) == {Quality.GOOD}
+    # The datasheet's addresses: energies 0x101E/0x1028 (gap 8), Ua..Qt 0x2006–0x201B (gaps ≤ 6),
+    # PFt 0x202A (gap 14 > max_gap 10), Freq 0x2044. Four requests is the minimum at max_gap 10.
+    assert requests == [(3, 0x101E, 12), (3, 0x2006, 22), (3, 0x202A, 2), (3, 0x2044, 2)]
+
