@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import PlatformSection
+from agent.config import ConfigError, PlatformSection
 from agent.forwarder import AckTimeout, PlatformRejected, UplinkDown
 
 __all__ = ["AckTimeout", "MqttUplink", "PlatformRejected", "UplinkDown"]
@@ -70,18 +70,28 @@ class MqttUplink:
             # A fresh session each time: what was not acked is resent from SQLite.
             clean_session=None if v5 else True,
         )
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=cfg.ca_file,
-                certfile=cfg.cert_file,
-                keyfile=cfg.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
+        try:
+            if cfg.tls:
+                client.tls_set(
+                    ca_certs=cfg.ca_file,
+                    certfile=cfg.cert_file,
+                    keyfile=cfg.key_file,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            if cfg.username:
+                password = None
+                if cfg.password_file:
+                    password = Path(cfg.password_file).read_text(encoding="utf-8").strip()
+                client.username_pw_set(cfg.username, password)
+        except (OSError, ssl.SSLError) as e:
+            # Missing or unreadable key material is a configuration problem: one clear line.
+            files = ", ".join(
+                f"{k} = {v}"
+                for k, v in (("ca_file", cfg.ca_file), ("cert_file", cfg.cert_file),
+                             ("key_file", cfg.key_file), ("password_file", cfg.password_file))
+                if v
             )
-        if cfg.username:
-            password = None
-            if cfg.password_file:
-                password = Path(cfg.password_file).read_text(encoding="utf-8").strip()
-            client.username_pw_set(cfg.username, password)
+            raise ConfigError([f"platform: cannot load {files}: {e}"]) from None
         if will:
             client.will_set(will[0], will[1], qos=1, retain=False)
         # paho sleeps these with time.sleep: fractions of a second work (tests use them).

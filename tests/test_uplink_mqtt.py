@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import PlatformSection
+from agent.config import ConfigError, PlatformSection
 from agent.uplink_mqtt import AckTimeout, MqttUplink, PlatformRejected, UplinkDown
 from hil.broker import Mosquitto, Subscriber, TlsListener
 
@@ -276,3 +276,14 @@ def test_mutual_tls(pki: Path) -> None:
 async def _until(cond: object, step: float = 0.02) -> None:
     while not cond():  # type: ignore[operator]
         await asyncio.sleep(step)
+
+
+def test_missing_tls_files_are_a_config_error(tmp_path: Path) -> None:
+    cfg = platform(1883, tls=True, ca_file=str(tmp_path / "nope.crt"))
+    with pytest.raises(ConfigError, match=r"nope\.crt"):
+        MqttUplink(cfg, E, G)
+    cfg = platform(1883, username="u", password_file=str(tmp_path / "pw"))
+    with pytest.raises(ConfigError, match="pw"):
+        MqttUplink(cfg, E, G)
+    (tmp_path / "pw").write_text("secret\n")
+    MqttUplink(cfg, E, G)  # readable: fine
