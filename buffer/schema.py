@@ -8,6 +8,7 @@ what could be read from it (the envelope chain head) is salvaged so `seq` never 
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -181,7 +182,7 @@ def move_aside(path: Path, reason: str, conn: sqlite3.Connection | None) -> Salv
     return Salvage(str(target), reason, next_seq, head)
 
 
-def open_database(path: Path) -> tuple[sqlite3.Connection, Salvage | None]:
+def open_database(path: Path) -> sqlite3.Connection:
     """Open (creating if needed), check and migrate; a corrupt file is moved aside first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     salvage: Salvage | None = None
@@ -202,7 +203,27 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, Salvage | None]:
         configure(conn)
     assert conn is not None
     migrate(conn)
-    return conn, salvage
+    if salvage is not None:
+        record_salvage(conn, salvage)
+    return conn
+
+
+def record_salvage(conn: sqlite3.Connection, salvage: Salvage) -> None:
+    """Resume the chain in the fresh file and leave a record status can report."""
+    seq = resume_seq(salvage)
+    now = int(time.time() * 1000)
+    info = json.dumps({"moved_to": salvage.moved_to, "reason": salvage.reason, "at_ms": now,
+                       "resumed_seq": seq}, sort_keys=True)
+    with sqlite_utils.Database(conn).atomic():
+        conn.execute("UPDATE chain SET next_seq = ?, head = ? WHERE id = 1",
+                     (seq, salvage.head or ZERO_HASH))
+        conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('corrupt_db_moved', ?)",
+                     (info,))
+        conn.execute("INSERT INTO counters(name, value) VALUES ('corrupt_db_moved', 1)"
+                     " ON CONFLICT(name) DO UPDATE SET value = value + 1")
+        conn.execute("INSERT INTO events(kind, ts_ms, data) VALUES ('corrupt_db_moved', ?, ?)",
+                     (now, info))
+    log.error("fresh store started after corruption; envelope seq resumes at %d", seq)
 
 
 def resume_seq(salvage: Salvage) -> int:

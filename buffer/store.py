@@ -86,7 +86,7 @@ class Store:
             raise ValueError("a store needs at least one destination")
         self._series: dict[tuple[str, str], int] = {}
         try:
-            self._conn, salvage = schema.open_database(self.path)
+            self._conn = schema.open_database(self.path)
         except schema.SchemaError as e:
             raise StoreError(f"store {self.path}: {e}") from e
         except (sqlite3.Error, OSError) as e:
@@ -96,30 +96,11 @@ class Store:
                 "INSERT OR IGNORE INTO delivery(destination, watermark) VALUES (?, 0)",
                 [(d,) for d in self.destinations],
             )
-        if salvage is not None:
-            self._record_corrupt_db(salvage)
         for sid, meter, point in self._all("SELECT series_id, meter, point FROM series"):
             self._series[(meter, point)] = sid
 
-    def _record_corrupt_db(self, salvage: schema.Salvage) -> None:
-        seq = schema.resume_seq(salvage)
-        head = salvage.head or self.ZERO_HASH
-        now = int(time.time() * 1000)
-        info = {"moved_to": salvage.moved_to, "reason": salvage.reason, "at_ms": now,
-                "resumed_seq": seq}
-        with self.transaction() as c:
-            c.execute("UPDATE chain SET next_seq = ?, head = ? WHERE id = 1", (seq, head))
-            self._set_state(c, "corrupt_db_moved", json.dumps(info, sort_keys=True))
-            self._add_counter(c, "corrupt_db_moved", 1)
-            c.execute("INSERT INTO events(kind, ts_ms, data) VALUES (?, ?, ?)",
-                      ("corrupt_db_moved", now, json.dumps(info, sort_keys=True)))
-        log.error("fresh store started after corruption; envelope seq resumes at %d", seq)
-
     def close(self) -> None:
-        try:
-            self._conn.close()
-        except sqlite3.Error as e:
-            raise StoreError(_describe(self.path, e)) from e
+        self._conn.close()
 
     # -- plumbing (also used by buffer.retention) ------------------------------------------
 
@@ -273,17 +254,21 @@ class Store:
                 f"SELECT {_OUTBOX_COLS} FROM outbox o JOIN payloads p ON p.seq = o.seq"
                 + self._PENDING_WHERE, (start, destination, want),
             )
-            bad = []
-            for seq, id_, type_, topic, payload, created, period, checksum in rows:
-                if hashlib.sha256(payload).digest() != checksum:
-                    bad.append((seq, id_))
-                else:
-                    out.append(OutboxRow(seq, id_, type_, topic, bytes(payload), created, period))
-            for seq, id_ in bad:
-                self._quarantine(seq, id_)
+            out += self._verified(rows)
             if len(rows) < want:
                 break
             start = rows[-1][0]
+        return out
+
+    def _verified(self, rows: list[Any]) -> list[OutboxRow]:
+        """OutboxRows whose payload matches its checksum; the others are quarantined once."""
+        out = []
+        for seq, id_, type_, topic, payload, created, period, checksum in rows:
+            if hashlib.sha256(payload).digest() == checksum:
+                out.append(OutboxRow(seq, id_, type_, topic, bytes(payload), created, period))
+            elif self._one("SELECT 1 FROM rejected WHERE seq = ? AND reason = ?",
+                           (seq, _CORRUPT_REASON)) is None:
+                self._quarantine(seq, id_)
         return out
 
     def _quarantine(self, seq: int, id_: str) -> None:
@@ -381,15 +366,7 @@ class Store:
         if period_to is not None:
             sql += " AND o.period <= ?"
             params.append(period_to)
-        out = []
-        for seq, id_, type_, topic, payload, created, period, checksum in self._all(
-                sql + " ORDER BY o.seq", params):
-            if hashlib.sha256(payload).digest() == checksum:
-                out.append(OutboxRow(seq, id_, type_, topic, bytes(payload), created, period))
-            elif self._one("SELECT 1 FROM rejected WHERE seq = ? AND reason = ?",
-                           (seq, _CORRUPT_REASON)) is None:
-                self._quarantine(seq, id_)
-        return out
+        return self._verified(self._all(sql + " ORDER BY o.seq", params))
 
     # -- small state, counters, events --------------------------------------------------------
 

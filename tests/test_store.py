@@ -297,3 +297,14 @@ def test_unopenable_path_is_store_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StoreError, match="cannot open"):
         Store(blocker / "x.db")
+
+
+def test_disk_full_on_commit_is_store_error(store: Store) -> None:
+    store.add_readings([Reading("m", "e", T0, 1.0)])
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    # SQLite's own quota gives exactly the error a full partition gives (SQLITE_FULL).
+    store.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    with pytest.raises(StoreError, match="disk is full — free space"):
+        store.add_readings([Reading("m", "e", T0 + i, float(i)) for i in range(50_000)])
+    assert len(store.readings_after(0, 10)) == 1  # the failed batch left nothing behind
+    store.add_readings([Reading("m", "e", T0 + 1, 2.0)])  # and the store still works

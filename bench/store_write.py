@@ -1,0 +1,89 @@
+"""Store throughput and footprint: readings/s through add_readings, bytes per reading,
+and pending()/backlog() latency with a large outbox.
+
+Run: .venv/bin/python bench/store_write.py [--readings N] [--envelopes N]
+Results recorded at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+from buffer.store import EnvelopeMeta, Store
+from drivers.base import Reading
+
+T0 = 1_763_700_000_000
+
+
+def bench_readings(store: Store, n: int, batch: int, points: int) -> None:
+    used0 = store.used_bytes()
+    batches = [[Reading(f"meter{i % points // 8}", f"p{i % 8}", T0 + (k + i) // points * 60_000,
+                        12345.67 + (k + i) * 0.01) for i in range(batch)]
+               for k in range(0, n, batch)]
+    start = time.perf_counter()
+    for rows in batches:
+        store.add_readings(rows)
+    dt = time.perf_counter() - start
+    done = len(batches) * batch
+    per = (store.used_bytes() - used0) / done
+    print(f"add_readings: {done} readings in batches of {batch}: {done / dt:,.0f} readings/s,"
+          f" {dt / (done / batch) * 1000:.2f} ms per commit, {per:.1f} bytes/reading"
+          " (table + (series, ts) index)")
+
+
+def bench_outbox(store: Store, n: int, size: int) -> None:
+    t = time.perf_counter()
+    for i in range(20):
+        seq, _ = store.chain_head()
+        store.enqueue(b"z" * size + bytes([i]), EnvelopeMeta(seq, f"E-G-{seq}", "readings", "t", T0))
+    print(f"enqueue: {(time.perf_counter() - t) / 20 * 1000:.2f} ms each (one commit)")
+    payload = b"x" * size
+    digest = hashlib.sha256(payload).digest()
+    start = time.perf_counter()
+    seq0, _ = store.chain_head()
+    # One transaction for setup speed; enqueue() itself is one commit per envelope.
+    with store.transaction() as c:
+        for seq in range(seq0, seq0 + n):
+            c.execute("INSERT INTO outbox VALUES (?, ?, 'readings', 't', ?, NULL, ?)",
+                      (seq, f"E-G-{seq}", T0 + seq, digest))
+            c.execute("INSERT INTO payloads VALUES (?, ?)", (seq, payload))
+        c.execute("UPDATE chain SET next_seq = ?", (seq0 + n,))
+    print(f"outbox setup: {n} envelopes of {size} bytes in {time.perf_counter() - start:.1f} s")
+    store.checkpoint()
+    store.mark_delivered("mqtt", range(1, n // 2))
+    for label, fn in [
+        ("pending(limit=100) at the watermark", lambda: store.pending("mqtt", 100)),
+        ("pending(limit=100, after_seq=n-200)", lambda: store.pending("mqtt", 100, n - 200)),
+        ("backlog()", lambda: store.backlog("mqtt")),
+        ("mark_delivered(100 in order)", lambda: store.mark_delivered(
+            "mqtt", [r.seq for r in store.pending("mqtt", 100)])),
+        ("mark_delivered(1 out of order)", lambda: store.mark_delivered("mqtt", [n - 5])),
+    ]:
+        t = time.perf_counter()
+        fn()
+        print(f"{label}: {(time.perf_counter() - t) * 1000:.2f} ms with {n} envelopes")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--readings", type=int, default=500_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--points", type=int, default=200)
+    ap.add_argument("--envelopes", type=int, default=500_000)
+    ap.add_argument("--size", type=int, default=600)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(Path(d) / "bench.db")
+        bench_readings(store, a.readings, a.batch, a.points)
+        bench_readings(store, a.batch * 200, 100, a.points)
+        bench_outbox(store, a.envelopes, a.size)
+        print(f"file: {store.size_bytes() / 1e6:.1f} MB")
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
