@@ -28,7 +28,7 @@ import bisect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 # Flags a period can carry; the set is part of the wire format (docs/protocol.md).
 GAP = "gap"  # reads further apart than the gap limit overlap the period
@@ -93,7 +93,7 @@ class _Node:
 
 def to_decimal(value: float, decimals: int) -> Decimal:
     """A float read as the exact decimal it was meant to be, at the point's precision."""
-    return Decimal(repr(value)).quantize(_quantum(decimals), rounding=ROUND_HALF_EVEN)
+    return Decimal(repr(value)).quantize(_quantum(decimals), rounding=ROUND_HALF_UP)
 
 
 def modulus_for(type_: str, scale: float, modulus: float | None, decimals: int) -> Decimal | None:
@@ -187,7 +187,7 @@ def _at(
     b = nodes[i + 1]
     if b.kind == BACKWARDS:
         return a.eff, a.cum, None  # the baseline is held through a backwards step
-    part = (b.delta * Decimal(t - a.ts) / Decimal(b.ts - a.ts)).quantize(q, ROUND_HALF_EVEN)
+    part = (b.delta * Decimal(t - a.ts) / Decimal(b.ts - a.ts)).quantize(q, ROUND_HALF_UP)
     value = b.base + part
     if b.kind == ROLLOVER and modulus is not None and value >= modulus:
         value -= modulus
