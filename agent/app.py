@@ -21,6 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agent import sdnotify
+from agent.batcher import CommitBatcher
 from agent.config import Config
 from agent.forwarder import Forwarder
 from agent.heartbeat import Heartbeat
@@ -76,6 +77,7 @@ class App:
         self.forwarder = Forwarder(self.store, self.db, self.uplink, "mqtt", cfg.platform.inflight)
         self.heartbeat.forwarder = self.forwarder
         self.watchdog = Watchdog()
+        self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4))
         self.pollers = self._pollers()
         statuses = await self.in_db(self.store.meter_statuses)
         for p in self.pollers:
@@ -126,6 +128,8 @@ class App:
         scheduler.shutdown(wait=False)
         if self.polls_running:
             await asyncio.wait(self.polls_running, timeout=10)
+        with contextlib.suppress(StoreError):
+            await self.batcher.flush()
         with contextlib.suppress(Exception):
             await self._seal()
         await self._flush(grace=3.0)
@@ -166,7 +170,7 @@ class App:
     def _sink(self, bus: str) -> Callable[[list[Reading], list[MeterStatus]], Any]:
         async def sink(readings: list[Reading], statuses: list[MeterStatus]) -> None:
             try:
-                await self.in_db(self.store.add_readings, readings, statuses)
+                await self.batcher.add(readings, statuses)
             except StoreError as e:
                 self._fatal(e)
                 raise
@@ -176,6 +180,9 @@ class App:
                 self.watchdog.mark_ready(f"polling {len(self.pollers)} bus(es)")
 
         return sink
+
+    async def _commit(self, readings: list[Reading], statuses: list[MeterStatus]) -> None:
+        await self.in_db(self.store.add_readings, readings, statuses)
 
     def _reporter(self) -> Any:
         try:
