@@ -177,3 +177,17 @@ async def rtu_line(
         relay = await SerialRelay(relay_a, relay_b, baud=baud, default=default).start()
         stack.push_async_callback(relay.stop)
         yield Line(agent_port, relay, server)
+
+
+@asynccontextmanager
+async def serial_meters(devices: list[SimDevice]) -> AsyncIterator[str]:
+    """A plain pty pair, no relay: yields the agent's port; `devices` answer on the other end."""
+    with serial_pair() as (agent_port, meter_port):
+        server = ModbusSerialServer(
+            devices, framer=FramerType.RTU, port=meter_port, baudrate=9600, parity="N"
+        )
+        await server.serve_forever(background=True)
+        try:
+            yield agent_port
+        finally:
+            await server.shutdown()
