@@ -182,6 +182,18 @@ def move_aside(path: Path, reason: str, conn: sqlite3.Connection | None) -> Salv
     return Salvage(str(target), reason, next_seq, head)
 
 
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """For inspection beside a running agent (status, export): no writes, no repair."""
+    if not path.exists():
+        raise SchemaError(f"no store at {path}")
+    conn = connect(path, readonly=True)
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found != len(MIGRATIONS):
+        conn.close()
+        raise SchemaError(f"store schema version {found}, this agent reads {len(MIGRATIONS)}")
+    return conn
+
+
 def open_database(path: Path) -> sqlite3.Connection:
     """Open (creating if needed), check and migrate; a corrupt file is moved aside first."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -79,23 +79,31 @@ _OUTBOX_COLS = "o.seq, o.id, o.type, o.topic, p.payload, o.created_ms, o.period,
 class Store:
     ZERO_HASH = schema.ZERO_HASH
 
-    def __init__(self, path: str | Path, destinations: Sequence[str] = ("mqtt",)) -> None:
+    def __init__(self, path: str | Path, destinations: Sequence[str] = ("mqtt",),
+                 readonly: bool = False) -> None:
+        """Open (create, migrate, check) the store. `readonly` is for inspecting the store of
+        a running agent (status, export): no migration, no repair, and every write fails."""
         self.path = Path(path)
+        self.readonly = readonly
         self.destinations: tuple[str, ...] = tuple(destinations)
         if not self.destinations:
             raise ValueError("a store needs at least one destination")
         self._series: dict[tuple[str, str], int] = {}
         try:
-            self._conn = schema.open_database(self.path)
+            if readonly:
+                self._conn = schema.open_readonly(self.path)
+            else:
+                self._conn = schema.open_database(self.path)
         except schema.SchemaError as e:
             raise StoreError(f"store {self.path}: {e}") from e
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"store {self.path}: cannot open: {e}") from e
-        with self.transaction() as c:
-            c.executemany(
-                "INSERT OR IGNORE INTO delivery(destination, watermark) VALUES (?, 0)",
-                [(d,) for d in self.destinations],
-            )
+        if not readonly:
+            with self.transaction() as c:
+                c.executemany(
+                    "INSERT OR IGNORE INTO delivery(destination, watermark) VALUES (?, 0)",
+                    [(d,) for d in self.destinations],
+                )
         for sid, meter, point in self._all("SELECT series_id, meter, point FROM series"):
             self._series[(meter, point)] = sid
 
@@ -237,8 +245,8 @@ class Store:
     def _watermark(self, destination: str) -> int:
         if destination not in self.destinations:
             raise ValueError(f"unknown destination {destination!r} (store has {self.destinations})")
-        return int(self._one("SELECT watermark FROM delivery WHERE destination = ?",
-                             (destination,))[0])
+        row = self._one("SELECT watermark FROM delivery WHERE destination = ?", (destination,))
+        return 0 if row is None else int(row[0])  # None: read-only, destination never used
 
     _PENDING_WHERE = (
         " WHERE o.seq > ? AND NOT EXISTS (SELECT 1 FROM delivery_marks m"
@@ -266,8 +274,9 @@ class Store:
         for seq, id_, type_, topic, payload, created, period, checksum in rows:
             if hashlib.sha256(payload).digest() == checksum:
                 out.append(OutboxRow(seq, id_, type_, topic, bytes(payload), created, period))
-            elif self._one("SELECT 1 FROM rejected WHERE seq = ? AND reason = ?",
-                           (seq, _CORRUPT_REASON)) is None:
+            elif not self.readonly and self._one(
+                    "SELECT 1 FROM rejected WHERE seq = ? AND reason = ?",
+                    (seq, _CORRUPT_REASON)) is None:
                 self._quarantine(seq, id_)
         return out
 
@@ -353,7 +362,7 @@ class Store:
         self._watermark(destination)
         row = self._one("SELECT last_seq, last_ms FROM delivery WHERE destination = ?",
                         (destination,))
-        return row[0], row[1]
+        return (None, None) if row is None else (row[0], row[1])
 
     def envelopes(self, type: str, period_from: str | None = None,
                   period_to: str | None = None) -> list[OutboxRow]:

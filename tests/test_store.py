@@ -308,3 +308,23 @@ def test_disk_full_on_commit_is_store_error(store: Store) -> None:
         store.add_readings([Reading("m", "e", T0 + i, float(i)) for i in range(50_000)])
     assert len(store.readings_after(0, 10)) == 1  # the failed batch left nothing behind
     store.add_readings([Reading("m", "e", T0 + 1, 2.0)])  # and the store still works
+
+
+def test_readonly_beside_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    with pytest.raises(StoreError, match="no store"):
+        Store(path, readonly=True)
+    writer = Store(path)
+    put(writer, 2)
+    writer.add_readings([Reading("m", "e", T0, 1.0)])
+    reader = Store(path, ("mqtt", "https"), readonly=True)
+    assert [r.seq for r in reader.pending("https", 10)] == [1, 2]  # never-used destination
+    assert reader.last_delivered("https") == (None, None)
+    writer.mark_delivered("mqtt", [1])
+    writer.add_readings([Reading("m", "e", T0 + 1, 2.0)])
+    assert reader.backlog("mqtt") == (1, T0)
+    assert reader.last_reading_ts() == T0 + 1  # sees the writer's later commits
+    with pytest.raises(StoreError):
+        reader.set_state("k", "v")
+    reader.close()
+    writer.close()
