@@ -130,10 +130,10 @@ class MqttUplink:
             await asyncio.wait(waiting, timeout=grace)
         self._started = False
         self._stopping = True  # the DISCONNECT we cause is logged once, below
+        self._set_down("stopped")  # no new publishes; late waiters get UplinkDown
         client = self._client
         await asyncio.to_thread(lambda: (client.disconnect(), client.loop_stop()))
         log.info("mqtt disconnected from %s:%d (stopped)", self.cfg.host, self.cfg.port)
-        self._set_down("stopped")
 
     # -- state -------------------------------------------------------------------------------
 
