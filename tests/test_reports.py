@@ -1,0 +1,199 @@
+"""Reporter against a real Store (tmp file) and a real Sealer with a generated key."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent.config import load_config
+from agent.reports import Reporter, completeness
+from agent.sealer import Sealer
+from agent.signing import generate_key, load_signer
+from buffer.store import Store
+from drivers.base import Quality, Reading
+
+TZ = ZoneInfo("Asia/Shanghai")
+MIN = 60_000
+
+CONFIG = """
+[agent]
+gateway = "gw-01"
+enterprise = "91370600780790663W"
+data_dir = "{dir}"
+
+[platform]
+host = "127.0.0.1"
+
+[signing]
+key_file = "{dir}/key.pem"
+
+[schedule]
+poll_interval = 60
+interval_minutes = 15
+daily_seal_at = "00:05"
+
+[[bus]]
+name = "tcp1"
+kind = "modbus-tcp"
+host = "127.0.0.1"
+
+[[meter]]
+name = "main"
+bus = "tcp1"
+unit = 1
+
+[[meter.point]]
+name = "kwh"
+register = 0
+type = "u32"
+scale = 0.01
+kind = "counter"
+variety = "electricity"
+unit = "kWh"
+code = "00-00-0000-020201-10"
+"""
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=TZ).timestamp() * 1000)
+
+
+@pytest.fixture
+def rig(tmp_path: Path):
+    (tmp_path / "agent.toml").write_text(CONFIG.format(dir=tmp_path))
+    cfg = load_config(tmp_path / "agent.toml")
+    generate_key(cfg.signing.key_file)
+    store = Store(tmp_path / "agent.db")
+    # Envelopes' `created` is sealing time; fixed so the test does not depend on today.
+    sealed_at = ms("2026-11-22T00:31:00") / 1000
+    sealer = Sealer(cfg, store, load_signer(cfg.signing.key_file), clock=lambda: sealed_at)
+    yield cfg, store, sealer
+    store.close()
+
+
+def _read(store: Store, when: str, value: float, quality: Quality = Quality.GOOD) -> None:
+    v = value if quality == Quality.GOOD else None
+    store.add_readings([Reading("main", "kwh", ms(when) + 150, v, quality)])
+
+
+def _every_minute(store: Store, start: str, end: str, kwh_at_start: float, per_min: float):
+    t, v = ms(start), kwh_at_start
+    rows = []
+    while t < ms(end):
+        rows.append(Reading("main", "kwh", t + 150, round(v, 2), Quality.GOOD))
+        t += MIN
+        v += per_min
+    store.add_readings(rows)
+
+
+def _bodies(store: Store, type_: str) -> dict[str, dict]:
+    return {r.period: json.loads(r.payload)["body"] for r in store.envelopes(type_)}
+
+
+def test_agent_off_across_midnight_still_closes_yesterday(rig):
+    cfg, store, sealer = rig
+    # 21 Nov: read every minute from 00:00 to 23:50 at 1 kWh/min, then the agent is stopped;
+    # it restarts at 00:30 on 22 Nov. 1 kWh/min means 00:00 lies at 1440 + 1000 = 2440.
+    _every_minute(store, "2026-11-21T00:00", "2026-11-21T23:51", 1000.0, 1.0)
+    _read(store, "2026-11-22T00:30", 1000.0 + 1470)
+    rep = Reporter(cfg, store, sealer)
+    seqs = rep.seal_due(ms("2026-11-22T00:31"))
+    assert seqs
+    daily = _bodies(store, "daily")
+    assert list(daily) == ["2026-11-21"]
+    (item,) = daily["2026-11-21"]["items"]
+    assert item["periodStart"] == "2026-11-21T00:00:00+08:00" and item["statType"] == 1
+    assert item["inputType"] == 4 and item["dataCode"] == "00-00-0000-020201-10"
+    assert {"gap", "interpolated"} <= set(item["flags"])
+    # Read at 00:00:00.150 → 1000.00; closing value interpolated across the 40-minute gap:
+    # 2430 + 40 × (10 / 40 min) … = 2440.00 (the counter ran at 1 kWh/min throughout).
+    assert item["endValue"] == "2440.00"
+    assert Decimal(item["value"]) == Decimal("1440.00")
+    assert item["samplesExpected"] == 1440 and item["samples"] == 1431
+    assert item["intervals"] == 96 and item["completeness"] == "0.9938"
+    body = daily["2026-11-21"]
+    # 1 440 kWh × 0.1229 = 176.976 kgce = 0.1770 tce
+    assert body["tce"] == {"electricity": "0.1770"} and body["total_tce"] == "0.1770"
+    assert body["electricity_convention"] == "equivalent"
+    # Intervals: the day's 96, and the first two of the 22nd, each labelled by its start.
+    intervals = _bodies(store, "interval")
+    assert "2026-11-21T10:15" in intervals and "2026-11-22T00:15" in intervals
+    i = intervals["2026-11-21T10:15"]["items"][0]
+    assert i["periodStart"] == "2026-11-21T10:15:00+08:00" and i["statType"] == 0
+    assert i["value"] == "15.00"
+    day_sum = sum(Decimal(intervals[k]["items"][0]["value"]) for k in intervals
+                  if k.startswith("2026-11-21"))
+    assert day_sum == Decimal(item["value"])
+    # Idempotent: nothing more is due a minute later.
+    assert rep.seal_due(ms("2026-11-22T00:32")) == []
+
+
+def test_midnight_between_reads_ten_minutes_apart(rig):
+    cfg, store, sealer = rig
+    # A meter polled every 10 minutes: the reads either side of midnight are 10 minutes apart.
+    cfg.schedule.poll_interval = 600.0
+    _read(store, "2026-11-21T23:35", 5000.00)
+    _read(store, "2026-11-21T23:45", 5010.00)
+    _read(store, "2026-11-21T23:55", 5020.00)
+    _read(store, "2026-11-22T00:05", 5030.00)
+    rep = Reporter(cfg, store, sealer)
+    body = rep.day_body(date(2026, 11, 21), ms("2026-11-22T00:31"))
+    (item,) = body["items"]
+    # 23:55:00.150 → 5020.00, 00:05:00.150 → 5030.00: at 00:00 the counter stood at 5025.00
+    # (to the cent; the 150 ms offsets cancel).
+    assert item["endValue"] == "5025.00"
+    assert "interpolated" not in item["flags"]
+
+
+def test_meter_replaced_mid_day(rig):
+    cfg, store, sealer = rig
+    _every_minute(store, "2026-11-20T23:50", "2026-11-21T12:00", 90000.0, 0.5)  # old meter
+    # Replaced at 12:00: old meter's final 90365.00, new meter starts at 0.00.
+    store.add_event("replacement", ms("2026-11-21T12:00"), {
+        "meter": "main", "point": "kwh", "at_ms": ms("2026-11-21T12:00"),
+        "old_final": "90365.00", "new_initial": "0.00"})
+    _every_minute(store, "2026-11-21T12:00", "2026-11-22T00:10", 0.0, 0.5)
+    rep = Reporter(cfg, store, sealer)
+    body = rep.day_body(date(2026, 11, 21), ms("2026-11-22T00:31"))
+    (item,) = body["items"]
+    # Old meter: 90005.00 at 00:00 (interpolated), final 90365.00: 360.00 kWh. New meter:
+    # 0.00 at 12:00, 360.00 at 00:00 (720 min × 0.5): 360.00 kWh. Together 720.00 kWh.
+    assert item["value"] == "720.00"
+    assert "replaced" in item["flags"] and "backwards" not in item["flags"]
+
+
+def test_backwards_without_replacement_is_flagged_not_negative(rig):
+    cfg, store, sealer = rig
+    _every_minute(store, "2026-11-20T23:50", "2026-11-21T12:00", 90000.0, 0.5)
+    _every_minute(store, "2026-11-21T12:00", "2026-11-22T00:10", 80000.0, 0.5)  # unexplained
+    rep = Reporter(cfg, store, sealer)
+    (item,) = rep.day_body(date(2026, 11, 21), ms("2026-11-22T00:31"))["items"]
+    assert "backwards" in item["flags"]
+    assert Decimal(item["value"]) == Decimal("359.50")  # the last good step 90359.50 is held
+
+
+def test_month_sealed_after_its_last_day_equals_sum_of_days(rig):
+    cfg, store, sealer = rig
+    _every_minute(store, "2026-11-29T00:00", "2026-12-01T00:20", 100.0, 0.25)
+    rep = Reporter(cfg, store, sealer)
+    rep.seal_due(ms("2026-12-01T00:31"))
+    daily, monthly = _bodies(store, "daily"), _bodies(store, "monthly")
+    assert sorted(daily) == ["2026-11-29", "2026-11-30"]
+    m = monthly["2026-11"]["items"][0]
+    assert Decimal(m["value"]) == sum(Decimal(b["items"][0]["value"]) for b in daily.values())
+    assert m["days"] == 2 and m["daysExpected"] == 30 and "incomplete" in m["flags"]
+    assert m["periodStart"] == "2026-11-01T00:00:00+08:00" and m["statType"] == 2
+
+
+def test_completeness_for_status(rig):
+    cfg, store, _ = rig
+    _every_minute(store, "2026-11-21T00:00", "2026-11-21T12:00", 0.0, 1.0)
+    got = completeness(store, cfg, date(2026, 11, 21))
+    assert got == {("main", "kwh"): 0.5}
+    assert completeness(store, cfg, date(2026, 11, 21), now_ms=ms("2026-11-21T12:00")) == {
+        ("main", "kwh"): 1.0}
