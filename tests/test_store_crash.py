@@ -57,7 +57,8 @@ def _run_and_kill(db: Path, rng: random.Random) -> list[str]:
     def reader() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            lines.append(line.strip())
+            if line.endswith("\n"):  # a line cut short by the kill reports nothing
+                lines.append(line.strip())
             ready.set()
 
     t = threading.Thread(target=reader, daemon=True)
