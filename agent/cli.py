@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("check_config", "validate a config file and print the read plan"),
     "probe": ("probe", "read one meter once and print its values with units"),
     "keygen": ("keygen", "create the Ed25519 signing key; print the public key and key id"),
+    "scan": ("scan", "find responding meters on a bus and identify their profiles"),
+    "enter": ("enter", "seal a value no meter measures (coal received, output, output value)"),
+    "export": ("export", "write a day's or month's report as CSV, sealed or not yet"),
+    "replace-meter": ("replace_meter", "record a meter replacement (old final, new initial value)"),
 }
 
 DEFAULT_CONFIG = "/etc/energy-agent/agent.toml"
