@@ -183,8 +183,12 @@ class Store:
 
     def readings_for(self, meter: str, point: str, start_ms: int, end_ms: int) -> list[Reading]:
         sid = self._series.get((meter, point))
-        if sid is None:
-            return []
+        if sid is None:  # not cached: a read-only store sees series the writer added later
+            row = self._one("SELECT series_id FROM series WHERE meter = ? AND point = ?",
+                            (meter, point))
+            if row is None:
+                return []
+            sid = row[0]
         rows = self._all(
             "SELECT ts, value, quality FROM readings WHERE series_id = ? AND ts >= ? AND ts < ?"
             " ORDER BY ts, id",

@@ -324,6 +324,8 @@ def test_readonly_beside_a_writer(tmp_path: Path) -> None:
     writer.add_readings([Reading("m", "e", T0 + 1, 2.0)])
     assert reader.backlog("mqtt") == (1, T0)
     assert reader.last_reading_ts() == T0 + 1  # sees the writer's later commits
+    writer.add_readings([Reading("late", "e", T0, 3.0)])
+    assert [r.value for r in reader.readings_for("late", "e", T0, T0 + 1)] == [3.0]
     with pytest.raises(StoreError):
         reader.set_state("k", "v")
     reader.close()
