@@ -30,6 +30,7 @@ from agent import counters, statistics
 from agent.coal import coefficients
 from agent.config import Config
 from agent.counters import Replacement, Sample
+from agent.manual import REPLACEMENT_EVENT
 from agent.sealer import Sealer
 from agent.statistics import STAT_DAY, STAT_INTERVAL, Item
 from buffer.store import Store
@@ -43,7 +44,6 @@ DAY_WAIT_MS = 3_600_000  # after daily_seal_at, close a day even if a meter has 
 CONTEXT_MS = 2 * 3_600_000  # reads fetched after a period's end (closing value, spike check)
 LOOKBACK_MS = 86_400_000  # reads fetched before a period without a sealed predecessor
 SINCE_KEY = "reports.since"  # first local day the agent reports (the first day with readings)
-REPLACEMENT_EVENT = "replacement"
 CLOCK_EVENT = "clock"
 
 
