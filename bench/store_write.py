@@ -1,7 +1,7 @@
 """Store throughput and footprint: readings/s through add_readings, bytes per reading,
 and pending()/backlog() latency with a large outbox.
 
-Run: .venv/bin/python bench/store_write.py [--readings N] [--envelopes N]
+Run from the repo root: PYTHONPATH=. .venv/bin/python bench/store_write.py [--readings N] [--envelopes N]
 Results recorded at the bottom of this file.
 """
 
