@@ -64,7 +64,18 @@ def format_value(value: float | int | None, decimals: int) -> str:
     None — and NaN or infinity, which have no decimal form — become "" (a gap); the sample's
     quality code says why.
     """
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if value is None:
+        return ""
+    if type(value) is float and 0 <= decimals <= 9:
+        # Hot path (every sample is formatted once): float formatting rounds the exact binary
+        # value half to even, the same as the Decimal path below, at a fifth of the cost.
+        if not math.isfinite(value):
+            return ""
+        text = f"{value:.{decimals}f}"
+        if text[0] == "-" and not text.strip("-0."):
+            text = text[1:]
+        return text
+    if isinstance(value, float) and not math.isfinite(value):
         return ""
     if isinstance(value, bool) or not 0 <= decimals <= 9:
         raise ValueError(f"format_value({value!r}, {decimals!r}): expected a number and 0–9 places")

@@ -97,13 +97,13 @@ class Sealer:
         made = 0
         while True:
             after = self.store.cursor(SEALED_CURSOR)
-            rows = self.store.readings_after(after, self.batch)
+            rows = self.store.samples_after(after, self.batch)
             if not rows:
                 return made
+            decimals = self.decimals
             samples = [
-                [r.meter, r.point, r.ts,
-                 format_value(r.value, self.decimals.get((r.meter, r.point), 3)), int(r.quality)]
-                for _, r in rows
+                [m, p, ts, format_value(v, decimals.get((m, p), 3)), q]
+                for _, m, p, ts, v, q in rows
             ]
             if self.cfg.platform.send_raw:
                 self.seal("readings", {"samples": samples}, cursor=(SEALED_CURSOR, rows[-1][0]))

@@ -181,6 +181,15 @@ class Store:
         )
         return [(i, Reading(m, p, ts, v, Quality(q))) for i, m, p, ts, v, q in rows]
 
+    def samples_after(self, rowid: int, limit: int) -> list[tuple[int, str, str, int, float | None, int]]:
+        """Like readings_after, as plain (rowid, meter, point, ts, value, quality) tuples: the
+        sealer's hot path, which has no use for Reading objects."""
+        return self._all(
+            "SELECT r.id, s.meter, s.point, r.ts, r.value, r.quality FROM readings r"
+            " JOIN series s ON s.series_id = r.series_id WHERE r.id > ? ORDER BY r.id LIMIT ?",
+            (rowid, limit),
+        )
+
     def readings_for(self, meter: str, point: str, start_ms: int, end_ms: int) -> list[Reading]:
         sid = self._series.get((meter, point))
         if sid is None:  # not cached: a read-only store sees series the writer added later

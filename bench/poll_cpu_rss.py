@@ -1,0 +1,201 @@
+"""CPU per Modbus transaction and steady RSS of the agent polling 100 TCP meters.
+
+    .venv/bin/python bench/poll_cpu_rss.py [--meters 100] [--seconds 60]
+
+100 simulated meters (12 points each, 24 registers, one request per meter per poll) run in
+their own process. In the same run, two pollers read them every second for `--seconds`:
+
+- the floor: bare pymodbus async clients, one per meter, reading the same 24 registers;
+- the agent: `energy-agent run` as a subprocess, with one modbus-tcp bus per meter, storing,
+  sealing, signing and publishing to a local Mosquitto.
+
+It prints CPU time per transaction for both, the ratio, and the agent's steady RSS.
+Targets (issue 2): ratio ≤ 1.5, RSS ≤ 45 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+POINTS = 12
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def serve_meters(n: int, ports_file: str) -> None:
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    from drivers.codec import encode
+    from hil.broker import free_port
+
+    async def main() -> None:
+        servers, ports = [], []
+        regs: list[int] = []
+        for i in range(POINTS // 2):
+            regs += encode(1000 + i, "u32", "ABCD")
+        for i in range(POINTS // 2):
+            regs += encode(230.0 + i, "f32", "ABCD")
+        for _ in range(n):
+            port = free_port()
+            dev = SimDevice(1, simdata=[SimData(0, count=len(regs), values=regs, datatype=DataType.REGISTERS)])
+            s = ModbusTcpServer(dev, address=("127.0.0.1", port))
+            servers.append(asyncio.ensure_future(s.serve_forever()))
+            ports.append(port)
+        await asyncio.sleep(0.5)
+        Path(ports_file).write_text(json.dumps(ports))
+        await asyncio.gather(*servers)
+
+    asyncio.run(main())
+
+
+def floor(ports: list[int], seconds: float) -> dict[str, float]:
+    from pymodbus.client import AsyncModbusTcpClient
+
+    async def main() -> int:
+        clients = [AsyncModbusTcpClient("127.0.0.1", port=p, timeout=1, retries=0) for p in ports]
+        for c in clients:
+            await c.connect()
+        done = 0
+        end = time.time() + seconds
+        while time.time() < end:
+            tick = time.time()
+            results = await asyncio.gather(*(c.read_holding_registers(0, count=POINTS * 2, device_id=1)
+                                             for c in clients))
+            done += sum(1 for r in results if not r.isError())
+            await asyncio.sleep(max(0.0, 1.0 - (time.time() - tick)))
+        for c in clients:
+            c.close()
+        return done
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    n = asyncio.run(main())
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"transactions": n, "cpu_s": cpu}
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path) -> dict[str, float]:
+    from agent.signing import generate_key
+    from hil.broker import Mosquitto
+
+    generate_key(tmp / "k.pem")
+    with Mosquitto() as broker:
+        lines = [f"""
+[agent]
+gateway = "bench"
+enterprise = "91370600780790663W"
+data_dir = "{tmp / 'data'}"
+log_level = "warning"
+[platform]
+host = "127.0.0.1"
+port = {broker.port}
+[signing]
+key_file = "{tmp / 'k.pem'}"
+[schedule]
+poll_interval = 1
+seal_interval = 5
+heartbeat = 3600
+"""]
+        for i, port in enumerate(ports):
+            lines.append(f'[[bus]]\nname = "b{i}"\nkind = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+                         f'timeout = 1.0\nretries = 0\n')
+            lines.append(f'[[meter]]\nname = "m{i}"\nbus = "b{i}"\nunit = 1\n')
+            for j in range(POINTS):
+                typ = "u32" if j < POINTS // 2 else "f32"
+                kind = "counter" if j < POINTS // 2 else "instantaneous"
+                lines.append(f'[[meter.point]]\nname = "p{j}"\nregister = {2 * j}\ntype = "{typ}"\n'
+                             f'kind = "{kind}"\n')
+        cfg = tmp / "agent.toml"
+        cfg.write_text("".join(lines))
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], cwd=REPO,
+                                stderr=open(tmp / "agent.log", "wb"), stdin=subprocess.DEVNULL)
+        try:
+            time.sleep(warmup)
+            if os.environ.get("BENCH_PROFILE"):  # py-spy collapsed stacks, for finding hot spots
+                subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(seconds)), "-r", "200",
+                                  "-f", "raw", "-o", os.environ["BENCH_PROFILE"]],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            t0, cpu0 = time.time(), proc_cpu(proc.pid)
+            rss = []
+            while time.time() < t0 + seconds:
+                time.sleep(1)
+                rss.append(proc_rss_mib(proc.pid))
+            t1, cpu1 = time.time(), proc_cpu(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    db = sqlite3.connect(tmp / "data" / "agent.db")
+    rows = db.execute("SELECT COUNT(*) FROM readings WHERE ts BETWEEN ? AND ? AND quality = 0",
+                      (int(t0 * 1000), int(t1 * 1000))).fetchone()[0]
+    return {"transactions": rows / POINTS, "cpu_s": cpu1 - cpu0, "rss_max": max(rss),
+            "rss_last": rss[-1], "rss_first": rss[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--meters", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--warmup", type=float, default=10)
+    ap.add_argument("--serve-meters", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--ports-file", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.serve_meters:
+        serve_meters(a.meters, a.ports_file)
+        return
+    if a.floor:
+        print(json.dumps(floor(json.loads(Path(a.ports_file).read_text()), a.seconds)))
+        return
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ports_file = tmp / "ports.json"
+        farm = subprocess.Popen([sys.executable, __file__, "--serve-meters", "--meters", str(a.meters),
+                                 "--ports-file", str(ports_file)])
+        try:
+            while not ports_file.exists():
+                time.sleep(0.1)
+            ports = json.loads(ports_file.read_text())
+            out = subprocess.run([sys.executable, __file__, "--floor", "--seconds", str(a.seconds),
+                                  "--ports-file", str(ports_file)], capture_output=True, text=True, check=True)
+            fl = json.loads(out.stdout)
+            ag = agent_run(ports, a.seconds, a.warmup, tmp)
+        finally:
+            farm.terminate()
+            farm.wait(10)
+    f_us = fl["cpu_s"] / fl["transactions"] * 1e6
+    a_us = ag["cpu_s"] / ag["transactions"] * 1e6
+    print(f"meters {a.meters} x {POINTS} points, 1 s interval, {a.seconds:g} s measured")
+    print(f"pymodbus floor : {fl['transactions']:.0f} transactions, {fl['cpu_s']:.2f} s CPU, {f_us:.0f} µs/transaction")
+    print(f"energy-agent   : {ag['transactions']:.0f} transactions, {ag['cpu_s']:.2f} s CPU, {a_us:.0f} µs/transaction")
+    print(f"ratio agent/floor: {a_us / f_us:.2f}  (target ≤ 1.5)")
+    print(f"agent RSS: first {ag['rss_first']:.1f} MiB, last {ag['rss_last']:.1f} MiB, "
+          f"max {ag['rss_max']:.1f} MiB  (target ≤ 45 MiB)")
+
+
+if __name__ == "__main__":
+    main()
