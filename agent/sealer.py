@@ -12,11 +12,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from buffer.store import EnvelopeMeta, Store
-
 from agent.config import Config
 from agent.envelope import build_envelope, envelope_id, format_value, topic_for
 from agent.signing import Signer
+from buffer.store import EnvelopeMeta, Store
 
 log = logging.getLogger("agent.sealer")
 

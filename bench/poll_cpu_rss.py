@@ -132,8 +132,9 @@ heartbeat = 3600
                              f'kind = "{kind}"\n')
         cfg = tmp / "agent.toml"
         cfg.write_text("".join(lines))
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], cwd=REPO,
-                                stderr=open(tmp / "agent.log", "wb"), stdin=subprocess.DEVNULL)
+        with open(tmp / "agent.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], cwd=REPO,
+                                    stderr=log, stdin=subprocess.DEVNULL)
         try:
             time.sleep(warmup)
             if os.environ.get("BENCH_PROFILE"):  # py-spy collapsed stacks, for finding hot spots
