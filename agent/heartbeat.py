@@ -8,13 +8,12 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
-from buffer.store import Store
-
 from agent import __version__
 from agent.canonical import canonical
 from agent.config import Config
 from agent.envelope import will_topic
 from agent.signing import Signer
+from buffer.store import Store
 
 if TYPE_CHECKING:
     from agent.forwarder import Forwarder

@@ -6,6 +6,29 @@ import argparse
 import sys
 
 DEFAULT_KEY = "/etc/energy-agent/signing.key"
+SERVICE_USER = "energy-agent"
+
+
+def _owner(requested: str | None) -> tuple[int, int, str] | None:
+    """Who must own the key: the agent refuses a key others can read, so a key made by root for
+    the service must belong to the service user, or the unit fails at start."""
+    import os
+    import pwd
+
+    if requested is None:
+        if os.geteuid() != 0:
+            return None
+        requested = SERVICE_USER
+        try:
+            pw = pwd.getpwnam(requested)
+        except KeyError:
+            return None
+    else:
+        try:
+            pw = pwd.getpwnam(requested)
+        except KeyError:
+            raise SystemExit(f"error: --owner {requested}: no such user") from None
+    return pw.pw_uid, pw.pw_gid, requested
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--key", metavar="FILE", help=f"key file to create (default {DEFAULT_KEY})")
     where.add_argument(
         "-c", "--config", metavar="CONFIG", help="create the key named by the config's signing.key_file"
+    )
+    parser.add_argument(
+        "--owner", metavar="USER",
+        help=f"give the key file to USER (default when run as root: {SERVICE_USER}, if that user exists)",
     )
 
 
@@ -28,12 +55,23 @@ def run(args: argparse.Namespace) -> int:
         key_id_override = cfg.signing.key_id
     else:
         path = args.key or DEFAULT_KEY
+    owner = _owner(args.owner)
     try:
         raw, key_id = generate_key(path)
     except KeyFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {path} (Ed25519, PKCS8 PEM, mode 0600)")
+    owned = ""
+    if owner is not None:
+        import os
+
+        try:
+            os.chown(path, owner[0], owner[1])
+        except OSError as e:
+            print(f"error: {path}: cannot give the key to {owner[2]}: {e}", file=sys.stderr)
+            return 1
+        owned = f", owner {owner[2]}"
+    print(f"wrote {path} (Ed25519, PKCS8 PEM, mode 0600{owned})")
     print()
     print("Register this gateway's public key with the platform:")
     print(f"  key id:     {key_id}")

@@ -13,6 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import faulthandler
+
+    # The systemd watchdog kills a wedged agent with SIGABRT: print every thread's stack first.
+    faulthandler.enable()
     cfg = load_or_exit(args.config)
     logging.getLogger().setLevel(cfg.agent.log_level.upper())
     from agent.app import run_agent
