@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run the daemon: poll, store, seal, upload"),
     "check-config": ("check_config", "validate a config file and print the read plan"),
     "probe": ("probe", "read one meter once and print its values with units"),
+    "status": ("status", "per-meter health, today's completeness, backlog and last upload"),
     "keygen": ("keygen", "create the Ed25519 signing key; print the public key and key id"),
     "scan": ("scan", "find responding meters on a bus and identify their profiles"),
     "enter": ("enter", "seal a value no meter measures (coal received, output, output value)"),
