@@ -1,0 +1,74 @@
+"""`energy-agent status` beside a running daemon: read-only, per-meter health, backlog, warnings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hil.broker import Mosquitto
+from tests.agent_harness import AgentProcess, CountingMeter, wait_until, write_site
+
+
+def status(cfg: Path) -> dict:  # type: ignore[type-arg]
+    r = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(cfg), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def test_status_beside_a_running_agent(tmp_path: Path) -> None:
+    with Mosquitto() as broker, CountingMeter() as meter:
+        cfg = write_site(tmp_path, broker.port, meter.port, extra="""
+[[bus]]
+name = "dead"
+kind = "modbus-tcp"
+host = "127.0.0.1"
+port = 9
+timeout = 0.2
+retries = 0
+offline_after = 2
+[[meter]]
+name = "gone"
+bus = "dead"
+unit = 1
+[[meter.point]]
+name = "import_active_energy"
+register = 0
+type = "u32"
+kind = "counter"
+variety = "electricity"
+code = "00-00-0000-020101-10"
+""")
+        agent = AgentProcess(cfg).start()
+        try:
+            assert wait_until(lambda: (tmp_path / "data" / "agent.db").exists(), 20)
+            assert wait_until(lambda: next((m for m in status(cfg)["meters"] if m["meter"] == "gone"),
+                                           {}).get("state") == "offline", 30), agent.log_text()
+            s = status(cfg)  # while the daemon writes
+            assert agent.alive()
+        finally:
+            assert agent.terminate() == 0, agent.log_text()
+    meters = {m["meter"]: m for m in s["meters"]}
+    assert meters["main"]["state"] == "online"
+    assert s["now_ms"] - meters["main"]["last_good_ms"] < 10_000
+    assert meters["gone"]["state"] == "offline"
+    assert "cannot connect" in meters["gone"]["last_error"]
+    assert meters["gone"]["completeness_today"] == 0.0
+    assert any(w.startswith("meter gone: offline") for w in s["warnings"])
+    assert any(w.startswith("meter gone: completeness today 0% < 90 %") for w in s["warnings"])
+    assert s["next_seq"] > 1
+    # The human form names the same things.
+    r = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert "warning: meter gone: offline" in r.stdout
+    assert "backlog:" in r.stdout and "last delivered:" in r.stdout
+
+
+def test_status_without_a_store_says_so(tmp_path: Path) -> None:
+    cfg = write_site(tmp_path, 1883, 502)
+    r = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "no store at" in r.stdout
