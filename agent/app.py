@@ -22,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from agent import sdnotify
 from agent.batcher import CommitBatcher
+from agent.clock import ClockWatch
 from agent.config import Config
 from agent.forwarder import Forwarder
 from agent.heartbeat import Heartbeat
@@ -72,6 +73,8 @@ class App:
         self.sealer = Sealer(cfg, self.store, signer)
         self.reporter = self._reporter()
         self.heartbeat = Heartbeat(cfg, self.store, signer)
+        self.clock = ClockWatch()
+        self.heartbeat.clock = self.clock
         self.uplink = MqttUplink(cfg.platform, cfg.agent.enterprise, cfg.agent.gateway,
                                  will=self.heartbeat.will())
         self.forwarder = Forwarder(self.store, self.db, self.uplink, "mqtt", cfg.platform.inflight)
@@ -251,6 +254,10 @@ class App:
             self.forwarder.wake()
 
     def _seal_in_db(self) -> int:
+        step = self.clock.check()
+        if step is not None:
+            now = int(time.time() * 1000)
+            self.store.add_event("clock", now, {"step_ms": int(step * 1000), "at_ms": now})
         made = self.sealer.seal_readings()
         if self.reporter is not None:
             made += len(self.reporter.seal_due(int(time.time() * 1000)))

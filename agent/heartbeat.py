@@ -16,6 +16,7 @@ from agent.signing import Signer
 from buffer.store import Store
 
 if TYPE_CHECKING:
+    from agent.clock import ClockWatch
     from agent.forwarder import Forwarder
     from agent.poller import BusPoller
     from agent.sealer import Sealer
@@ -30,6 +31,7 @@ class Heartbeat:
         self.pollers: list[BusPoller] = []
         self.forwarder: Forwarder | None = None
         self.overruns: dict[str, int] = {}
+        self.clock: ClockWatch | None = None
 
     def will(self) -> tuple[str, bytes]:
         """Signed but outside the chain: the broker publishes it after we are gone."""
@@ -72,11 +74,26 @@ class Heartbeat:
                 "free_bytes": free,
             },
             "clock": {"state": "implausible" if clock_problem else "ok",
+                      "steps": self.clock.steps if self.clock else 0,
                       **({"problem": clock_problem} if clock_problem else {})},
+            "uplink": self._uplink(),
             "counters": {k: int(v) for k, v in sorted(self.store.counters().items())},
             "overruns": dict(sorted(self.overruns.items())),
         }
         return body
+
+    def _uplink(self) -> dict[str, Any]:
+        if self.forwarder is None:
+            return {}
+        f = self.forwarder
+        out: dict[str, Any] = {
+            "connected": "yes" if f.uplink.connected else "no",
+            "delivered_total": f.delivered_total, "rejected_total": f.rejected_total,
+            "failures_total": f.failures_total,
+        }
+        if f.last_error:
+            out["last_error"] = str(f.last_error)
+        return out
 
     def seal_status(self, sealer: Sealer) -> int:
         return sealer.seal("status", self.body(sealer.clock_problem))

@@ -129,7 +129,7 @@ unit = "V"
 
 
 def write_site(tmp: Path, broker_port: int, meter_port: int, *, poll: float = 1.0, seal: float = 1.0,
-               ack: str = "broker", extra: str = "") -> Path:
+               ack: str = "broker", extra: str = "", heartbeat: float = 3600, keepalive: int = 60) -> Path:
     """An agent config and signing key under tmp; returns the config path."""
     key = tmp / "signing.key"
     if not key.exists():
@@ -149,6 +149,7 @@ ack = "{ack}"
 ack_timeout = 3.0
 reconnect_min = 0.2
 reconnect_max = 1.0
+keepalive = {keepalive}
 
 [signing]
 key_file = "{key}"
@@ -156,7 +157,7 @@ key_file = "{key}"
 [schedule]
 poll_interval = {poll}
 seal_interval = {seal}
-heartbeat = 3600
+heartbeat = {heartbeat}
 
 [[bus]]
 name = "lan"
