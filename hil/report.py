@@ -70,6 +70,7 @@ class Observer:
     committed: dict[tuple[str, str, int], int] = field(default_factory=dict)  # -> quality
     timeline: list[tuple[float, int, int, int]] = field(default_factory=list)
     proc: ProcStats = field(default_factory=ProcStats)
+    agent_counters: dict[str, int] = field(default_factory=dict)  # pruned_readings, dropped_…
     _last_id: int = 0
 
     def poll(self) -> None:
@@ -86,6 +87,7 @@ class Observer:
                     for rid, meter, point, ts, quality in rows:
                         self.committed[meter, point, ts] = quality
                         self._last_id = rid
+                    self.agent_counters = dict(db.execute("SELECT name, value FROM counters"))
                     w = db.execute("SELECT watermark FROM delivery WHERE destination='mqtt'"
                                    ).fetchone()
                     if w is not None:
@@ -213,6 +215,9 @@ def build_report(
             good.setdefault(meter, set()).add(int(ts // (poll_interval * 1000)))
     for m in meters:
         rep.coverage[m] = min(1.0, len(good.get(m, ())) / polls)
+    if obs.agent_counters:
+        rep.notes.append("agent counters: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(obs.agent_counters.items())))
     rep.peak_rss_mib = obs.proc.peak_rss_kib / 1024
     rep.cpu_s = obs.proc.cpu_s
     return rep
@@ -235,6 +240,9 @@ def judge(rep: Report, expect: dict[str, Any]) -> None:
             rep.failures.append(f"coverage of {m} {cov:.0%} < {floor:.0%}")
     if dead and rep.gaps == 0:
         rep.failures.append("dead meter produced no gap samples")
+    share = expect.get("max_cpu_share")
+    if share is not None and rep.cpu_s > float(share) * rep.duration_s:
+        rep.failures.append(f"agent CPU {rep.cpu_s:.1f} s > {float(share):.0%} of the run")
     max_drain = expect.get("max_drain_s")
     if max_drain is not None and any(d > float(max_drain) for d in rep.drain_s):
         rep.failures.append(f"drain {max(rep.drain_s):.1f} s > {max_drain} s")
