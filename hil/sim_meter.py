@@ -42,6 +42,7 @@ _INT_RANGE = {
 _UNIT_MID = {
     "V": 230.0, "kV": 10.5, "A": 25.0, "Hz": 50.0, "kW": 80.0, "W": 800.0, "kvar": 20.0,
     "kVA": 85.0, "var": 2000.0, "VA": 8000.0, "m3/h": 30.0, "t/h": 5.0, "°C": 60.0, "MPa": 0.8,
+    "1": 0.9, "": 0.9,  # power factor and other ratios
 }
 _SEQUENCE = (0, 3, -2, 5, -4, 1, 6, -1, 2, -5, 4, -3, -6, 7, 0, -7)
 
@@ -81,13 +82,14 @@ def model_point(meter: str, p: PointConfig) -> PointModel:
         if not p.type.startswith("f"):
             raw, rate = float(int(raw)), float(max(1, int(rate)))
     else:
-        mid = _UNIT_MID.get(p.unit, 100.0) * (1 + (h % 7) / 100)
+        mid = _UNIT_MID.get(p.unit, 100.0) * (1 + (h % 3) / 100)
         raw = (mid - p.offset) / p.scale
         if not lo * 0.6 <= raw <= hi * 0.6:
             raw = (lo + hi) / 2 + (hi - lo) * 0.1
         rate = abs(raw) * 0.004  # the sequence spans about ±3 %
         if not p.type.startswith("f"):
             raw, rate = float(int(raw)), float(max(1, int(rate)))
+            raw = max(raw, lo + 8 * rate)  # a tiny ratio in a u16 must not dip below zero
     return PointModel(point=p, base=raw, rate=rate, phase=h % len(_SEQUENCE))
 
 
