@@ -339,3 +339,41 @@ def test_fault_proxy_pass_delay_blackhole_cut_flap() -> None:
             target.close()
 
     asyncio.run(main())
+
+
+# -- the loss report -----------------------------------------------------------------------
+
+
+def test_report_counts_lost_wrong_and_duplicated_samples(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    from agent.envelope import build_envelope, sha256_hex
+    from hil.platform_sim import PlatformSim
+    from hil.report import Observer, build_report, judge
+
+    signer = _signer()
+    meter = SimMeter(name="m", unit=1, points=INLINE, t0_ms=_now() - 60_000)
+    t = _now() - 10_000
+    good = f"{meter.true_value('energy', t):.2f}"
+    bad = f"{meter.true_value('energy', t) + 5:.2f}"
+    bodies = [
+        [["m", "energy", t, good, 0], ["m", "volts", t, "", 1]],
+        [["m", "energy", t + 1000, bad, 0], ["m", "energy", t, good, 0]],  # wrong; duplicate
+    ]
+    sim = PlatformSim(1, {signer.key_id: signer.public_key_raw}, tmp_path / "p.db")  # type: ignore[attr-defined]
+    prev = "0" * 64
+    for seq, samples in enumerate(bodies, 1):
+        wire = build_envelope(seq=seq, prev=prev, type="readings", enterprise=E, gateway=G,
+                              created=datetime.now(UTC), body={"samples": samples},
+                              signer=signer)  # type: ignore[arg-type]
+        assert sim.accept(f"energy/{E}/{G}/up/readings", wire)[0][0] == "accepted"
+        prev = sha256_hex(wire)
+    obs = Observer(tmp_path / "missing.db", sim)
+    obs.committed = {("m", "energy", t): 0, ("m", "volts", t): 1, ("m", "energy", t + 1000): 0,
+                     ("m", "energy", t + 2000): 0}  # the last one never arrives
+    rep = build_report("unit", obs, {"m": meter}, _now(), [], 1.0, t - 1000, 2000, E, G)
+    judge(rep, {})
+    assert (rep.expected, rep.received, rep.lost, rep.wrong, rep.duplicated, rep.gaps) == (
+        4, 3, 1, 1, 1, 1)
+    assert rep.chain["intact"] and {"lost 1 > 0", "wrong 1 > 0"} <= set(rep.failures)
+    sim.db.close()
