@@ -45,6 +45,7 @@ class FaultProxy:
         self.mode = "pass"
         self.delay = 0.0
         self.stats = ProxyStats()
+        self.restored_ms: list[int] = []  # when a fault ended (back to pass), for drain times
         self._open = asyncio.Event()  # set while bytes may flow
         self._open.set()
         self._server: asyncio.Server | None = None
@@ -89,6 +90,8 @@ class FaultProxy:
         if mode not in MODES:
             raise ValueError(f"unknown proxy mode {mode!r}, expected one of {', '.join(MODES)}")
         log.info("fault proxy :%d -> %s", self.port, mode)
+        if mode == "pass" and self.mode != "pass":
+            self.restored_ms.append(int(time.time() * 1000))
         self.mode = mode
         self.stats.mode_changes += 1
         if delay is not None:

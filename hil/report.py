@@ -149,7 +149,7 @@ class Report:
             f"{'intact' if c.get('intact') else 'NOT INTACT'}",
             f"  backlog peak        {self.backlog_peak_samples} samples, "
             f"{self.backlog_peak_envelopes} envelopes",
-            "  drain time          " + (", ".join(f"{d:.1f} s" for d in self.drain_s) or "—"),
+            "  drain time          " + _drains(self.drain_s),
             "  coverage            " + ", ".join(
                 f"{m} {v:.0%}" for m, v in sorted(self.coverage.items())),
             f"  agent peak RSS      {self.peak_rss_mib:.1f} MiB",
@@ -163,6 +163,15 @@ class Report:
         lines.append("  RESULT: " + ("PASS" if not self.failures else
                                      "FAIL — " + "; ".join(self.failures)))
         return "\n".join(lines)
+
+
+def _drains(d: list[float]) -> str:
+    if not d:
+        return "— (no fault ended)"
+    if len(d) <= 3:
+        return ", ".join(f"{x:.1f} s" for x in d)
+    s = sorted(d)
+    return f"{len(d)} fault ends: median {s[len(s) // 2]:.1f} s, max {s[-1]:.1f} s"
 
 
 def build_report(

@@ -42,7 +42,7 @@ log = logging.getLogger("hil")
 ROOT = Path(__file__).resolve().parent.parent
 ENTERPRISE, GATEWAY = "91370600780790663W", "hil-gw"
 # Ends of faults: the report measures how long the backlog takes to drain after each.
-RESTORES = {"broker.start", "proxy.pass", "platform.back", "platform.ack"}
+RESTORES = {"broker.start", "platform.back", "platform.ack"}  # the proxy records its own
 
 
 @dataclass
@@ -284,8 +284,9 @@ async def run_scenario(scn: Scenario, work: Path | None = None,
         await rig.stop_agent()
         await asyncio.to_thread(rig.observer.poll)
         poll = float(scn.config.get("schedule", {}).get("poll_interval", 1.0))
+        restores = sorted(set(rig.restores_ms) | set(rig.proxy.restored_ms))
         rep = await asyncio.to_thread(
-            build_report, scn.name, rig.observer, rig.meters, cutoff_ms, rig.restores_ms,
+            build_report, scn.name, rig.observer, rig.meters, cutoff_ms, restores,
             poll, int(started * 1000), int(scn.expect.get("window_ms", 5000)),
             ENTERPRISE, GATEWAY)
         rep.kills, rep.kills_during_backlog = rig.kills, rig.kills_during_backlog
