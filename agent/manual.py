@@ -6,8 +6,8 @@ correction is a new manual envelope naming the id it supersedes — nothing is e
 the platform and an auditor see both the mistake and its fix.
 
 Validation is pure (`manual_body`, `replacement_event`); `seal_manual` is the thin store part,
-safe while the daemon runs: the sealer takes the chain head and enqueues on this connection,
-and a concurrent seal by the daemon (the store refuses a stale seq) is simply retried.
+safe while the daemon runs: the sealer takes the seq inside the store's write transaction, so
+the daemon sealing at the same moment only makes one of the two wait for the lock.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from agent import statistics
 from agent.coal import format_decimal
 from agent.config import DATA_CODE, Config
 from agent.sealer import Sealer
-from buffer.store import Store, StoreError
+from buffer.store import Store
 
 DECIMAL = re.compile(r"^-?\d{1,15}(\.\d{1,9})?$")
 REPLACEMENT_EVENT = "replacement"
@@ -77,20 +77,12 @@ def manual_body(code: str, value: str, unit: str, *, tz: ZoneInfo, entered_ms: i
     return {"items": [item]}, period
 
 
-def seal_manual(store: Store, sealer: Sealer, body: dict[str, Any], period: str,
-                tries: int = 5) -> int:
+def seal_manual(store: Store, sealer: Sealer, body: dict[str, Any], period: str) -> int:
     """Seal a manual body; a named superseded id must be an earlier manual envelope."""
     sup = body["items"][0]["supersedes"]
     if sup and not any(r.id == sup for r in store.envelopes("manual")):
         raise ManualError(f"--supersedes {sup}: no manual entry with that id (see `export`)")
-    for attempt in range(tries):
-        try:
-            return sealer.seal("manual", body, period=period)
-        except StoreError as e:
-            # The daemon sealed between our chain-head read and our insert: read it again.
-            if "expected" not in str(e) or attempt == tries - 1:
-                raise
-    raise AssertionError("unreachable")
+    return sealer.seal("manual", body, period=period)
 
 
 def parse_time(text: str, tz: ZoneInfo) -> int:

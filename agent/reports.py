@@ -15,6 +15,12 @@ CATCHUP_DAYS days (intervals: INTERVAL_CATCHUP_DAYS), never before the first day
 Each counter's period opens with the closing value of the previous sealed period of the same
 type (carried in the envelope as `endValue`), so consecutive periods chain exactly even when
 the raw reads around a boundary are later pruned.
+
+After each run the Reporter tells retention which raw readings it may still read: the cursor
+`summarised_ts` is the start of the first interval or day not sealed yet, less LOOKBACK_MS —
+what that period reads if its predecessor's envelope (the seed) has been pruned meanwhile.
+Readings older than that are summarised; the disk budget takes newer ones only as the last
+resort before unsent envelopes (buffer/retention.py).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from agent.counters import Replacement, Sample
 from agent.manual import REPLACEMENT_EVENT
 from agent.sealer import Sealer
 from agent.statistics import STAT_DAY, STAT_INTERVAL, Item
+from buffer.retention import SUMMARISED_CURSOR
 from buffer.store import Store
 from drivers.base import Quality, Reading
 
@@ -70,10 +77,18 @@ class Reporter:
         assert self.sealer is not None, "a Reporter without a Sealer only computes"
         last_good = {it: self._last_good(it, now_ms) for it in self.items
                      if it.kind == "counter"}
-        seqs = self._seal_intervals(now_ms, since, last_good)
-        seqs += self._seal_days(now_ms, since, last_good)
+        seqs, open_interval = self._seal_intervals(now_ms, since, last_good)
+        day_seqs, open_day = self._seal_days(now_ms, since, last_good)
+        seqs += day_seqs
         seqs += self._seal_months(now_ms, since)
+        self._hold_readings(min(open_interval, open_day) - LOOKBACK_MS)
         return seqs
+
+    def _hold_readings(self, summarised_ts: int) -> None:
+        """Tell retention which readings accounting may still read (see the module docstring).
+        Written only when it moves — about once a day — to spare the flash a write a minute."""
+        if self.store.cursor(SUMMARISED_CURSOR, default=-1) != summarised_ts:
+            self.store.set_cursor(SUMMARISED_CURSOR, summarised_ts)
 
     def _ready(self, end_ms: int, deadline_ms: int, now_ms: int,
                last_good: dict[Item, int | None]) -> bool:
@@ -82,7 +97,8 @@ class Reporter:
         return all(ts is not None and ts >= end_ms for ts in last_good.values())
 
     def _seal_intervals(self, now_ms: int, since: date,
-                        last_good: dict[Item, int | None]) -> list[int]:
+                        last_good: dict[Item, int | None]) -> tuple[list[int], int]:
+        """(seqs sealed, start of the first interval still open)."""
         first = max(since, statistics.local_day(now_ms, self.tz)
                     - timedelta(days=INTERVAL_CATCHUP_DAYS))
         starts: list[int] = []
@@ -92,39 +108,45 @@ class Reporter:
             starts.extend(s for s, e in itertools.pairwise(b) if e <= now_ms)
             d += timedelta(days=1)
         if not starts:
-            return []
-        labels = [statistics.interval_label(s, self.tz) for s in starts]
-        sealed = self._sealed_periods("interval", labels[0], labels[-1])
-        due = [s for s, lab in zip(starts, labels, strict=True) if lab not in sealed]
+            return [], statistics.day_start_ms(first, self.tz)
         step = self.minutes * 60_000
-        due = [s for s in due if self._ready(s + step, s + 2 * step, now_ms, last_good)]
+        labels = [statistics.interval_label(s, self.tz) for s in starts]
+        sealed = self.store.sealed_periods("interval", labels[0], labels[-1])
+        unsealed = [s for s, lab in zip(starts, labels, strict=True) if lab not in sealed]
+        due = [s for s in unsealed if self._ready(s + step, s + 2 * step, now_ms, last_good)]
+        ready = set(due)
+        waiting = [s for s in unsealed if s not in ready]
+        open_from = waiting[0] if waiting else starts[-1] + step
         if not due:
-            return []
+            return [], open_from
         bodies = self.interval_bodies(due[0], due[-1] + step, now_ms)
         seqs = []
         for s in due:
             label = statistics.interval_label(s, self.tz)
             seqs.append(self._seal("interval", bodies[label], label))
-        return seqs
+        return seqs, open_from
 
     def _seal_days(self, now_ms: int, since: date,
-                   last_good: dict[Item, int | None]) -> list[int]:
+                   last_good: dict[Item, int | None]) -> tuple[list[int], int]:
+        """(seqs sealed, start of the first day still open)."""
         today = statistics.local_day(now_ms, self.tz)
         first = max(since, today - timedelta(days=CATCHUP_DAYS))
         days = [first + timedelta(days=i) for i in range((today - first).days)]
         if not days:
-            return []
-        sealed = self._sealed_periods("daily", days[0].isoformat(), days[-1].isoformat())
+            return [], statistics.day_start_ms(today, self.tz)
+        sealed = self.store.sealed_periods("daily", days[0].isoformat(), days[-1].isoformat())
         seqs = []
+        open_day = today
         for day in days:
             if day.isoformat() in sealed:
                 continue
             seal_at = statistics.seal_at_ms(day, self.tz, self.cfg.schedule.daily_seal_at)
             end = statistics.day_start_ms(day + timedelta(days=1), self.tz)
             if now_ms < seal_at or not self._ready(end, seal_at + DAY_WAIT_MS, now_ms, last_good):
+                open_day = day
                 break  # later days are not due either: keep the order
             seqs.append(self._seal("daily", self.day_body(day, now_ms), day.isoformat()))
-        return seqs
+        return seqs, statistics.day_start_ms(open_day, self.tz)
 
     def _seal_months(self, now_ms: int, since: date) -> list[int]:
         today = statistics.local_day(now_ms, self.tz)
@@ -134,9 +156,10 @@ class Reporter:
         seqs = []
         for month in months:
             last_day = statistics.month_days(month)[-1]
-            if last_day >= today or self._sealed_periods("monthly", month, month):
+            if last_day >= today or self.store.sealed_periods("monthly", month, month):
                 continue
-            if not self._sealed_periods("daily", last_day.isoformat(), last_day.isoformat()):
+            if not self.store.sealed_periods("daily", last_day.isoformat(),
+                                             last_day.isoformat()):
                 continue  # the month closes with its last day
             seqs.append(self._seal("monthly", self.month_body(month, now_ms), month))
         return seqs
@@ -267,9 +290,6 @@ class Reporter:
             if it.get("endValue"):
                 out[(it["meter"], it["point"])] = Decimal(it["endValue"])
         return out
-
-    def _sealed_periods(self, type_: str, first: str, last: str) -> set[str]:
-        return {r.period for r in self.store.envelopes(type_, first, last) if r.period}
 
     def _last_good(self, it: Item, now_ms: int) -> int | None:
         rows = self.store.readings_for(it.meter, it.point, now_ms - 2 * DAY_WAIT_MS, now_ms + 1)

@@ -1,7 +1,9 @@
 """Turns committed data into signed, chained envelopes in the outbox.
 
-Runs on the store's thread only: the seq and prev come from the chain head and the envelope is
-enqueued in the same thread before anything else can take that seq, so the chain never forks.
+The daemon seals on the store's thread; `energy-agent enter` seals from another process into
+the same file. Neither reads the chain head ahead of time: `Sealer.seal` hands the store a
+builder, and the store calls it with the seq and prev inside the transaction that appends the
+envelope (Store.enqueue_built), so the chain never forks and no sealer ever sees a stale seq.
 """
 
 from __future__ import annotations
@@ -70,24 +72,25 @@ class Sealer:
 
     def seal(self, type: str, body: dict[str, Any], period: str | None = None,
              cursor: tuple[str, int] | None = None) -> int:
-        seq, prev = self.store.chain_head()
-        now = self.clock()
-        created = datetime.fromtimestamp(int(now), self.tz)
+        """Sign `body` as the next envelope of the chain and append it (with `cursor`, if
+        given) in one transaction; returns its seq."""
         a = self.cfg.agent
-        payload = build_envelope(
-            seq=seq, prev=prev, type=type, enterprise=a.enterprise, gateway=a.gateway,
-            created=created, body=body, signer=self.signer,
-        )
-        meta = EnvelopeMeta(
-            seq=seq,
-            id=envelope_id(a.enterprise, a.gateway, seq),
-            type=type,
-            topic=topic_for(self.cfg.platform.topic_prefix, a.enterprise, a.gateway, type),
-            created_ms=int(now * 1000),
-            period=period,
-        )
-        self.store.enqueue(payload, meta, cursor)
-        log.debug("sealed %s (%s, %d bytes)", meta.id, type, len(payload))
+        topic = topic_for(self.cfg.platform.topic_prefix, a.enterprise, a.gateway, type)
+
+        def build(seq: int, prev: str) -> tuple[bytes, EnvelopeMeta]:
+            # Runs under the store's write lock: the clock is read here so `created` never
+            # goes backwards along the chain, even with two processes sealing.
+            now = self.clock()
+            payload = build_envelope(
+                seq=seq, prev=prev, type=type, enterprise=a.enterprise, gateway=a.gateway,
+                created=datetime.fromtimestamp(int(now), self.tz), body=body, signer=self.signer,
+            )
+            meta = EnvelopeMeta(seq=seq, id=envelope_id(a.enterprise, a.gateway, seq), type=type,
+                                topic=topic, created_ms=int(now * 1000), period=period)
+            return payload, meta
+
+        seq = self.store.enqueue_built(build, cursor)
+        log.debug("sealed %s (%s)", envelope_id(a.enterprise, a.gateway, seq), type)
         return seq
 
     def seal_readings(self) -> int:

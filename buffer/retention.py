@@ -1,10 +1,23 @@
 """Retention: what may leave the store, in which order, and giving the space back.
 
+Two cursors say what the rest of the agent is done with:
+- `sealed_rowid` (the sealer): readings up to this row id are in the outbox (or need not be);
+- `summarised_ts` (agent/reports.py): accounting will not read a reading older than this ms
+  timestamp again — it is the start of the first period not yet sealed as a report, less the
+  lookback an unseeded period reads. Absent (no reported points, or reports never ran): no
+  reading is held back for accounting.
+A reading is *summarised* when it is both sealed and older than `summarised_ts`.
+
 Order (DESIGN.md), each step only when the previous one was not enough:
-1. raw readings older than the raw window that are already sealed;
+1. summarised raw readings older than the raw window;
 2. envelopes done (delivered or rejected) for every destination and older than the history window;
-3. over budget: sealed raw readings of any age, then done envelopes of any age, oldest first;
-4. over budget, the very last resort: unsent envelopes oldest first — each one counted,
+3. over the disk budget, oldest first:
+   a. summarised raw readings of any age;
+   b. done envelopes of any age;
+   c. sealed raw readings accounting still needs (newer than `summarised_ts`) — the open
+      day's reports lose samples (flagged, lower completeness), so this is logged as a warning
+      and counted (`pruned_needed_readings`), but it loses no message already signed;
+4. over the budget, the very last resort: unsent envelopes oldest first — each one counted,
    logged with its id and recorded as an event.
 Unsealed readings are never deleted. Deletes run in batches of one transaction each.
 """
@@ -15,6 +28,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from buffer.store import Store
@@ -22,6 +36,9 @@ from buffer.store import Store
 log = logging.getLogger("buffer.retention")
 
 SEALED_CURSOR = "sealed_rowid"
+SUMMARISED_CURSOR = "summarised_ts"
+# "No reading is held for accounting": later than any timestamp a reading can carry.
+_NO_HOLD = 2**62
 BATCH = 10_000
 # Pages are only given back to the filesystem past this many free pages: rewriting a few
 # pages on every run would wear eMMC/SD for nothing (free pages are reused by new rows).
@@ -33,32 +50,41 @@ VACUUM_STEP_PAGES = 4096
 class PruneReport:
     raw_readings: int = 0  # step 1
     history_envelopes: int = 0  # step 2
-    budget_readings: int = 0  # step 3, sealed raw readings within the raw window
-    budget_envelopes: int = 0  # step 3, done envelopes within the history window
+    budget_readings: int = 0  # step 3a, summarised raw readings within the raw window
+    budget_envelopes: int = 0  # step 3b, done envelopes within the history window
     dropped_envelopes: int = 0  # step 4, never delivered
     dropped_ids: tuple[str, ...] = ()
     events: int = 0  # event records older than the history window
     bytes_before: int = 0
     bytes_after: int = 0
     over_budget: bool = False  # still over after everything allowed was pruned
+    needed_readings: int = 0  # step 3c, sealed readings accounting still needed
 
 
 def prune(store: Store, now_ms: int, raw_keep_ms: int, history_keep_ms: int,
           budget_bytes: int | None) -> PruneReport:
     before = store.size_bytes()
     sealed = store.cursor(SEALED_CURSOR)
+    summarised = store.cursor(SUMMARISED_CURSOR, default=_NO_HOLD)
     raw_cut, history_cut = now_ms - raw_keep_ms, now_ms - history_keep_ms
 
-    raw = _delete_readings(store, sealed, raw_cut, None)
+    raw = _delete_readings(store, sealed, min(raw_cut, summarised), None)
     history = _delete_done_envelopes(store, history_cut, None)
     events = _delete_events(store, history_cut)
 
-    budget_readings = budget_envelopes = 0
+    budget_readings = budget_envelopes = needed = 0
     dropped: list[str] = []
     if budget_bytes is not None and store.used_bytes() > budget_bytes:
-        budget_readings = _delete_readings(store, sealed, None, budget_bytes)
+        budget_readings = _delete_readings(store, sealed, summarised, budget_bytes)
         if store.used_bytes() > budget_bytes:
             budget_envelopes = _delete_done_envelopes(store, None, budget_bytes)
+        if store.used_bytes() > budget_bytes:
+            needed = _delete_readings(store, sealed, None, budget_bytes,
+                                      also_count="pruned_needed_readings")
+            if needed:
+                log.warning("disk budget: deleted %d sealed readings from %s on that reports not"
+                            " yet sealed still read — they will show gaps; raise the budget",
+                            needed, _iso(summarised))
         if store.used_bytes() > budget_bytes:
             dropped = _drop_unsent(store, now_ms, budget_bytes)
     if history or budget_envelopes or dropped:
@@ -70,14 +96,19 @@ def prune(store: Store, now_ms: int, raw_keep_ms: int, history_keep_ms: int,
         log.warning("store still over its disk budget (%d bytes used, budget %d): what is left"
                     " is unsealed readings and the schema", store.used_bytes(), budget_bytes)
     report = PruneReport(raw, history, budget_readings, budget_envelopes, len(dropped),
-                         tuple(dropped), events, before, store.size_bytes(), over)
-    if raw or history or budget_readings or budget_envelopes or dropped:
+                         tuple(dropped), events, before, store.size_bytes(), over, needed)
+    budget_total = budget_readings + needed + budget_envelopes
+    if raw or history or budget_total or dropped:
         log.info("retention pruned %d raw readings, %d envelopes, %d for the disk budget"
                  " (%d readings, %d envelopes), dropped %d unsent; %d -> %d bytes",
-                 raw + budget_readings, history + budget_envelopes,
-                 budget_readings + budget_envelopes, budget_readings, budget_envelopes,
-                 len(dropped), before, report.bytes_after)
+                 raw + budget_readings + needed, history + budget_envelopes, budget_total,
+                 budget_readings + needed, budget_envelopes, len(dropped), before,
+                 report.bytes_after)
     return report
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
 def _keep_going(store: Store, budget: int | None) -> bool:
@@ -86,7 +117,7 @@ def _keep_going(store: Store, budget: int | None) -> bool:
 
 
 def _delete_readings(store: Store, sealed: int, before_ts: int | None,
-                     budget: int | None) -> int:
+                     budget: int | None, also_count: str | None = None) -> int:
     """Sealed readings oldest first: all older than before_ts, or until under budget."""
     sql = "SELECT id FROM readings WHERE id <= ?"
     params: list[Any] = [sealed]
@@ -103,6 +134,8 @@ def _delete_readings(store: Store, sealed: int, before_ts: int | None,
                           + ("" if before_ts is None else " AND ts < ?"),
                           [ids[0], ids[-1], *params[1:]])
                 _count(c, "pruned_readings", len(ids))
+                if also_count:
+                    _count(c, also_count, len(ids))
         total += len(ids)
         if len(ids) < BATCH:
             break

@@ -89,6 +89,25 @@ class SchemaError(Exception):
     """The file is healthy but cannot be used by this version of the agent."""
 
 
+class StoreError(Exception):
+    """The store can no longer be trusted (I/O error, disk full, corruption): exit non-zero.
+
+    Defined here, below both buffer.store and buffer.outbox, so neither imports the other's
+    module for it; import it from buffer.store.
+    """
+
+
+def describe(path: Path, e: sqlite3.Error) -> str:
+    """One line for a failed SQLite call that says what to do about it."""
+    text = str(e)
+    if "full" in text:
+        return (f"store {path}: database or disk is full — free space on the data partition"
+                " or lower the disk budget")
+    if is_corruption(e):
+        return f"store {path}: database is corrupt ({text}) — it is moved aside on restart"
+    return f"store {path}: {type(e).__name__}: {text}"
+
+
 def is_corruption(e: sqlite3.Error) -> bool:
     code = getattr(e, "sqlite_errorcode", None)
     if code is not None:

@@ -4,46 +4,31 @@ SQLite is the only durable queue. A reading or envelope exists once its transact
 (WAL, synchronous=FULL). One connection, used from one thread at a time (the app runs every
 store call in a single-thread executor); the object is not thread-safe and need not be.
 Any SQLite failure becomes StoreError: the app must stop rather than poll into the void.
+
+The outbox, the envelope chain and delivery live in buffer/outbox.py, a mixin of Store, to
+keep each module readable; import all of it from here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sqlite3
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from buffer import schema
+from buffer.outbox import EnvelopeBuilder, EnvelopeMeta, Outbox, OutboxRow, SeqConflict
+from buffer.schema import StoreError
 from drivers.base import Quality, Reading
 
+__all__ = ["EnvelopeBuilder", "EnvelopeMeta", "MeterStatus", "OutboxRow", "SeqConflict", "Store",
+           "StoreError"]
+
 log = logging.getLogger("buffer.store")
-
-
-@dataclass(frozen=True, slots=True)
-class EnvelopeMeta:
-    seq: int
-    id: str
-    type: str  # readings | interval | daily | monthly | manual | status
-    topic: str
-    created_ms: int
-    period: str | None = None  # "2026-11-21" daily, "2026-11" monthly, "2026-11-21T10:15" interval
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    seq: int
-    id: str
-    type: str
-    topic: str
-    payload: bytes
-    created_ms: int
-    period: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,25 +43,7 @@ class MeterStatus:
     consecutive_failures: int
 
 
-class StoreError(Exception):
-    """The store can no longer be trusted (I/O error, disk full, corruption): exit non-zero."""
-
-
-def _describe(path: Path, e: sqlite3.Error) -> str:
-    text = str(e)
-    if "full" in text:
-        return (f"store {path}: database or disk is full — free space on the data partition"
-                " or lower the disk budget")
-    if schema.is_corruption(e):
-        return f"store {path}: database is corrupt ({text}) — it is moved aside on restart"
-    return f"store {path}: {type(e).__name__}: {text}"
-
-
-_CORRUPT_REASON = "corrupt on disk: checksum mismatch"
-_OUTBOX_COLS = "o.seq, o.id, o.type, o.topic, p.payload, o.created_ms, o.period, o.checksum"
-
-
-class Store:
+class Store(Outbox):
     ZERO_HASH = schema.ZERO_HASH
 
     def __init__(self, path: str | Path, destinations: Sequence[str] = ("mqtt",),
@@ -126,7 +93,7 @@ class Store:
         try:
             c.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
-            raise StoreError(_describe(self.path, e)) from e
+            raise StoreError(schema.describe(self.path, e)) from e
         try:
             yield c
             c.execute("COMMIT")
@@ -135,14 +102,14 @@ class Store:
                 with suppress(sqlite3.Error):  # the original error is what matters
                     c.execute("ROLLBACK")
             if isinstance(e, sqlite3.Error):
-                raise StoreError(_describe(self.path, e)) from e
+                raise StoreError(schema.describe(self.path, e)) from e
             raise
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as e:
-            raise StoreError(_describe(self.path, e)) from e
+            raise StoreError(schema.describe(self.path, e)) from e
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = self._all(sql, params)
@@ -215,37 +182,11 @@ class Store:
         rows = self._all("SELECT * FROM meter_status ORDER BY meter")
         return [MeterStatus(m, b, bool(o), g, e_ms, e, n, cf) for m, b, o, g, e_ms, e, n, cf in rows]
 
-    # -- chain and outbox -------------------------------------------------------------------
+    # -- cursors -----------------------------------------------------------------------------
 
-    def chain_head(self) -> tuple[int, str]:
-        row = self._one("SELECT next_seq, head FROM chain WHERE id = 1")
-        return int(row[0]), str(row[1])
-
-    def enqueue(self, payload: bytes, meta: EnvelopeMeta,
-                cursor: tuple[str, int] | None = None) -> int:
-        digest = hashlib.sha256(payload).digest()
-        with self.transaction() as c:
-            next_seq = c.execute("SELECT next_seq FROM chain WHERE id = 1").fetchone()[0]
-            if meta.seq != next_seq:
-                raise StoreError(
-                    f"store {self.path}: envelope {meta.id} has seq {meta.seq}, expected {next_seq}"
-                    " — two sealers, or a chain_head() read before another enqueue"
-                )
-            c.execute(
-                "INSERT INTO outbox(seq, id, type, topic, created_ms, period, checksum)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (meta.seq, meta.id, meta.type, meta.topic, meta.created_ms, meta.period, digest),
-            )
-            c.execute("INSERT INTO payloads(seq, payload) VALUES (?, ?)", (meta.seq, payload))
-            c.execute("UPDATE chain SET next_seq = ?, head = ? WHERE id = 1",
-                      (meta.seq + 1, digest.hex()))
-            if cursor is not None:
-                self._set_cursor(c, cursor[0], cursor[1])
-        return meta.seq
-
-    def cursor(self, name: str) -> int:
+    def cursor(self, name: str, default: int = 0) -> int:
         row = self._one("SELECT value FROM cursors WHERE name = ?", (name,))
-        return 0 if row is None else int(row[0])
+        return default if row is None else int(row[0])
 
     def set_cursor(self, name: str, value: int) -> None:
         with self.transaction() as c:
@@ -254,141 +195,6 @@ class Store:
     @staticmethod
     def _set_cursor(c: sqlite3.Connection, name: str, value: int) -> None:
         c.execute("INSERT OR REPLACE INTO cursors(name, value) VALUES (?, ?)", (name, value))
-
-    def _watermark(self, destination: str) -> int:
-        if destination not in self.destinations:
-            raise ValueError(f"unknown destination {destination!r} (store has {self.destinations})")
-        row = self._one("SELECT watermark FROM delivery WHERE destination = ?", (destination,))
-        return 0 if row is None else int(row[0])  # None: read-only, destination never used
-
-    _PENDING_WHERE = (
-        " WHERE o.seq > ? AND NOT EXISTS (SELECT 1 FROM delivery_marks m"
-        " WHERE m.destination = ? AND m.seq = o.seq) ORDER BY o.seq LIMIT ?"
-    )
-
-    def pending(self, destination: str, limit: int, after_seq: int = 0) -> list[OutboxRow]:
-        start = max(self._watermark(destination), after_seq)
-        out: list[OutboxRow] = []
-        while len(out) < limit:
-            want = limit - len(out)
-            rows = self._all(
-                f"SELECT {_OUTBOX_COLS} FROM outbox o JOIN payloads p ON p.seq = o.seq"
-                + self._PENDING_WHERE, (start, destination, want),
-            )
-            out += self._verified(rows)
-            if len(rows) < want:
-                break
-            start = rows[-1][0]
-        return out
-
-    def _verified(self, rows: list[Any]) -> list[OutboxRow]:
-        """OutboxRows whose payload matches its checksum; the others are quarantined once."""
-        out = []
-        for seq, id_, type_, topic, payload, created, period, checksum in rows:
-            if hashlib.sha256(payload).digest() == checksum:
-                out.append(OutboxRow(seq, id_, type_, topic, bytes(payload), created, period))
-            elif not self.readonly and self._one(
-                    "SELECT 1 FROM rejected WHERE seq = ? AND reason = ?",
-                    (seq, _CORRUPT_REASON)) is None:
-                self._quarantine(seq, id_)
-        return out
-
-    def _quarantine(self, seq: int, id_: str) -> None:
-        """A payload whose checksum fails is never sent: done for every destination, counted."""
-        now = int(time.time() * 1000)
-        with self.transaction() as c:
-            for d in self.destinations:
-                c.execute("INSERT OR IGNORE INTO delivery_marks VALUES (?, ?)", (d, seq))
-                c.execute("INSERT OR IGNORE INTO rejected VALUES (?, ?, ?, ?)",
-                          (d, seq, _CORRUPT_REASON, now))
-            self._add_counter(c, "corrupt_envelopes", 1)
-            for d in self.destinations:
-                self._advance(c, d)
-        log.error("envelope %s (seq %d) is corrupt on disk (checksum mismatch): skipped", id_, seq)
-
-    def _advance(self, c: sqlite3.Connection, destination: str) -> None:
-        """Move the watermark up to just below the first seq still pending (Vector style)."""
-        w = c.execute("SELECT watermark FROM delivery WHERE destination = ?",
-                      (destination,)).fetchone()[0]
-        row = c.execute("SELECT o.seq FROM outbox o" + self._PENDING_WHERE,
-                        (w, destination, 1)).fetchone()
-        new = row[0] - 1 if row else c.execute("SELECT next_seq - 1 FROM chain").fetchone()[0]
-        if new > w:
-            c.execute("UPDATE delivery SET watermark = ? WHERE destination = ?", (new, destination))
-            c.execute("DELETE FROM delivery_marks WHERE destination = ? AND seq <= ?",
-                      (destination, new))
-
-    def advance_watermarks(self) -> None:
-        """Re-derive every destination's watermark (after rows were deleted by retention)."""
-        with self.transaction() as c:
-            for d in self.destinations:
-                self._advance(c, d)
-
-    def mark_delivered(self, destination: str, seqs: Iterable[int]) -> None:
-        w = self._watermark(destination)
-        todo = sorted({int(s) for s in seqs if s > w})
-        if not todo:
-            return
-        with self.transaction() as c:
-            # Through outbox, so a seq that does not exist (never enqueued, pruned) is ignored.
-            c.executemany(
-                "INSERT OR IGNORE INTO delivery_marks(destination, seq)"
-                " SELECT ?, seq FROM outbox WHERE seq = ?", [(destination, s) for s in todo],
-            )
-            top = next((s for s in reversed(todo)
-                        if c.execute("SELECT 1 FROM outbox WHERE seq = ?", (s,)).fetchone()), None)
-            if top is not None:
-                c.execute(
-                    "UPDATE delivery SET last_seq = max(coalesce(last_seq, 0), ?), last_ms = ?"
-                    " WHERE destination = ?", (top, int(time.time() * 1000), destination),
-                )
-            self._advance(c, destination)
-
-    def mark_rejected(self, destination: str, seq: int, reason: str) -> None:
-        self._watermark(destination)
-        with self.transaction() as c:
-            if c.execute("SELECT 1 FROM outbox WHERE seq = ?", (seq,)).fetchone() is None:
-                return
-            c.execute("INSERT OR IGNORE INTO delivery_marks VALUES (?, ?)", (destination, seq))
-            c.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
-                      (destination, seq, reason, int(time.time() * 1000)))
-            self._add_counter(c, "rejected_envelopes", 1)
-            self._advance(c, destination)
-
-    def rejected(self, destination: str) -> list[tuple[int, str, int]]:
-        """Dead letters for a destination: (seq, reason, when in ms), oldest first."""
-        return [tuple(r) for r in self._all(
-            "SELECT seq, reason, ts_ms FROM rejected WHERE destination = ? ORDER BY seq",
-            (destination,))]
-
-    def backlog(self, destination: str) -> tuple[int, int | None]:
-        w = self._watermark(destination)
-        total = self._one("SELECT count(*) FROM outbox WHERE seq > ?", (w,))[0]
-        done = self._one(
-            "SELECT count(*) FROM delivery_marks m JOIN outbox o ON o.seq = m.seq"
-            " WHERE m.destination = ? AND m.seq > ?", (destination, w))[0]
-        oldest = self._one("SELECT o.created_ms FROM outbox o" + self._PENDING_WHERE,
-                           (w, destination, 1))
-        return int(total - done), None if oldest is None else int(oldest[0])
-
-    def last_delivered(self, destination: str) -> tuple[int | None, int | None]:
-        self._watermark(destination)
-        row = self._one("SELECT last_seq, last_ms FROM delivery WHERE destination = ?",
-                        (destination,))
-        return (None, None) if row is None else (row[0], row[1])
-
-    def envelopes(self, type: str, period_from: str | None = None,
-                  period_to: str | None = None) -> list[OutboxRow]:
-        sql = (f"SELECT {_OUTBOX_COLS} FROM outbox o JOIN payloads p ON p.seq = o.seq"
-               " WHERE o.type = ?")
-        params: list[Any] = [type]
-        if period_from is not None:
-            sql += " AND o.period >= ?"
-            params.append(period_from)
-        if period_to is not None:
-            sql += " AND o.period <= ?"
-            params.append(period_to)
-        return self._verified(self._all(sql + " ORDER BY o.seq", params))
 
     # -- small state, counters, events --------------------------------------------------------
 

@@ -11,14 +11,16 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.config import load_config
-from agent.reports import Reporter, completeness
+from agent.reports import LOOKBACK_MS, Reporter, completeness
 from agent.sealer import Sealer
 from agent.signing import generate_key, load_signer
+from buffer.retention import SUMMARISED_CURSOR, prune
 from buffer.store import Store
 from drivers.base import Quality, Reading
 
 TZ = ZoneInfo("Asia/Shanghai")
 MIN = 60_000
+DAY_MS = 86_400_000
 
 CONFIG = """
 [agent]
@@ -197,3 +199,49 @@ def test_completeness_for_status(rig):
     assert got == {("main", "kwh"): 0.5}
     assert completeness(store, cfg, date(2026, 11, 21), now_ms=ms("2026-11-21T12:00")) == {
         ("main", "kwh"): 1.0}
+
+
+def test_summarised_cursor_follows_the_first_open_day(rig):
+    cfg, store, sealer = rig
+    _every_minute(store, "2026-11-20T00:00", "2026-11-22T00:04", 0.0, 1.0)
+    rep = Reporter(cfg, store, sealer)
+    assert store.cursor(SUMMARISED_CURSOR, default=-1) == -1  # nothing known: nothing held
+    rep.seal_due(ms("2026-11-22T00:04"))  # the 21st may not be sealed before 00:05
+    assert store.cursor(SUMMARISED_CURSOR) == ms("2026-11-21T00:00") - LOOKBACK_MS
+    _every_minute(store, "2026-11-22T00:04", "2026-11-22T00:31", 2884.0, 1.0)
+    rep.seal_due(ms("2026-11-22T00:31"))
+    assert "2026-11-21" in _bodies(store, "daily")
+    assert store.cursor(SUMMARISED_CURSOR) == ms("2026-11-22T00:00") - LOOKBACK_MS
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_budget_pruning_leaves_the_open_day_whole(rig, hold: bool):
+    cfg, store, sealer = rig
+    rep = Reporter(cfg, store, sealer)
+    pad = store.used_bytes()
+    for _ in range(200):  # delivered history to make room with
+        sealer.seal("status", {"pad": "x" * 4000})
+    pad = store.used_bytes() - pad
+    _every_minute(store, "2026-11-20T00:00", "2026-11-22T12:00", 0.0, 1.0)
+    rep.seal_due(ms("2026-11-22T12:00"))  # days 20 and 21, intervals up to 11:45
+    # Readings sealed (send_raw off) and every envelope delivered: all of it may be pruned.
+    store.set_cursor("sealed_rowid", store.conn.execute("SELECT max(id) FROM readings").fetchone()[0])
+    store.mark_delivered("mqtt", [r[0] for r in store.conn.execute("SELECT seq FROM outbox")])
+    if not hold:  # what retention did before the Reporter said what it still reads
+        store.conn.execute("DELETE FROM cursors WHERE name = ?", (SUMMARISED_CURSOR,))
+    # More than all the readings (~165 kB a day here) can free; the padding can.
+    assert pad > 700_000
+    budget = store.used_bytes() - 600_000
+    report = prune(store, ms("2026-11-22T12:00"), 31 * DAY_MS, 190 * DAY_MS, budget)
+    assert not report.over_budget and report.dropped_envelopes == 0
+
+    _every_minute(store, "2026-11-22T12:00", "2026-11-23T00:31", 1440.0 * 2.5, 1.0)
+    rep.seal_due(ms("2026-11-23T00:31"))
+    (item,) = _bodies(store, "daily")["2026-11-22"]["items"]
+    if hold:
+        assert report.needed_readings == 0 and report.budget_envelopes > 0
+        assert report.budget_readings == 1440  # the 20th; the 21st is the 22nd's lookback
+        assert item["samples"] == 1440 and item["completeness"] == "1.0000"
+        assert item["value"] == "1440.00" and "gap" not in item["flags"]
+    else:  # the same budget eats the morning of the day still open
+        assert item["samples"] < 1440

@@ -159,3 +159,66 @@ def test_prune_logs_one_line(store: Store, caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.INFO, logger="buffer.retention"):
         prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
     assert len([r for r in caplog.records if r.name == "buffer.retention"]) == 1
+
+
+def test_raw_window_keeps_readings_accounting_needs(store: Store) -> None:
+    add_readings(store, 1000, NOW - 3 * DAY)  # summarised: ids 1..1000
+    add_readings(store, 1000, NOW - 36 * 3_600_000)  # the open day still reads them: 1001..2000
+    store.set_cursor("sealed_rowid", 2000)
+    store.set_cursor("summarised_ts", NOW - 2 * DAY)
+    report = prune(store, NOW, DAY, HISTORY_KEEP, None)  # a raw window shorter than a report
+    assert report.raw_readings == 1000
+    assert reading_ids(store) == list(range(1001, 2001))
+    store.set_cursor("summarised_ts", NOW - DAY)  # the Reporter sealed that day
+    assert prune(store, NOW, DAY, HISTORY_KEEP, None).raw_readings == 1000
+    assert reading_ids(store) == []
+
+
+def test_budget_takes_needed_readings_only_before_unsent_envelopes(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    add_readings(store, 20_000, NOW - 3 * DAY, 10)  # summarised
+    first_needed = reading_ids(store)[-1] + 1
+    add_readings(store, 20_000, NOW - 3_600_000, 10)  # today's: the open day's reports read them
+    sealed = reading_ids(store)[-1]
+    store.set_cursor("sealed_rowid", sealed)
+    store.set_cursor("summarised_ts", NOW - DAY)
+    add_readings(store, 5_000, NOW - 60_000, 10)  # not sealed
+    needed = list(range(first_needed, sealed + 1))
+    unsealed = reading_ids(store)[sealed:]
+    done = add_envelopes(store, 300, NOW - 100 * DAY)
+    unsent = add_envelopes(store, 50, NOW - DAY)
+    store.mark_delivered("mqtt", done)
+    store.mark_delivered("https", done)
+
+    # 1) a little over: only summarised readings go
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, store.used_bytes() - 300_000)
+    assert report.budget_readings > 0 and report.needed_readings == 0
+    assert report.budget_envelopes == 0
+    assert reading_ids(store)[-len(needed) - len(unsealed):] == needed + unsealed
+    assert outbox_seqs(store) == done + unsent
+
+    # 2) more than the summarised readings free: delivered history goes, today's readings stay
+    summarised_left = len(reading_ids(store)) - len(needed) - len(unsealed)
+    budget = store.used_bytes() - summarised_left * 60 - 200_000  # ~60 bytes: generous
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, budget)
+    assert reading_ids(store) == needed + unsealed
+    assert 0 < report.budget_envelopes < len(done) and report.needed_readings == 0
+    assert "pruned_needed_readings" not in store.counters()
+
+    # 3) more than every done envelope frees: the needed readings go, oldest first, with a
+    #    warning — and still no unsent envelope
+    left = len(outbox_seqs(store)) - len(unsent)
+    budget = store.used_bytes() - left * 5000 - 150_000
+    with caplog.at_level(logging.WARNING, logger="buffer.retention"):
+        report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, budget)
+    assert not report.over_budget
+    assert outbox_seqs(store) == unsent and report.dropped_envelopes == 0
+    assert 0 < report.needed_readings < len(needed)
+    assert reading_ids(store) == needed[report.needed_readings:] + unsealed
+    assert store.counters()["pruned_needed_readings"] == report.needed_readings
+    assert any("reports not yet sealed still read" in m for m in caplog.messages)
+
+    # 4) impossible: every sealed reading, then the unsent envelopes; unsealed ones stay
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)
+    assert report.over_budget and report.dropped_envelopes == len(unsent)
+    assert reading_ids(store) == unsealed and outbox_seqs(store) == []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from buffer import schema
-from buffer.store import EnvelopeMeta, MeterStatus, OutboxRow, Store, StoreError
+from buffer.store import EnvelopeMeta, MeterStatus, OutboxRow, SeqConflict, Store, StoreError
 from drivers.base import Quality, Reading
 
 T0 = 1_763_700_000_000
@@ -97,7 +97,7 @@ def test_enqueue_wrong_seq_fails_and_changes_nothing(store: Store) -> None:
     put(store, 2)
     head = store.chain_head()
     for seq in (1, 2, 4):
-        with pytest.raises(StoreError, match="expected 3"):
+        with pytest.raises(SeqConflict, match="expected 3"):
             store.enqueue(b"x", meta(seq), ("sealed_rowid", 99))
     assert store.chain_head() == head
     assert store.cursor("sealed_rowid") == 0
@@ -202,6 +202,48 @@ def test_envelopes_by_type_and_period(store: Store) -> None:
                                                                           "2026-11-22"]
     assert [r.payload for r in store.envelopes("monthly", None, "2026-12")] == [b"m"]
     assert store.envelopes("daily", "2026-12-01") == []
+
+
+def test_sealed_periods_from_the_index_alone(store: Store) -> None:
+    days = ["2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22"]
+    for i, day in enumerate(days, start=1):
+        store.enqueue(f"{day}-{i}".encode(), meta(i, "daily", day))
+    store.enqueue(b"again", meta(5, "daily", "2026-11-21"))  # a period sealed twice counts once
+    store.enqueue(b"i", meta(6, "interval", "2026-11-21T10:15"))
+    assert store.sealed_periods("daily", "2026-11-20", "2026-11-21") == {"2026-11-20",
+                                                                        "2026-11-21"}
+    assert store.sealed_periods("daily", "2026-11-23", "2026-12-31") == set()
+    assert store.sealed_periods("interval", "2026-11-21T00:00", "2026-11-21T23:45") == {
+        "2026-11-21T10:15"}
+    assert store.sealed_periods("monthly", "2026-11", "2026-11") == set()
+    # No payload is read: the answer stands without the payload rows, and the plan only
+    # walks the (type, period) index.
+    plan = " ".join(r[3] for r in store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT DISTINCT o.period FROM outbox o"
+        " WHERE o.type = ? AND o.period BETWEEN ? AND ?", ("daily", "a", "b")))
+    assert "COVERING INDEX" in plan and "payloads" not in plan, plan
+    with store.transaction() as c:
+        c.execute("DELETE FROM payloads")
+    assert store.sealed_periods("daily", "2026-11-19", "2026-11-22") == set(days)
+
+
+def test_sealed_periods_skip_a_quarantined_envelope(store: Store) -> None:
+    store.enqueue(b"d20", meta(1, "daily", "2026-11-20"))
+    store.enqueue(b"d21", meta(2, "daily", "2026-11-21"))
+    with store.transaction() as c:
+        c.execute("UPDATE payloads SET payload = ? WHERE seq = 2", (b"d2X",))
+    assert store.sealed_periods("daily", "2026-11-01", "2026-11-30") == {"2026-11-20",
+                                                                        "2026-11-21"}
+    store.pending("mqtt", 10)  # finds the checksum mismatch and quarantines seq 2
+    # Never sent, so the day must be sealed again.
+    assert store.sealed_periods("daily", "2026-11-01", "2026-11-30") == {"2026-11-20"}
+
+
+def test_cursor_default_when_absent(store: Store) -> None:
+    assert store.cursor("summarised_ts") == 0
+    assert store.cursor("summarised_ts", default=-1) == -1
+    store.set_cursor("summarised_ts", 5)
+    assert store.cursor("summarised_ts", default=-1) == 5
 
 
 def test_state_counters_events(store: Store) -> None:

@@ -1,0 +1,276 @@
+"""The outbox half of the store: the envelope chain, per-destination delivery, look-ups.
+
+`Outbox` is a mixin of `buffer.store.Store` (import everything from there): it only adds
+methods over the Store's one connection and transaction helper, so a Store stays one object
+with one connection, as the app's single store thread expects.
+
+The chain head (next seq, SHA-256 of the last payload) lives in the same file as the outbox,
+and `enqueue_built` takes it inside the write transaction that inserts the envelope: a second
+process sealing into the same file (`energy-agent enter` beside the daemon) waits for the
+write lock instead of racing for the seq, so the chain can never fork.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buffer.schema import StoreError
+
+log = logging.getLogger("buffer.store")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeMeta:
+    seq: int
+    id: str
+    type: str  # readings | interval | daily | monthly | manual | status
+    topic: str
+    created_ms: int
+    period: str | None = None  # "2026-11-21" daily, "2026-11" monthly, "2026-11-21T10:15" interval
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    id: str
+    type: str
+    topic: str
+    payload: bytes
+    created_ms: int
+    period: str | None
+
+
+class SeqConflict(StoreError):
+    """`enqueue` was given a seq that is not the chain's next one: somebody else sealed since
+    the caller read the chain head. Seal with `enqueue_built` to never see this."""
+
+
+# build(seq, prev) -> (payload, meta): makes and signs the envelope for the given chain head.
+EnvelopeBuilder = Callable[[int, str], tuple[bytes, EnvelopeMeta]]
+
+CORRUPT_REASON = "corrupt on disk: checksum mismatch"
+_OUTBOX_COLS = "o.seq, o.id, o.type, o.topic, p.payload, o.created_ms, o.period, o.checksum"
+
+
+class Outbox:
+    if TYPE_CHECKING:  # provided by Store
+        path: Path
+        readonly: bool
+        destinations: tuple[str, ...]
+
+        def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
+        def _one(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+        @staticmethod
+        def _set_cursor(c: sqlite3.Connection, name: str, value: int) -> None: ...
+        @staticmethod
+        def _add_counter(c: sqlite3.Connection, name: str, n: int) -> None: ...
+
+    # -- the chain --------------------------------------------------------------------------
+
+    def chain_head(self) -> tuple[int, str]:
+        """(next seq, prev) as of now — only a hint once returned: another process may seal
+        before the caller enqueues. Sealing uses `enqueue_built`."""
+        row = self._one("SELECT next_seq, head FROM chain WHERE id = 1")
+        return int(row[0]), str(row[1])
+
+    def enqueue(self, payload: bytes, meta: EnvelopeMeta,
+                cursor: tuple[str, int] | None = None) -> int:
+        """Append an envelope built for seq `meta.seq`; SeqConflict if that is no longer next."""
+        with self.transaction() as c:
+            next_seq = c.execute("SELECT next_seq FROM chain WHERE id = 1").fetchone()[0]
+            if meta.seq != next_seq:
+                raise SeqConflict(
+                    f"store {self.path}: envelope {meta.id} has seq {meta.seq}, expected {next_seq}"
+                    " — two sealers, or a chain_head() read before another enqueue"
+                )
+            self._append(c, payload, meta, cursor)
+        return meta.seq
+
+    def enqueue_built(self, build: EnvelopeBuilder,
+                      cursor: tuple[str, int] | None = None) -> int:
+        """Read the chain head, build(seq, prev), append, advance head and `cursor` — all in
+        one write transaction, so no other sealer (thread or process) can take that seq.
+
+        `build` runs while the write lock is held: it must be quick (signing is ~50 µs) and
+        must not touch the store. If it raises, nothing is written and the error propagates.
+        """
+        with self.transaction() as c:
+            seq, prev = c.execute("SELECT next_seq, head FROM chain WHERE id = 1").fetchone()
+            payload, meta = build(int(seq), str(prev))
+            if meta.seq != seq:  # a builder bug, not a race: the head cannot move under us
+                raise ValueError(f"build({seq}, …) returned an envelope with seq {meta.seq}")
+            self._append(c, payload, meta, cursor)
+        return int(seq)
+
+    def _append(self, c: sqlite3.Connection, payload: bytes, meta: EnvelopeMeta,
+                cursor: tuple[str, int] | None) -> None:
+        digest = hashlib.sha256(payload).digest()
+        c.execute(
+            "INSERT INTO outbox(seq, id, type, topic, created_ms, period, checksum)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (meta.seq, meta.id, meta.type, meta.topic, meta.created_ms, meta.period, digest),
+        )
+        c.execute("INSERT INTO payloads(seq, payload) VALUES (?, ?)", (meta.seq, payload))
+        c.execute("UPDATE chain SET next_seq = ?, head = ? WHERE id = 1",
+                  (meta.seq + 1, digest.hex()))
+        if cursor is not None:
+            self._set_cursor(c, cursor[0], cursor[1])
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def _watermark(self, destination: str) -> int:
+        if destination not in self.destinations:
+            raise ValueError(f"unknown destination {destination!r} (store has {self.destinations})")
+        row = self._one("SELECT watermark FROM delivery WHERE destination = ?", (destination,))
+        return 0 if row is None else int(row[0])  # None: read-only, destination never used
+
+    _PENDING_WHERE = (
+        " WHERE o.seq > ? AND NOT EXISTS (SELECT 1 FROM delivery_marks m"
+        " WHERE m.destination = ? AND m.seq = o.seq) ORDER BY o.seq LIMIT ?"
+    )
+
+    def pending(self, destination: str, limit: int, after_seq: int = 0) -> list[OutboxRow]:
+        start = max(self._watermark(destination), after_seq)
+        out: list[OutboxRow] = []
+        while len(out) < limit:
+            want = limit - len(out)
+            rows = self._all(
+                f"SELECT {_OUTBOX_COLS} FROM outbox o JOIN payloads p ON p.seq = o.seq"
+                + self._PENDING_WHERE, (start, destination, want),
+            )
+            out += self._verified(rows)
+            if len(rows) < want:
+                break
+            start = rows[-1][0]
+        return out
+
+    def _verified(self, rows: list[Any]) -> list[OutboxRow]:
+        """OutboxRows whose payload matches its checksum; the others are quarantined once."""
+        out = []
+        for seq, id_, type_, topic, payload, created, period, checksum in rows:
+            if hashlib.sha256(payload).digest() == checksum:
+                out.append(OutboxRow(seq, id_, type_, topic, bytes(payload), created, period))
+            elif not self.readonly and self._one(
+                    "SELECT 1 FROM rejected WHERE seq = ? AND reason = ?",
+                    (seq, CORRUPT_REASON)) is None:
+                self._quarantine(seq, id_)
+        return out
+
+    def _quarantine(self, seq: int, id_: str) -> None:
+        """A payload whose checksum fails is never sent: done for every destination, counted."""
+        now = int(time.time() * 1000)
+        with self.transaction() as c:
+            for d in self.destinations:
+                c.execute("INSERT OR IGNORE INTO delivery_marks VALUES (?, ?)", (d, seq))
+                c.execute("INSERT OR IGNORE INTO rejected VALUES (?, ?, ?, ?)",
+                          (d, seq, CORRUPT_REASON, now))
+            self._add_counter(c, "corrupt_envelopes", 1)
+            for d in self.destinations:
+                self._advance(c, d)
+        log.error("envelope %s (seq %d) is corrupt on disk (checksum mismatch): skipped", id_, seq)
+
+    def _advance(self, c: sqlite3.Connection, destination: str) -> None:
+        """Move the watermark up to just below the first seq still pending (Vector style)."""
+        w = c.execute("SELECT watermark FROM delivery WHERE destination = ?",
+                      (destination,)).fetchone()[0]
+        row = c.execute("SELECT o.seq FROM outbox o" + self._PENDING_WHERE,
+                        (w, destination, 1)).fetchone()
+        new = row[0] - 1 if row else c.execute("SELECT next_seq - 1 FROM chain").fetchone()[0]
+        if new > w:
+            c.execute("UPDATE delivery SET watermark = ? WHERE destination = ?", (new, destination))
+            c.execute("DELETE FROM delivery_marks WHERE destination = ? AND seq <= ?",
+                      (destination, new))
+
+    def advance_watermarks(self) -> None:
+        """Re-derive every destination's watermark (after rows were deleted by retention)."""
+        with self.transaction() as c:
+            for d in self.destinations:
+                self._advance(c, d)
+
+    def mark_delivered(self, destination: str, seqs: Iterable[int]) -> None:
+        w = self._watermark(destination)
+        todo = sorted({int(s) for s in seqs if s > w})
+        if not todo:
+            return
+        with self.transaction() as c:
+            # Through outbox, so a seq that does not exist (never enqueued, pruned) is ignored.
+            c.executemany(
+                "INSERT OR IGNORE INTO delivery_marks(destination, seq)"
+                " SELECT ?, seq FROM outbox WHERE seq = ?", [(destination, s) for s in todo],
+            )
+            top = next((s for s in reversed(todo)
+                        if c.execute("SELECT 1 FROM outbox WHERE seq = ?", (s,)).fetchone()), None)
+            if top is not None:
+                c.execute(
+                    "UPDATE delivery SET last_seq = max(coalesce(last_seq, 0), ?), last_ms = ?"
+                    " WHERE destination = ?", (top, int(time.time() * 1000), destination),
+                )
+            self._advance(c, destination)
+
+    def mark_rejected(self, destination: str, seq: int, reason: str) -> None:
+        self._watermark(destination)
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM outbox WHERE seq = ?", (seq,)).fetchone() is None:
+                return
+            c.execute("INSERT OR IGNORE INTO delivery_marks VALUES (?, ?)", (destination, seq))
+            c.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
+                      (destination, seq, reason, int(time.time() * 1000)))
+            self._add_counter(c, "rejected_envelopes", 1)
+            self._advance(c, destination)
+
+    def rejected(self, destination: str) -> list[tuple[int, str, int]]:
+        """Dead letters for a destination: (seq, reason, when in ms), oldest first."""
+        return [tuple(r) for r in self._all(
+            "SELECT seq, reason, ts_ms FROM rejected WHERE destination = ? ORDER BY seq",
+            (destination,))]
+
+    def backlog(self, destination: str) -> tuple[int, int | None]:
+        w = self._watermark(destination)
+        total = self._one("SELECT count(*) FROM outbox WHERE seq > ?", (w,))[0]
+        done = self._one(
+            "SELECT count(*) FROM delivery_marks m JOIN outbox o ON o.seq = m.seq"
+            " WHERE m.destination = ? AND m.seq > ?", (destination, w))[0]
+        oldest = self._one("SELECT o.created_ms FROM outbox o" + self._PENDING_WHERE,
+                           (w, destination, 1))
+        return int(total - done), None if oldest is None else int(oldest[0])
+
+    def last_delivered(self, destination: str) -> tuple[int | None, int | None]:
+        self._watermark(destination)
+        row = self._one("SELECT last_seq, last_ms FROM delivery WHERE destination = ?",
+                        (destination,))
+        return (None, None) if row is None else (row[0], row[1])
+
+    # -- look-ups by type and period ----------------------------------------------------------
+
+    def envelopes(self, type: str, period_from: str | None = None,
+                  period_to: str | None = None) -> list[OutboxRow]:
+        sql = (f"SELECT {_OUTBOX_COLS} FROM outbox o JOIN payloads p ON p.seq = o.seq"
+               " WHERE o.type = ?")
+        params: list[Any] = [type]
+        if period_from is not None:
+            sql += " AND o.period >= ?"
+            params.append(period_from)
+        if period_to is not None:
+            sql += " AND o.period <= ?"
+            params.append(period_to)
+        return self._verified(self._all(sql + " ORDER BY o.seq", params))
+
+    def sealed_periods(self, type: str, period_from: str, period_to: str) -> set[str]:
+        """The periods from period_from to period_to (inclusive) that have an envelope of
+        `type`. Answered from the (type, period) index without reading a payload: the Reporter
+        asks every minute. An envelope found corrupt (quarantined) does not count,
+        so its period is sealed again."""
+        rows = self._all(
+            "SELECT DISTINCT o.period FROM outbox o WHERE o.type = ? AND o.period BETWEEN ? AND ?"
+            " AND NOT EXISTS (SELECT 1 FROM rejected r WHERE r.seq = o.seq AND r.reason = ?)",
+            (type, period_from, period_to, CORRUPT_REASON))
+        return {str(r[0]) for r in rows}
