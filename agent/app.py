@@ -178,7 +178,8 @@ class App:
                 self._fatal(e)
                 raise
             self.watchdog.beat(bus)
-            if not self.first_poll_done and all(p.cycles > 0 or p.bus.name == bus for p in self.pollers):
+            if not self.first_poll_done:
+                # READY after the first committed cycle: one slow line must not hold up start-up.
                 self.first_poll_done = True
                 self.watchdog.mark_ready(f"polling {len(self.pollers)} bus(es)")
 

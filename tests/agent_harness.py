@@ -38,6 +38,7 @@ class CountingMeter:
         self.unit = unit
         self.t0 = time.time()
         self.requests = 0
+        self.stall_s = 0.0  # > 0: hold every reply this long (a wedged meter or gateway)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | None = None
         self._thread: threading.Thread | None = None
@@ -48,6 +49,8 @@ class CountingMeter:
     async def _action(self, fc: int, start: int, address: int, count: int,
                       registers: list[int], values: Any) -> None:
         self.requests += 1
+        if self.stall_s:
+            await asyncio.sleep(self.stall_s)
         regs = encode(self.energy_raw(time.time()), "u32", "ABCD")
         registers[0 - start], registers[1 - start] = regs
         return None
@@ -175,14 +178,17 @@ retries = 0
 class AgentProcess:
     """`python -m agent run` as a real child process, its log kept in a file."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
+        self.env = env or {}
         self.log = config.parent / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("NOTIFY_SOCKET", None)
+        env.pop("WATCHDOG_USEC", None)
+        env.update(self.env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "-c", str(self.config)],
