@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger("buffer.schema")
 
@@ -152,6 +154,12 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"database schema version {found} is newer than this agent knows ({len(MIGRATIONS)})"
             " — install the newer agent or move the database aside"
         )
+    if found == len(MIGRATIONS):
+        return found
+    # Imported only when there is something to migrate: sqlite-utils brings click, dateutil,
+    # pluggy and tabulate along, ~4 MiB of RSS the daemon would otherwise carry for years.
+    import sqlite_utils
+
     db = sqlite_utils.Database(conn)
     for version in range(found, len(MIGRATIONS)):
         with db.atomic():
@@ -245,7 +253,8 @@ def record_salvage(conn: sqlite3.Connection, salvage: Salvage) -> None:
     now = int(time.time() * 1000)
     info = json.dumps({"moved_to": salvage.moved_to, "reason": salvage.reason, "at_ms": now,
                        "resumed_seq": seq}, sort_keys=True)
-    with sqlite_utils.Database(conn).atomic():
+    conn.execute("BEGIN IMMEDIATE")  # autocommit connection: one explicit transaction
+    try:
         conn.execute("UPDATE chain SET next_seq = ?, head = ? WHERE id = 1",
                      (seq, salvage.head or ZERO_HASH))
         conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('corrupt_db_moved', ?)",
@@ -254,6 +263,10 @@ def record_salvage(conn: sqlite3.Connection, salvage: Salvage) -> None:
                      " ON CONFLICT(name) DO UPDATE SET value = value + 1")
         conn.execute("INSERT INTO events(kind, ts_ms, data) VALUES ('corrupt_db_moved', ?, ?)",
                      (now, info))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
     log.error("fresh store started after corruption; envelope seq resumes at %d", seq)
 
 
