@@ -109,7 +109,9 @@ class Forwarder:
         """Forward until `stop` is set. Raises only what the store raises."""
         while not stop.is_set():
             if not self.uplink.connected:
-                await self._sleep(stop, self.idle_check)
+                # Only the link coming back can help: wake() would fire on every seal and,
+                # never cleared while we cannot drain, turn this wait into a busy loop.
+                await self._sleep(stop, self.idle_check, wake=False)
                 continue
             try:
                 ok = await self._drain(stop)
