@@ -128,9 +128,10 @@ class App:
         self.stop.set()
 
     async def _shutdown(self, scheduler: AsyncIOScheduler, tasks: list[asyncio.Task[None]]) -> None:
-        scheduler.shutdown(wait=False)
+        scheduler.pause()  # no new cycles; the ones running finish and commit
         if self.polls_running:
             await asyncio.wait(self.polls_running, timeout=10)
+        scheduler.shutdown(wait=False)
         with contextlib.suppress(StoreError):
             await self.batcher.flush()
         with contextlib.suppress(Exception):
@@ -213,9 +214,11 @@ class App:
         sched.add_job(self._heartbeat, IntervalTrigger(seconds=cfg.schedule.heartbeat),
                       id="heartbeat", max_instances=1, coalesce=True, misfire_grace_time=3600,
                       next_run_time=datetime.now(UTC) + timedelta(seconds=5))
-        sched.add_job(self._retention, IntervalTrigger(hours=1), id="retention", max_instances=1,
+        sched.add_job(self._retention, IntervalTrigger(seconds=cfg.storage.retention_interval),
+                      id="retention", max_instances=1,
                       coalesce=True, misfire_grace_time=3600,
-                      next_run_time=datetime.now(UTC) + timedelta(seconds=30))
+                      next_run_time=datetime.now(UTC)
+                      + timedelta(seconds=min(30.0, cfg.storage.retention_interval)))
         sched.add_listener(self._job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         return sched
 
@@ -237,6 +240,10 @@ class App:
                 await poller.poll_once()
         except StoreError:
             pass  # already fatal
+        except asyncio.CancelledError:
+            # Only at shutdown, past the grace for running cycles: what was read is lost,
+            # nothing committed is. Not an error worth a traceback from the scheduler.
+            log.info("bus %s: poll cycle cancelled at shutdown", poller.bus.name)
         except Exception as e:  # the job must run again next interval whatever happened
             log.error("bus %s: poll cycle failed: %s: %s", poller.bus.name, type(e).__name__, e)
         finally:

@@ -87,6 +87,7 @@ class StorageSection(Base, kw_only=True):
     history_keep_days: Annotated[float, Meta(ge=183)] = 190.0
     budget_mb: Annotated[float, Meta(gt=0)] = 1024.0  # the store's size limit on disk
     on_full: Literal["drop-oldest"] = "drop-oldest"  # what happens to unsent data when full
+    retention_interval: Annotated[float, Meta(ge=1)] = 3600.0  # seconds between pruning passes
 
 
 class BusConfig(Base, kw_only=True):
