@@ -13,9 +13,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from buffer.store import MeterStatus
-
 from agent.config import BusConfig, MeterConfig
+from buffer.store import MeterStatus
 from drivers.base import Driver, MeterError, Quality, Reading
 
 log = logging.getLogger("agent.poller")
@@ -114,23 +113,32 @@ class BusPoller:
             self._failed(meter, h, message, busy=False)
             return gaps(meter, self._now_ms(), Quality.CORRUPT), True
         good = [r for r in rows if r.quality == Quality.GOOD]
+        bad = [r for r in rows if r.quality != Quality.GOOD]
         if good:
             if not h.online:
                 log.info("%s: back online", label(meter))
             h.online = True
             h.consecutive_failures = 0
             h.last_good_ms = max(r.ts for r in good)
-            bad = [r for r in rows if r.quality != Quality.GOOD]
             if bad:
                 names = ", ".join(sorted({r.point for r in bad}))
-                why = Quality(bad[0].quality).name.lower()
-                message = f"{label(meter)}: {len(bad)} point(s) failed: {names} ({why})"
+                message = f"{label(meter)}: {len(bad)} point(s) failed: {names} — {self._why(meter, bad)}"
                 self._note_error(h, message)
                 log.warning("%s", message)
         else:
-            reason = Quality(rows[0].quality).name.lower() if rows else "no points"
-            self._failed(meter, h, f"{label(meter)}: every point failed ({reason})", busy=False)
+            why = self._why(meter, bad)
+            self._failed(meter, h, f"{label(meter)}: every point failed — {why}", busy=False)
         return rows, True
+
+    def _why(self, meter: MeterConfig, bad: list[Reading]) -> str:
+        """The driver's own reasons for the failed requests (exception code, registers, hint),
+        plus what it does not report as a request failure: values that decoded to NaN or inf."""
+        parts = list(dict.fromkeys(self.driver.last_failures(meter.name)))
+        if any(r.quality == Quality.INVALID for r in bad):
+            parts.append("not a usable number (NaN or infinite)")
+        if not parts:  # a driver that gives no reasons: name the kinds of gap at least
+            parts = sorted({Quality(r.quality).name.lower() for r in bad}) or ["no points"]
+        return "; ".join(parts)
 
     def _note_error(self, h: MeterHealth, message: str) -> None:
         h.errors_total += 1

@@ -50,9 +50,14 @@ class Driver(Protocol):
 
     `read` returns one Reading per configured point of the meter. A request that failed while
     others succeeded yields gap readings for its points; if the meter did not answer at all,
-    `read` raises MeterError and the caller records the gaps.
+    `read` raises MeterError and the caller records the gaps. `last_failures` says why the
+    failed requests of the meter's last read failed, so that reason reaches its health record.
     """
 
     async def read(self, meter: MeterConfig) -> list[Reading]: ...
+
+    def last_failures(self, meter: str) -> list[str]:
+        """One line per failed request of `meter`'s last read (without the meter's label)."""
+        ...
 
     async def close(self) -> None: ...

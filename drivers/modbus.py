@@ -4,7 +4,9 @@ meter's replies (or silences) mean for each point.
 `RequestExecutor` runs a meter's plan on a connected pymodbus async client and turns replies
 into Readings. `ModbusDriver` owns one bus: it connects lazily, reconnects on the next read
 after a loss, and serialises every request on the bus with one lock. The TCP and RTU modules
-only say how to build the client and how to phrase hints.
+only say how to build the client and how to phrase hints. `LineGuard` keeps a late reply
+from being taken for the answer to a later request (RTU frames carry no transaction id, and
+some TCP servers stamp a late reply with the wrong one).
 """
 
 from __future__ import annotations
@@ -50,6 +52,71 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+FUNCTION_CODES = {"holding": 3, "input": 4}
+
+
+def discard_input(client: ModbusBaseClient) -> None:
+    """Drop every received byte not yet matched to a request: what the kernel holds for a
+    serial port and pymodbus's own receive buffer."""
+    ctx: Any = getattr(client, "ctx", None)
+    if ctx is None:
+        return
+    port = getattr(getattr(ctx, "transport", None), "sync_serial", None)
+    if port is not None:
+        try:
+            port.reset_input_buffer()
+        except Exception as e:  # best effort: a port that cannot flush fails its next request
+            log.debug("could not flush the serial input: %s", e)
+    ctx.recv_buffer = b""
+
+
+class LineGuard:
+    """Keeps a late reply from ever being taken for the answer to a later request.
+
+    An RTU reply names only the unit and the function, so after a request went unanswered (or
+    was answered by a frame that did not fit it, or was resent by pymodbus) the meter may
+    still be sending, and pymodbus would take that frame for the answer to whatever is sent
+    next to the same unit — shifting every value by one reply, all marked GOOD. Modbus TCP's
+    transaction id protects only against servers that stamp a reply with its own request's
+    id: pymodbus's server, and TCP/RTU gateways whose serial side timed out, stamp the id of
+    the request pending when the reply goes out. So, on every Modbus bus, the next request
+    to that unit first waits until `window` seconds after the last copy of the unanswered
+    request went out (two timeouts: a meter that missed its timeout answers within about
+    another one, if at all), then discards whatever arrived. Requests to other units need no
+    wait: pymodbus's framers skip frames from a unit other than the one asked, and a
+    collision on the wire fails the CRC (a gap). A silent meter therefore still costs one
+    timeout per cycle unless the very next request goes to the same unit; a healthy line
+    never waits.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.window = 2 * timeout
+        self._until: dict[int, float] = {}  # unit -> monotonic time its late replies are over
+        self.waits = 0  # how often a request had to wait, for tests and status
+
+    def unsettled(self, unit: int, sent_at: float) -> None:
+        """A request to `unit` went out at `sent_at` (monotonic); its reply may still come."""
+        self._until[unit] = max(sent_at + self.window, self._until.get(unit, 0.0))
+
+    async def clear(self, client: ModbusBaseClient, unit: int) -> None:
+        """Before a request to `unit`: let its late replies arrive, then drop them."""
+        until = self._until.pop(unit, None)
+        if until is None:
+            return
+        delay = until - time.monotonic()
+        if delay > 0:
+            self.waits += 1
+            await asyncio.sleep(delay)
+        discard_input(client)
+
+
+def summary(whys: list[str], most: int = 3) -> str:
+    """Distinct failure reasons on one line, the first few of them."""
+    distinct = list(dict.fromkeys(whys))
+    more = f"; and {len(distinct) - most} more" if len(distinct) > most else ""
+    return "; ".join(distinct[:most]) + more
+
+
 class _RequestFailed(Exception):
     """One request produced no usable registers. `answered`: the meter did reply."""
 
@@ -67,24 +134,29 @@ class _RequestFailed(Exception):
 class RequestExecutor:
     """Executes planned read requests on a connected client and decodes the replies."""
 
-    def __init__(self, bus: BusConfig, no_reply_hint: str) -> None:
+    def __init__(self, bus: BusConfig, no_reply_hint: str, guard: LineGuard) -> None:
         self.bus = bus
         self.no_reply_hint = no_reply_hint
+        self.guard = guard
         self.requests_sent = 0  # every request put on the wire (retries by pymodbus not counted)
         self.timed_out = False  # a request went unanswered since the driver last looked
+        # Why requests failed in each meter's last read, one line each (without the meter label).
+        self.failures: dict[str, list[str]] = {}
 
     async def read(
         self, client: ModbusBaseClient, meter: MeterConfig, plan: list[ReadRequest]
     ) -> list[Reading]:
         """One Reading per point of the meter, in the meter's point order.
 
-        Raises MeterError when the meter did not answer at all (TIMEOUT) or answered every
-        request with "busy" (busy=True). A request that failed while others succeeded gives
-        gaps for its own points only.
+        Raises MeterError when the meter did not answer at all (TIMEOUT), answered every
+        request with "busy" (busy=True), or refused every request with another exception
+        (EXCEPTION, carrying the first refusals' reasons). A request that failed while others
+        succeeded gives gaps for its own points only; `failures[meter.name]` says why.
         """
         got: dict[str, Reading] = {}
         answered = False
         failures: list[_RequestFailed] = []
+        self.failures[meter.name] = whys = []
         link_down = False
         for i, request in enumerate(plan):
             if link_down:
@@ -96,6 +168,7 @@ class RequestExecutor:
             try:
                 registers, ts = await self._execute(client, meter, request)
             except _RequestFailed as failure:
+                whys.append(failure.what)
                 if not answered and not failure.answered:
                     # A silent meter costs one request's timeout per cycle, not one per request.
                     raise MeterError(f"{meter_label(meter)}: {failure.what}", failure.quality) from None
@@ -111,12 +184,17 @@ class RequestExecutor:
             answered = True
             for point in request.points:
                 got[point.name] = self._decode_point(meter, request, point, registers, ts)
-        if plan and failures and len(failures) == len(plan) and all(f.busy for f in failures):
-            raise MeterError(
-                f"{meter_label(meter)}: busy (exception 6) on every request — retried next cycle",
-                Quality.EXCEPTION,
-                busy=True,
-            )
+        if plan and len(failures) == len(plan):
+            if all(f.busy for f in failures):
+                raise MeterError(
+                    f"{meter_label(meter)}: busy (exception 6) on every request — retried next cycle",
+                    Quality.EXCEPTION,
+                    busy=True,
+                )
+            if all(f.quality == Quality.EXCEPTION for f in failures):
+                # Refused throughout: a configuration problem (register map, function, unit id);
+                # the reason must reach the meter's health record, not only this log.
+                raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION)
         ts = now_ms()
         return [
             got.get(p.name) or Reading(meter.name, p.name, ts, None, Quality.CORRUPT)
@@ -132,6 +210,30 @@ class RequestExecutor:
             else client.read_input_registers
         )
         where = f"{request.function} {request.start}..{request.end - 1}"
+        await self.guard.clear(client, meter.unit)
+        started = time.monotonic()
+        try:
+            reply = await self._send(client, call, meter, request, where)
+            if getattr(reply, "retries", 0):
+                # pymodbus resent the request after a silence (each copy one timeout after the
+                # last): this reply may answer an earlier copy — same request, same data — and
+                # the answer to the last copy may still follow.
+                self.guard.unsettled(meter.unit, started + reply.retries * self.bus.timeout)
+            return self._check(request, where, reply)
+        except _RequestFailed as failure:
+            if failure.quality != Quality.EXCEPTION:
+                # No reply (the last copy went out one timeout ago), or a frame that did not
+                # fit (so the real reply may follow it): either may still arrive.
+                now = time.monotonic()
+                self.guard.unsettled(
+                    meter.unit, now - self.bus.timeout if failure.quality == Quality.TIMEOUT else now
+                )
+            raise
+
+    async def _send(
+        self, client: ModbusBaseClient, call: Any, meter: MeterConfig, request: ReadRequest,
+        where: str,
+    ) -> Any:
         self.requests_sent += 1
         try:
             reply: Any = await call(request.start, count=request.count, device_id=meter.unit)
@@ -157,7 +259,19 @@ class RequestExecutor:
                 f"failed reading {where}: {e} — {self.no_reply_hint}",
                 Quality.TIMEOUT, answered=False, link_down=True,
             ) from None
+        return reply
+
+    def _check(self, request: ReadRequest, where: str, reply: Any) -> tuple[list[int], int]:
+        """The reply's registers, if the reply is an answer to this request."""
         ts = now_ms()
+        function = FUNCTION_CODES[request.function]
+        if (getattr(reply, "function_code", function) & 0x7F) != function:
+            # RTU has no transaction id: a frame answering another function is not ours.
+            raise _RequestFailed(
+                f"reply with function {reply.function_code & 0x7F} to {where} (function "
+                f"{function}) — check for a second master on the line",
+                Quality.CORRUPT, answered=True,
+            )
         if reply.isError():
             code = getattr(reply, "exception_code", None)
             name = EXCEPTION_NAMES.get(code, "unknown exception") if code is not None else "error"
@@ -171,9 +285,10 @@ class RequestExecutor:
                 Quality.EXCEPTION, answered=True, busy=code == BUSY,
             )
         registers = list(getattr(reply, "registers", None) or [])
-        if len(registers) < request.count:
+        if len(registers) != request.count:
+            # Too many is as wrong as too few: the frame answers some other request.
             raise _RequestFailed(
-                f"short reply to {where} (got {len(registers)} of {request.count} registers) "
+                f"reply to {where} has {len(registers)} registers, not {request.count} "
                 "— check for noise or a second master on the line",
                 Quality.CORRUPT, answered=True,
             )
@@ -211,12 +326,18 @@ class ModbusDriver(ABC):
         self._lock = asyncio.Lock()
         self._client: ModbusBaseClient | None = None
         self._plans: dict[str, tuple[tuple[Any, ...], list[ReadRequest]]] = {}
-        self._executor = RequestExecutor(bus, self.no_reply_hint())
+        # The guard outlives clients: a converter forwards a late reply to the next connection.
+        self.guard = LineGuard(bus.timeout)
+        self._executor = RequestExecutor(bus, self.no_reply_hint(), self.guard)
         self.connects = 0  # successful (re)connections, for status and tests
 
     @property
     def requests_sent(self) -> int:
         return self._executor.requests_sent
+
+    def last_failures(self, meter: str) -> list[str]:
+        """Why requests failed in the meter's last read, one line each; empty if none did."""
+        return list(self._executor.failures.get(meter, ()))
 
     @abstractmethod
     def _new_client(self) -> ModbusBaseClient:
@@ -245,6 +366,8 @@ class ModbusDriver(ABC):
 
     async def read(self, meter: MeterConfig) -> list[Reading]:
         async with self._lock:
+            # A failed connect sends no request: no request reasons from an older read remain.
+            self._executor.failures.pop(meter.name, None)
             client = await self._connected(meter)
             self._executor.timed_out = False
             try:
@@ -275,6 +398,8 @@ class ModbusDriver(ABC):
                 f"{meter_label(meter)}: cannot connect to {self.endpoint()} — {self.connect_hint()}",
                 Quality.TIMEOUT,
             )
+        # Whatever reached a serial port before we owned it answers nothing we will ask.
+        discard_input(client)
         self._client = client
         self.connects += 1
         log.info("bus %s: connected to %s", self.bus.name, self.endpoint())

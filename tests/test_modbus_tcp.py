@@ -289,3 +289,115 @@ def test_busy_meter_raises_busy() -> None:
         assert "busy" in str(err.value)
 
     with_meter([device], body)
+
+
+class KeptConnection(ModbusTcpDriver):
+    """The TCP driver without its reconnect after a silence. Transaction ids alone would not
+    do: pymodbus's server (like a TCP/RTU gateway whose serial side timed out) stamps a late
+    reply with the id of the request pending when it goes out; the driver's LineGuard must."""
+
+    reconnect_after_silence = False
+
+
+@pytest.mark.parametrize("driver_class", [ModbusTcpDriver, KeptConnection])
+def test_a_late_reply_is_never_taken_for_the_next_request(driver_class: type) -> None:
+    # Register 100 answers 75 ms after the 0.1 s timeout once; the next requests follow at
+    # once. Each must get its own value or a gap, never the late frame's value marked GOOD.
+    slow = {"extra": 0.075}
+
+    async def late(fc: int, start: int, address: int, count: int, *_: Any) -> None:
+        await asyncio.sleep(0.05 + (slow["extra"] if address == 100 else 0.0))
+
+    device = SimDevice(1, simdata=[SimData(0, values=[111], datatype=DataType.REGISTERS),
+                                   SimData(100, values=[222], datatype=DataType.REGISTERS)],
+                       action=late)
+    points = [PointConfig(name="a", register=0), PointConfig(name="b", register=100)]
+
+    async def body(sim: Meter) -> None:
+        driver = driver_class(bus_for(sim.port, timeout=0.1, retries=0))
+        m = meter(points, max_gap=0)
+        cycles = []
+        try:
+            for _ in range(3):
+                cycles.append(await driver.read(m))
+                slow["extra"] = 0.0
+            await asyncio.sleep(0.1)  # the late frame has surely arrived by now
+            cycles.append(await driver.read(m))
+        finally:
+            await driver.close()
+        assert [r.quality for r in cycles[0]] == [Quality.GOOD, Quality.TIMEOUT]
+        for rows in cycles[1:]:
+            assert [(r.quality, r.value) for r in rows] == [(Quality.GOOD, 111),
+                                                            (Quality.GOOD, 222)]
+        assert driver.connects == (1 if driver_class is KeptConnection else 2)
+
+    with_meter([device], body)
+
+
+def test_every_request_refused_raises_with_the_meters_reason() -> None:
+    async def refuse(*_: Any) -> ExcCodes:
+        return ExcCodes.ILLEGAL_ADDRESS
+
+    device = SimDevice(1, simdata=[SimData(0, values=[1, 2, 3], datatype=DataType.REGISTERS)],
+                       action=refuse)
+
+    async def body(sim: Meter) -> None:
+        driver = ModbusTcpDriver(bus_for(sim.port))
+        try:
+            with pytest.raises(MeterError) as err:
+                await driver.read(meter([PointConfig(name="a", register=0, type="u32")]))
+        finally:
+            await driver.close()
+        assert err.value.quality == Quality.EXCEPTION and not err.value.busy
+        assert str(err.value) == (
+            'meter "main-incomer" (bus lan-1, unit 1): exception 2 (illegal data address) '
+            "reading holding 0..1 — check the register map (profile) and the function "
+            "(holding/input)")
+        assert driver.last_failures("main-incomer") == [str(err.value).split(": ", 1)[1]]
+
+    with_meter([device], body)
+
+
+async def crafted_server(reply: Callable[[int, int, int, int], bytes]) -> asyncio.Server:
+    """A Modbus TCP 'meter' that answers each read with reply(function, start, count, tid)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(7)
+                tid, _, length, unit = struct.unpack(">HHHB", head)
+                pdu = await reader.readexactly(length - 1)
+                fc, start, count = struct.unpack(">BHH", pdu[:5])
+                body = reply(fc, start, count, tid)
+                writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_a_reply_that_does_not_fit_the_request_is_corrupt() -> None:
+    # Register 0 gets one register too many, register 100 an answer to function 4: neither
+    # answers the request sent, whatever its transaction id says.
+    def reply(fc: int, start: int, count: int, tid: int) -> bytes:
+        if start == 0:
+            return struct.pack(">BB", fc, 2 * (count + 1)) + b"\x00\x01" * (count + 1)
+        return struct.pack(">BB", 4, 2 * count) + b"\x00\x02" * count
+
+    points = [PointConfig(name="a", register=0), PointConfig(name="b", register=100)]
+
+    async def main() -> None:
+        server = await crafted_server(reply)
+        port = server.sockets[0].getsockname()[1]
+        driver = ModbusTcpDriver(bus_for(port, timeout=0.3, retries=0))
+        try:
+            rows = await driver.read(meter(points, max_gap=0))
+        finally:
+            await driver.close()
+            server.close()
+        assert [(r.quality, r.value) for r in rows] == [(Quality.CORRUPT, None)] * 2
+        reasons = driver.last_failures("main-incomer")
+        assert reasons[0].startswith("reply to holding 0..0 has 2 registers, not 1")
+        assert reasons[1].startswith("reply with function 4 to holding 100..100 (function 3)")
+
+    asyncio.run(main())
