@@ -19,6 +19,8 @@ from drivers.base import Driver, MeterError, Quality, Reading
 
 log = logging.getLogger("agent.poller")
 
+STATUS_EVERY_MS = 60_000
+
 Sink = Callable[[list[Reading], list[MeterStatus]], Awaitable[None]]
 
 
@@ -73,6 +75,7 @@ class BusPoller:
         self.clock = clock
         self.health = {m.name: MeterHealth(m.name, bus.name) for m in self.meters}
         self.cycles = 0
+        self._stored: dict[str, tuple[tuple[bool, int, int], int]] = {}
 
     def restore(self, statuses: Sequence[MeterStatus]) -> None:
         """Carry error counts and last-good times across restarts (offline state is re-learnt)."""
@@ -90,7 +93,7 @@ class BusPoller:
         for meter in self.meters:
             rows, touched = await self._poll_meter(meter)
             readings.extend(rows)
-            if touched:
+            if touched and self._worth_storing(self.health[meter.name]):
                 changed.append(self.health[meter.name].status())
         await self.sink(readings, changed)
         self.cycles += 1
@@ -139,6 +142,17 @@ class BusPoller:
         if not parts:  # a driver that gives no reasons: name the kinds of gap at least
             parts = sorted({Quality(r.quality).name.lower() for r in bad}) or ["no points"]
         return "; ".join(parts)
+
+    def _worth_storing(self, h: MeterHealth) -> bool:
+        """Health is stored when it changes meaning, and its last-good time once a minute:
+        a row per meter per poll would double the writes for nothing `status` needs."""
+        key = (h.online, h.errors_total, h.consecutive_failures)
+        now = self._now_ms()
+        last = self._stored.get(h.meter)
+        if last is not None and last[0] == key and now - last[1] < STATUS_EVERY_MS:
+            return False
+        self._stored[h.meter] = (key, now)
+        return True
 
     def _note_error(self, h: MeterHealth, message: str) -> None:
         h.errors_total += 1

@@ -40,7 +40,7 @@ class Sealer:
         store: Store,
         signer: Signer,
         clock: Callable[[], float] = time.time,
-        batch: int = 5000,
+        batch: int = 1000,  # samples per envelope: ~50 KB, a modest peak in memory and on the link
     ) -> None:
         self.cfg = cfg
         self.store = store

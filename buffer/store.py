@@ -56,6 +56,7 @@ class Store(Outbox):
         if not self.destinations:
             raise ValueError("a store needs at least one destination")
         self._series: dict[tuple[str, str], int] = {}
+        self._series_names: dict[int, tuple[str, str]] = {}
         try:
             if readonly:
                 self._conn = schema.open_readonly(self.path)
@@ -73,6 +74,7 @@ class Store(Outbox):
                 )
         for sid, meter, point in self._all("SELECT series_id, meter, point FROM series"):
             self._series[(meter, point)] = sid
+            self._series_names[sid] = (meter, point)
 
     def close(self) -> None:
         self._conn.close()
@@ -139,6 +141,7 @@ class Store(Outbox):
             )
         # Only after the commit: a rolled-back series id must not stay cached.
         self._series.update(new)
+        self._series_names.update({sid: key for key, sid in new.items()})
 
     def readings_after(self, rowid: int, limit: int) -> list[tuple[int, Reading]]:
         rows = self._all(
@@ -150,12 +153,20 @@ class Store(Outbox):
 
     def samples_after(self, rowid: int, limit: int) -> list[tuple[int, str, str, int, float | None, int]]:
         """Like readings_after, as plain (rowid, meter, point, ts, value, quality) tuples: the
-        sealer's hot path, which has no use for Reading objects."""
-        return self._all(
-            "SELECT r.id, s.meter, s.point, r.ts, r.value, r.quality FROM readings r"
-            " JOIN series s ON s.series_id = r.series_id WHERE r.id > ? ORDER BY r.id LIMIT ?",
+        sealer's hot path. Names come from the series cache, not a join that would build two
+        new strings per row."""
+        rows = self._all(
+            "SELECT id, series_id, ts, value, quality FROM readings WHERE id > ? ORDER BY id LIMIT ?",
             (rowid, limit),
         )
+        names = self._series_names
+        if any(sid not in names for _, sid, _, _, _ in rows):
+            names.update({sid: (m, p) for sid, m, p in self._all("SELECT series_id, meter, point FROM series")})
+        out = []
+        for i, sid, ts, v, q in rows:
+            m, p = names[sid]
+            out.append((i, m, p, ts, v, q))
+        return out
 
     def readings_for(self, meter: str, point: str, start_ms: int, end_ms: int) -> list[Reading]:
         sid = self._series.get((meter, point))
