@@ -54,8 +54,13 @@ def serve_meters(n: int, ports_file: str) -> None:
             s = ModbusTcpServer(dev, address=("127.0.0.1", port))
             servers.append(asyncio.ensure_future(s.serve_forever()))
             ports.append(port)
-        await asyncio.sleep(0.5)
-        Path(ports_file).write_text(json.dumps(ports))
+        from hil.broker import port_open
+
+        while not all(port_open("127.0.0.1", p) for p in ports):
+            await asyncio.sleep(0.1)
+        # Atomic: the parent polls for this file and must never read it half-written.
+        Path(ports_file + ".tmp").write_text(json.dumps(ports))
+        os.replace(ports_file + ".tmp", ports_file)
         await asyncio.gather(*servers)
 
     asyncio.run(main())
@@ -182,7 +187,9 @@ def main() -> None:
                 time.sleep(0.1)
             ports = json.loads(ports_file.read_text())
             out = subprocess.run([sys.executable, __file__, "--floor", "--seconds", str(a.seconds),
-                                  "--ports-file", str(ports_file)], capture_output=True, text=True, check=True)
+                                  "--ports-file", str(ports_file)], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"floor run failed:\n{out.stderr[-2000:]}")
             fl = json.loads(out.stdout)
             ag = agent_run(ports, a.seconds, a.warmup, tmp)
         finally:
