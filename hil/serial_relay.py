@@ -39,6 +39,8 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hil.sim_rtu import crc16
+
 log = logging.getLogger(__name__)
 
 FAULTS = ("pass", "silent", "corrupt", "truncate", "delay")
@@ -91,16 +93,6 @@ def _crc_scan(buf: bytes | bytearray) -> int:
         if crc16(bytes(buf[: n - 2])) == bytes(buf[n - 2 : n]):
             return n
     return 0
-
-
-def crc16(data: bytes) -> bytes:
-    """Modbus CRC-16 (poly 0xA001, init 0xFFFF), low byte first as sent on the wire."""
-    crc = 0xFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc.to_bytes(2, "little")
 
 
 class _Port:
