@@ -12,12 +12,12 @@ import tomllib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import msgspec
 from msgspec import Meta, Struct
 
-from agent.credit_code import credit_code_problem
+from agent.config_errors import explain
 
 EX_CONFIG = 78
 _T = typing.TypeVar("_T")
@@ -240,8 +240,10 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     cfg = _decode(path, Config)
     cfg.source = str(path)
+    from agent.config_checks import check  # it imports this module's types
+
     errors: list[str] = []
-    _check(cfg, path, errors)
+    check(cfg, path, errors)
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -261,7 +263,7 @@ def _decode(path: Path, kind: type[_T]) -> _T:
     try:
         return msgspec.convert(raw, kind, strict=True)
     except msgspec.ValidationError as e:
-        raise ConfigError([f"{path}: {_explain(str(e), kind)}"]) from None
+        raise ConfigError([f"{path}: {explain(str(e), kind)}"]) from None
 
 
 def _refuse_internal_keys(path: Path, raw: dict[str, Any]) -> None:
@@ -274,193 +276,3 @@ def _refuse_internal_keys(path: Path, raw: dict[str, Any]) -> None:
         for i, m in enumerate(meters):
             if isinstance(m, dict) and "points" in m:
                 raise ConfigError([f"{path}: meter[{i}].points: unknown key (did you mean [[meter.point]]?)"])
-
-
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
-def _explain(text: str, root: type) -> str:
-    """Turn msgspec's message into `key.path: expected …, got …`."""
-    m = _AT.match(text)
-    msg, path = (m.group("msg"), (m.group("path") or "")) if m else (text, "")
-    path = path.lstrip(".")
-    if u := re.match(r"Object contains unknown field `([^`]+)`", msg):
-        return f"{_join(path, u.group(1))}: unknown key"
-    if u := re.match(r"Object missing required field `([^`]+)`", msg):
-        return f"{_join(path, u.group(1))}: required key is missing"
-    if u := re.match(r"Invalid enum value (.+)", msg):
-        choices = _choices(root, path)
-        got = u.group(1).replace("'", '"')
-        if choices:
-            return f"{path}: expected one of {','.join(map(str, choices))}, got {got}"
-        return f"{path}: unexpected value {got}"
-    if u := re.match(r"Expected `([^`]+)`, got `([^`]+)`", msg):
-        want = u.group(1)
-        choices = _choices(root, path)
-        if choices:
-            want = "one of " + ",".join(map(str, choices))
-        return f"{path or '(top level)'}: expected {want}, got {u.group(2)}"
-    if u := re.match(r"Expected `str` matching regex (.+)", msg):
-        return f"{path}: expected a name of letters, digits, '_', '.', '-' (regex {u.group(1)})"
-    msg = msg.replace("`", "")
-    return f"{path or '(top level)'}: {msg[0].lower() + msg[1:] if msg else msg}"
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _choices(root: type, path: str) -> list[Any] | None:
-    """The allowed literal values at `path` (e.g. meter[0].point[2].type), if it is a Literal."""
-    t: Any = root
-    for part in re.findall(r"[^.\[\]]+", path):
-        if part.isdigit():
-            continue
-        t = _unwrap(t)
-        if not (isinstance(t, type) and issubclass(t, Struct)):
-            return None
-        hints = typing.get_type_hints(t, include_extras=True)
-        if part not in hints:
-            return None
-        t = hints[part]
-    t = _unwrap(t)
-    if typing.get_origin(t) is Literal:
-        return list(typing.get_args(t))
-    return None
-
-
-def _unwrap(t: Any) -> Any:
-    while True:
-        origin = typing.get_origin(t)
-        if origin is Annotated:
-            t = typing.get_args(t)[0]
-        elif origin in (list, typing.Union) or str(origin) == "<class 'types.UnionType'>":
-            args = [a for a in typing.get_args(t) if a is not type(None)]
-            if len(args) != 1:
-                return t
-            t = args[0]
-        else:
-            return t
-
-
-def _check(cfg: Config, path: Path, errors: list[str]) -> None:
-    def err(key: str, msg: str) -> None:
-        errors.append(f"{path}: {key}: {msg}")
-
-    if problem := credit_code_problem(cfg.agent.enterprise):
-        cfg.warnings.append(
-            f"{path}: agent.enterprise: {problem} — accepted (some pilot codes fail the check); "
-            "make sure it matches the code registered with the platform"
-        )
-    if not re.fullmatch(r"[A-Za-z0-9]{1,32}", cfg.agent.enterprise):
-        err("agent.enterprise", f"expected letters and digits only, got {cfg.agent.enterprise!r}")
-    try:
-        ZoneInfo(cfg.agent.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        err("agent.timezone", f"expected an IANA time zone like Asia/Shanghai, got {cfg.agent.timezone!r}")
-
-    p = cfg.platform
-    if p.reconnect_max < p.reconnect_min:
-        err("platform.reconnect_max", "expected a value ≥ platform.reconnect_min")
-    if (p.cert_file is None) != (p.key_file is None):
-        err("platform.cert_file", "cert_file and key_file go together (TLS client certificate)")
-    if (p.ca_file or p.cert_file) and not p.tls:
-        err("platform.tls", "expected true when ca_file or cert_file is set")
-    if "#" in p.topic_prefix or "+" in p.topic_prefix or p.topic_prefix.endswith("/"):
-        err("platform.topic_prefix", f"expected an MQTT topic without wildcards, got {p.topic_prefix!r}")
-
-    buses: dict[str, int] = {}
-    for i, b in enumerate(cfg.bus):
-        if b.name in buses:
-            err(f"bus[{i}].name", f"duplicate bus name {b.name!r} (also bus[{buses[b.name]}])")
-        buses[b.name] = i
-        if b.kind in ("modbus-tcp", "modbus-rtu-over-tcp"):
-            if not b.host:
-                err(f"bus[{i}].host", f"required for kind {b.kind}")
-            if b.device:
-                err(f"bus[{i}].device", f"not used by kind {b.kind}; did you mean kind = \"modbus-rtu\"?")
-            if b.port is None:
-                b.port = 502
-        elif b.kind == "modbus-rtu":
-            if not b.device:
-                err(f"bus[{i}].device", "required for kind modbus-rtu (e.g. /dev/ttyS1)")
-            if b.host or b.port:
-                err(f"bus[{i}].host", "not used by kind modbus-rtu")
-
-    meters: dict[str, int] = {}
-    units: dict[tuple[str, int], int] = {}
-    for i, m in enumerate(cfg.meter):
-        key = f"meter[{i}]"
-        if m.name in meters:
-            err(f"{key}.name", f"duplicate meter name {m.name!r} (also meter[{meters[m.name]}])")
-        meters[m.name] = i
-        if m.bus not in buses:
-            known = ", ".join(buses) or "none configured"
-            err(f"{key}.bus", f"unknown bus {m.bus!r} (buses: {known})")
-        elif (m.bus, m.unit) in units:
-            err(f"{key}.unit", f"unit {m.unit} on bus {m.bus!r} is already meter[{units[m.bus, m.unit]}]")
-        else:
-            units[m.bus, m.unit] = i
-        if m.unit == 0:
-            err(f"{key}.unit", "expected 1–247 (0 is broadcast and never answers)")
-        _resolve_points(cfg, m, key, err)
-
-
-def _resolve_points(cfg: Config, m: MeterConfig, key: str, err: Any) -> None:
-    points: list[PointConfig] = []
-    info: ProfileInfo | None = None
-    if m.profile:
-        try:
-            prof = load_profile(m.profile)
-        except KeyError:
-            err(f"{key}.profile", f"unknown profile {m.profile!r} (known: {', '.join(profile_names())})")
-            return
-        except ConfigError as e:
-            err(f"{key}.profile", f"profile {m.profile!r} is broken: {e.lines[0]}")
-            return
-        info = prof.profile
-        points.extend(prof.point)
-    names = {p.name for p in points}
-    for j, p in enumerate(m.point):
-        if p.name in names:
-            # An inline point with a profile point's name replaces it (site-specific override).
-            points = [q for q in points if q.name != p.name]
-        names.add(p.name)
-        points.append(p)
-        _check_point(p, f"{key}.point[{j}]", err)
-    if not points:
-        err(key, "no points: give a profile or at least one [[meter.point]]")
-    for pname, code in m.codes.items():
-        if pname not in names:
-            err(f"{key}.codes.{pname}", f"no point named {pname!r} on this meter")
-        elif not DATA_CODE.match(code):
-            err(f"{key}.codes.{pname}", f"expected a data code PP-UU-EEEE-CCTTTT-DD, got {code!r}")
-    resolved = []
-    for p in points:
-        if p.name in m.codes:
-            p = msgspec.structs.replace(p, code=m.codes[p.name])
-        resolved.append(p)
-    m.points = resolved
-    if m.max_registers is None:
-        m.max_registers = info.max_registers if info else 125
-    if m.max_gap is None:
-        m.max_gap = info.max_gap if info else 10
-    if m.pause_ms is None:
-        m.pause_ms = info.pause_ms if info else 0
-    if m.connect_pause_ms is None:
-        m.connect_pause_ms = info.connect_pause_ms if info else 0
-    if m.probe_point is None:
-        m.probe_point = info.probe_point if info else (points[0].name if points else None)
-    elif m.probe_point not in names:
-        err(f"{key}.probe_point", f"no point named {m.probe_point!r} on this meter")
-
-
-def _check_point(p: PointConfig, key: str, err: Any) -> None:
-    if p.code is not None and not DATA_CODE.match(p.code):
-        err(f"{key}.code", f"expected a data code PP-UU-EEEE-CCTTTT-DD, got {p.code!r}")
-    if p.register + p.count > 65536:
-        err(f"{key}.register", f"a {p.type} at {p.register} runs past register 65535")
-    if p.scale == 0:
-        err(f"{key}.scale", "expected a non-zero number")
-    if p.modulus is not None and p.kind != "counter":
-        err(f"{key}.modulus", "only counters roll over; set kind = \"counter\" or remove modulus")

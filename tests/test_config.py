@@ -75,6 +75,8 @@ def test_good_config_passes_and_prints_plan(tmp_path: Path) -> None:
         (lambda s: s.replace('unit = "kWh"', 'unit = "kWh"\ncode = "01-02"'),
          "meter[0].point[0].code: expected a data code PP-UU-EEEE-CCTTTT-DD"),
         (lambda s: s.replace('[agent]', '[agent]\ntimezone = "Mars/Olympus"'), "agent.timezone"),
+        (lambda s: s.replace('unit = 1\n', 'unit = 1\nmax_registers = 1\n'),
+         "meter[0].max_registers: point 'import_active_energy' is a u32 of 2 registers"),
     ],
 )
 def test_mistakes_give_one_line_and_exit_78(tmp_path: Path, mutate, expected: str) -> None:  # type: ignore[no-untyped-def]

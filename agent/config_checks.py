@@ -1,0 +1,154 @@
+"""What the schema alone cannot say: cross-references, duplicates, profiles, data codes.
+
+Each problem is one line naming the key path; `check` also resolves every meter's points
+(profile plus inline overrides) and its request limits, so nothing downstream reads profiles.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from agent.config import (
+    DATA_CODE,
+    Config,
+    ConfigError,
+    MeterConfig,
+    PointConfig,
+    ProfileInfo,
+    load_profile,
+    profile_names,
+)
+from agent.credit_code import credit_code_problem
+
+
+def check(cfg: Config, path: Path, errors: list[str]) -> None:
+    def err(key: str, msg: str) -> None:
+        errors.append(f"{path}: {key}: {msg}")
+
+    if problem := credit_code_problem(cfg.agent.enterprise):
+        cfg.warnings.append(
+            f"{path}: agent.enterprise: {problem} — accepted (some pilot codes fail the check); "
+            "make sure it matches the code registered with the platform"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9]{1,32}", cfg.agent.enterprise):
+        err("agent.enterprise", f"expected letters and digits only, got {cfg.agent.enterprise!r}")
+    try:
+        ZoneInfo(cfg.agent.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        err("agent.timezone", f"expected an IANA time zone like Asia/Shanghai, got {cfg.agent.timezone!r}")
+
+    p = cfg.platform
+    if p.reconnect_max < p.reconnect_min:
+        err("platform.reconnect_max", "expected a value ≥ platform.reconnect_min")
+    if (p.cert_file is None) != (p.key_file is None):
+        err("platform.cert_file", "cert_file and key_file go together (TLS client certificate)")
+    if (p.ca_file or p.cert_file) and not p.tls:
+        err("platform.tls", "expected true when ca_file or cert_file is set")
+    if "#" in p.topic_prefix or "+" in p.topic_prefix or p.topic_prefix.endswith("/"):
+        err("platform.topic_prefix", f"expected an MQTT topic without wildcards, got {p.topic_prefix!r}")
+
+    buses: dict[str, int] = {}
+    for i, b in enumerate(cfg.bus):
+        if b.name in buses:
+            err(f"bus[{i}].name", f"duplicate bus name {b.name!r} (also bus[{buses[b.name]}])")
+        buses[b.name] = i
+        if b.kind in ("modbus-tcp", "modbus-rtu-over-tcp"):
+            if not b.host:
+                err(f"bus[{i}].host", f"required for kind {b.kind}")
+            if b.device:
+                err(f"bus[{i}].device", f"not used by kind {b.kind}; did you mean kind = \"modbus-rtu\"?")
+            if b.port is None:
+                b.port = 502
+        elif b.kind == "modbus-rtu":
+            if not b.device:
+                err(f"bus[{i}].device", "required for kind modbus-rtu (e.g. /dev/ttyS1)")
+            if b.host or b.port:
+                err(f"bus[{i}].host", "not used by kind modbus-rtu")
+
+    meters: dict[str, int] = {}
+    units: dict[tuple[str, int], int] = {}
+    for i, m in enumerate(cfg.meter):
+        key = f"meter[{i}]"
+        if m.name in meters:
+            err(f"{key}.name", f"duplicate meter name {m.name!r} (also meter[{meters[m.name]}])")
+        meters[m.name] = i
+        if m.bus not in buses:
+            known = ", ".join(buses) or "none configured"
+            err(f"{key}.bus", f"unknown bus {m.bus!r} (buses: {known})")
+        elif (m.bus, m.unit) in units:
+            err(f"{key}.unit", f"unit {m.unit} on bus {m.bus!r} is already meter[{units[m.bus, m.unit]}]")
+        else:
+            units[m.bus, m.unit] = i
+        if m.unit == 0:
+            err(f"{key}.unit", "expected 1–247 (0 is broadcast and never answers)")
+        _resolve_points(cfg, m, key, err)
+
+
+def _resolve_points(cfg: Config, m: MeterConfig, key: str, err: Any) -> None:
+    points: list[PointConfig] = []
+    info: ProfileInfo | None = None
+    if m.profile:
+        try:
+            prof = load_profile(m.profile)
+        except KeyError:
+            err(f"{key}.profile", f"unknown profile {m.profile!r} (known: {', '.join(profile_names())})")
+            return
+        except ConfigError as e:
+            err(f"{key}.profile", f"profile {m.profile!r} is broken: {e.lines[0]}")
+            return
+        info = prof.profile
+        points.extend(prof.point)
+    names = {p.name for p in points}
+    for j, p in enumerate(m.point):
+        if p.name in names:
+            # An inline point with a profile point's name replaces it (site-specific override).
+            points = [q for q in points if q.name != p.name]
+        names.add(p.name)
+        points.append(p)
+        _check_point(p, f"{key}.point[{j}]", err)
+    if not points:
+        err(key, "no points: give a profile or at least one [[meter.point]]")
+    for pname, code in m.codes.items():
+        if pname not in names:
+            err(f"{key}.codes.{pname}", f"no point named {pname!r} on this meter")
+        elif not DATA_CODE.match(code):
+            err(f"{key}.codes.{pname}", f"expected a data code PP-UU-EEEE-CCTTTT-DD, got {code!r}")
+    resolved = []
+    for p in points:
+        if p.name in m.codes:
+            p = msgspec.structs.replace(p, code=m.codes[p.name])
+        resolved.append(p)
+    m.points = resolved
+    if m.max_registers is None:
+        m.max_registers = info.max_registers if info else 125
+    for p in resolved:
+        if p.count > m.max_registers:
+            err(f"{key}.max_registers", f"point {p.name!r} is a {p.type} of {p.count} registers, more "
+                f"than one request may read ({m.max_registers}); raise max_registers")
+    if m.max_gap is None:
+        m.max_gap = info.max_gap if info else 10
+    if m.pause_ms is None:
+        m.pause_ms = info.pause_ms if info else 0
+    if m.connect_pause_ms is None:
+        m.connect_pause_ms = info.connect_pause_ms if info else 0
+    if m.probe_point is None:
+        m.probe_point = info.probe_point if info else (points[0].name if points else None)
+    elif m.probe_point not in names:
+        err(f"{key}.probe_point", f"no point named {m.probe_point!r} on this meter")
+
+
+def _check_point(p: PointConfig, key: str, err: Any) -> None:
+    if p.code is not None and not DATA_CODE.match(p.code):
+        err(f"{key}.code", f"expected a data code PP-UU-EEEE-CCTTTT-DD, got {p.code!r}")
+    if p.register + p.count > 65536:
+        err(f"{key}.register", f"a {p.type} at {p.register} runs past register 65535")
+    if p.scale == 0:
+        err(f"{key}.scale", "expected a non-zero number")
+    if p.modulus is not None and p.kind != "counter":
+        err(f"{key}.modulus", "only counters roll over; set kind = \"counter\" or remove modulus")
+

@@ -1,0 +1,81 @@
+"""msgspec's validation messages, rewritten as `key.path: expected …, got …`.
+
+Kept apart from the schema: this is presentation, and it reads the schema's type hints to
+name the allowed values of a Literal (`expected one of u16,s16,…`).
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from typing import Annotated, Any, Literal
+
+from msgspec import Struct
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def explain(text: str, root: type) -> str:
+    """Turn msgspec's message into `key.path: expected …, got …`."""
+    m = _AT.match(text)
+    msg, path = (m.group("msg"), (m.group("path") or "")) if m else (text, "")
+    path = path.lstrip(".")
+    if u := re.match(r"Object contains unknown field `([^`]+)`", msg):
+        return f"{_join(path, u.group(1))}: unknown key"
+    if u := re.match(r"Object missing required field `([^`]+)`", msg):
+        return f"{_join(path, u.group(1))}: required key is missing"
+    if u := re.match(r"Invalid enum value (.+)", msg):
+        choices = _choices(root, path)
+        got = u.group(1).replace("'", '"')
+        if choices:
+            return f"{path}: expected one of {','.join(map(str, choices))}, got {got}"
+        return f"{path}: unexpected value {got}"
+    if u := re.match(r"Expected `([^`]+)`, got `([^`]+)`", msg):
+        want = u.group(1)
+        choices = _choices(root, path)
+        if choices:
+            want = "one of " + ",".join(map(str, choices))
+        return f"{path or '(top level)'}: expected {want}, got {u.group(2)}"
+    if u := re.match(r"Expected `str` matching regex (.+)", msg):
+        return f"{path}: expected a name of letters, digits, '_', '.', '-' (regex {u.group(1)})"
+    msg = msg.replace("`", "")
+    return f"{path or '(top level)'}: {msg[0].lower() + msg[1:] if msg else msg}"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _choices(root: type, path: str) -> list[Any] | None:
+    """The allowed literal values at `path` (e.g. meter[0].point[2].type), if it is a Literal."""
+    t: Any = root
+    for part in re.findall(r"[^.\[\]]+", path):
+        if part.isdigit():
+            continue
+        t = _unwrap(t)
+        if not (isinstance(t, type) and issubclass(t, Struct)):
+            return None
+        hints = typing.get_type_hints(t, include_extras=True)
+        if part not in hints:
+            return None
+        t = hints[part]
+    t = _unwrap(t)
+    if typing.get_origin(t) is Literal:
+        return list(typing.get_args(t))
+    return None
+
+
+def _unwrap(t: Any) -> Any:
+    while True:
+        origin = typing.get_origin(t)
+        if origin is Annotated:
+            t = typing.get_args(t)[0]
+        elif origin in (list, typing.Union) or str(origin) == "<class 'types.UnionType'>":
+            args = [a for a in typing.get_args(t) if a is not type(None)]
+            if len(args) != 1:
+                return t
+            t = args[0]
+        else:
+            return t
+
+
