@@ -11,13 +11,21 @@ Definitions (docs/hil.md repeats them):
   envelope. **unexpected**: received but never seen committed.
 - **wrong**: a good sample whose value is not what the simulated meter showed in the
   window before its ts (`SimMeter.matches`).
+- **dropped by policy**: envelopes the agent dropped unsent because its disk budget left no
+  other choice (buffer/retention.py, last step), read from its `envelope_dropped` events and
+  its `dropped_envelopes` counter; their samples are not "lost" but accounted separately —
+  and only when the drop was counted, recorded and told to the platform in a status envelope.
+  The runner reads every envelope's samples from the agent's outbox while it waits there, so
+  it knows which samples a dropped envelope held.
 - **backlog**: committed samples not yet at the platform, and the agent's outbox rows not
   yet delivered, sampled every half second; **drain time**: for each moment a fault ended,
   how long until the platform held every sample committed before it.
+- **during faults**: agent CPU time and poll coverage between each fault's start and end.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -71,7 +79,15 @@ class Observer:
     timeline: list[tuple[float, int, int, int]] = field(default_factory=list)
     proc: ProcStats = field(default_factory=ProcStats)
     agent_counters: dict[str, int] = field(default_factory=dict)  # pruned_readings, dropped_…
+    # Every outbox row seen: seq -> (type, sha256 hex, sample keys of a readings envelope).
+    envelopes: dict[int, tuple[str, str, list[tuple[str, str, int]]]] = field(
+        default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)  # seq -> type, `envelope_dropped` events
+    rowid: dict[tuple[str, str, int], int] = field(default_factory=dict)  # sample -> readings.id
+    cpu: list[tuple[float, float]] = field(default_factory=list)  # (time, agent CPU s so far)
     _last_id: int = 0
+    _last_seq: int = 0
+    _last_event: int = 0
 
     def poll(self) -> None:
         """One observation; runs in a worker thread (never on the sims' event loop)."""
@@ -86,8 +102,10 @@ class Observer:
                         (self._last_id,)).fetchall()
                     for rid, meter, point, ts, quality in rows:
                         self.committed[meter, point, ts] = quality
+                        self.rowid[meter, point, ts] = rid
                         self._last_id = rid
                     self.agent_counters = dict(db.execute("SELECT name, value FROM counters"))
+                    self._read_outbox(db)
                     w = db.execute("SELECT watermark FROM delivery WHERE destination='mqtt'"
                                    ).fetchone()
                     if w is not None:
@@ -101,6 +119,30 @@ class Observer:
                 pass  # not created yet, or mid-migration: next time
         received = self.platform.sample_count()
         self.timeline.append((time.time(), len(self.committed), received, pending))
+        self.cpu.append((time.time(), self.proc.cpu_s))
+
+    def _read_outbox(self, db: sqlite3.Connection) -> None:
+        """New outbox rows (their samples, before anything can drop them) and new drops."""
+        rows = db.execute(
+            "SELECT o.seq, o.type, o.checksum, CASE WHEN o.type = 'readings' THEN p.payload END"
+            " FROM outbox o JOIN payloads p USING (seq) WHERE o.seq > ? ORDER BY o.seq",
+            (self._last_seq,)).fetchall()
+        for seq, type_, checksum, payload in rows:
+            keys: list[tuple[str, str, int]] = []
+            if payload is not None:
+                try:
+                    samples = json.loads(payload)["body"]["samples"]
+                    keys = [(m, p, ts) for m, p, ts, _v, _q in samples]
+                except (ValueError, KeyError, TypeError):
+                    pass  # the platform will reject it; the report says so
+            self.envelopes[seq] = (type_, bytes(checksum).hex(), keys)
+            self._last_seq = seq
+        for eid, data in db.execute(
+                "SELECT id, data FROM events WHERE kind = 'envelope_dropped' AND id > ?"
+                " ORDER BY id", (self._last_event,)):
+            info = json.loads(data)
+            self.dropped[int(info["seq"])] = str(info["type"])
+            self._last_event = eid
 
     @property
     def outbox_pending(self) -> int:
@@ -128,6 +170,18 @@ class Report:
     cpu_s: float = 0.0
     kills: int = 0
     kills_during_backlog: int = 0
+    # Policy drops (disk budget): envelopes, the samples they held (ts <= cut-off, never
+    # received), the agent's own counter, and what its last status envelope told the platform.
+    dropped_envelopes: int = 0
+    dropped_seqs: list[int] = field(default_factory=list)
+    dropped_samples: int = 0
+    dropped_counter: int = 0
+    dropped_reported: int | None = None
+    show_dropped: bool = False
+    fault_s: float = 0.0  # seconds under a fault
+    fault_cpu_s: float = 0.0  # agent CPU time during those
+    fault_coverage: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # the agent's, at the end
     notes: list[str] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -138,15 +192,29 @@ class Report:
             f"scenario {self.name}: {self.duration_s:.0f} s",
             f"  readings expected   {self.expected}   (committed by the agent, ts ≤ cut-off)",
             f"  readings received   {self.received}",
-            f"  lost                {self.lost}",
+        ]
+        if self.show_dropped or self.dropped_envelopes or self.dropped_counter:
+            told = "—" if self.dropped_reported is None else str(self.dropped_reported)
+            lines += [
+                f"  dropped by policy   {self.dropped_samples} samples in "
+                f"{self.dropped_envelopes} unsent envelopes{_seqs(self.dropped_seqs)} "
+                f"(disk budget; agent counter {self.dropped_counter}, "
+                f"told the platform {told})",
+            ]
+        lines += [
+            f"  lost                {self.lost}"
+            + ("   (not received, not in a dropped envelope)"
+               if self.dropped_envelopes else ""),
             f"  duplicated          {self.duplicated}",
             f"  unexpected          {self.unexpected}",
             f"  wrong value         {self.wrong}",
             f"  gap samples         {self.gaps}   (quality ≠ 0: no reply, offline, …)",
             f"  envelopes rejected  {self.rejected}",
             f"  chain               {c.get('envelopes', 0)} envelopes, seq 1..{c.get('max_seq', 0)}, "
-            f"missing {len(c.get('missing', []))}, broken {len(c.get('broken', []))} → "
-            f"{'intact' if c.get('intact') else 'NOT INTACT'}",
+            f"missing {len(c.get('missing', []))}, broken {len(c.get('broken', []))}"
+            + (f" (+{len(c['dropped'])} dropped by policy, links across them checked"
+               f" {c.get('links_checked', 0)}/{c.get('links_to_check', 0)})" if c.get("dropped") else "")
+            + f" → {'intact' if c.get('intact') else 'NOT INTACT'}",
             f"  backlog peak        {self.backlog_peak_samples} samples, "
             f"{self.backlog_peak_envelopes} envelopes",
             "  drain time          " + _drains(self.drain_s),
@@ -155,6 +223,11 @@ class Report:
             f"  agent peak RSS      {self.peak_rss_mib:.1f} MiB",
             f"  agent CPU time      {self.cpu_s:.1f} s",
         ]
+        if self.fault_s:
+            lines.append(
+                f"  during faults       {self.fault_s:.0f} s: agent CPU {self.fault_cpu_s:.1f} s "
+                f"({self.fault_cpu_s / self.fault_s:.1%}), coverage " + ", ".join(
+                    f"{m} {v:.0%}" for m, v in sorted(self.fault_coverage.items())))
         if self.kills:
             lines.append(f"  kill -9             {self.kills} (with outbox backlog: "
                          f"{self.kills_during_backlog})")
@@ -163,6 +236,22 @@ class Report:
         lines.append("  RESULT: " + ("PASS" if not self.failures else
                                      "FAIL — " + "; ".join(self.failures)))
         return "\n".join(lines)
+
+
+def _seqs(seqs: list[int]) -> str:
+    if not seqs:
+        return ""
+    runs: list[str] = []
+    start = prev = seqs[0]
+    for s in [*seqs[1:], None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        runs.append(str(start) if start == prev else f"{start}..{prev}")
+        if s is not None:
+            start = prev = s
+    text = ", ".join(runs[:4]) + (", …" if len(runs) > 4 else "")
+    return f" (seq {text})"
 
 
 def _drains(d: list[float]) -> str:
@@ -177,7 +266,7 @@ def _drains(d: list[float]) -> str:
 def build_report(
     name: str, obs: Observer, meters: dict[str, SimMeter], cutoff_ms: int,
     restores_ms: list[int], poll_interval: float, started_ms: int, window_ms: int,
-    enterprise: str, gateway: str,
+    enterprise: str, gateway: str, faults_ms: list[tuple[int, int]] | None = None,
 ) -> Report:
     """Compare what was committed with what the platform accepted, sample by sample."""
     rep = Report(name=name, duration_s=(cutoff_ms - started_ms) / 1000)
@@ -204,17 +293,23 @@ def build_report(
     in_cut = {k for k in received if k[2] <= cutoff_ms}
     rep.expected = len(expected)
     rep.received = len(in_cut)
-    lost = [k for k in expected if k not in received]
+    # Samples of envelopes dropped by policy: accounted apart, never "lost".
+    dropped_keys = {k for k in dropped_samples(obs, expected, rows) if k[2] <= cutoff_ms}
+    rep.dropped_envelopes, rep.dropped_seqs = len(obs.dropped), sorted(obs.dropped)
+    rep.dropped_samples = len(dropped_keys)
+    rep.dropped_counter = int(obs.agent_counters.get("dropped_envelopes", 0))
+    rep.dropped_reported = reported_drops(obs.platform, enterprise, gateway)
+    lost = [k for k in expected if k not in received and k not in dropped_keys]
     rep.lost = len(lost)
     rep.examples += [f"lost: {k}" for k in lost[:3]]
     rep.duplicated = sum(1 for k in in_cut if received[k] > 1)
     rep.unexpected = sum(1 for k in in_cut if k not in obs.committed)
     rep.rejected = obs.platform.counters.rejected
-    rep.chain = obs.platform.chain(enterprise, gateway)
+    rep.chain = chain_with_drops(obs, enterprise, gateway)
     rep.backlog_peak_samples = max((c - r for _t, c, r, _p in obs.timeline), default=0)
     rep.backlog_peak_envelopes = max((p for *_x, p in obs.timeline), default=0)
     for t in restores_ms:
-        before = [arrival.get(k) for k in expected if k[2] <= t]
+        before = [arrival.get(k) for k in expected if k[2] <= t and k not in dropped_keys]
         if before and all(a is not None for a in before):
             rep.drain_s.append(max(0, max(a for a in before if a is not None) - t) / 1000)
     polls = max(1.0, (cutoff_ms - started_ms) / 1000 / poll_interval)
@@ -224,12 +319,126 @@ def build_report(
             good.setdefault(meter, set()).add(int(ts // (poll_interval * 1000)))
     for m in meters:
         rep.coverage[m] = min(1.0, len(good.get(m, ())) / polls)
+    faults_ms = faults_ms or []
+    for start, end in faults_ms:
+        end = min(end, cutoff_ms)
+        if end <= start:
+            continue
+        rep.fault_s += (end - start) / 1000
+        rep.fault_cpu_s += _cpu_at(obs.cpu, end / 1000) - _cpu_at(obs.cpu, start / 1000)
+    if rep.fault_s:
+        slots = {(int(s // (poll_interval * 1000)), int(e // (poll_interval * 1000)))
+                 for s, e in faults_ms}
+        n = sum(max(0, min(e, int(cutoff_ms // (poll_interval * 1000))) - s) for s, e in slots)
+        for m in meters:
+            got = {slot for slot in good.get(m, ()) if any(s <= slot < e for s, e in slots)}
+            rep.fault_coverage[m] = min(1.0, len(got) / n) if n else 0.0
+    rep.counters = dict(obs.agent_counters)
     if obs.agent_counters:
         rep.notes.append("agent counters: " + ", ".join(
             f"{k} {v}" for k, v in sorted(obs.agent_counters.items())))
     rep.peak_rss_mib = obs.proc.peak_rss_kib / 1024
     rep.cpu_s = obs.proc.cpu_s
     return rep
+
+
+def _cpu_at(cpu: list[tuple[float, float]], t: float) -> float:
+    """Agent CPU seconds used up to time t (the last sample at or before it)."""
+    before = [c for ts, c in cpu if ts <= t]
+    return before[-1] if before else 0.0
+
+
+def dropped_samples(obs: Observer, committed: Any,
+                    platform_rows: list[tuple[Any, ...]] | None = None) -> set[tuple[str, str, int]]:
+    """Committed samples that were never received because their envelope was dropped.
+
+    Exact where the runner read the dropped envelope from the outbox before the drop. Where it
+    could not (a pass can seal and drop within one half-second observation), the sealer's
+    order decides: it seals readings in row-id order, so a sample whose row id lies between
+    the last received readings envelope before it and the first one after it was in one of
+    the readings envelopes between those two; when one of those was dropped by policy, so was
+    the sample (a missing, not-dropped seq there breaks the chain and fails on its own).
+    """
+    if not obs.dropped:
+        return set()
+    if platform_rows is None:
+        with obs.platform._lock:
+            platform_rows = obs.platform.db.execute(
+                "SELECT s.meter, s.point, s.ts, s.value, s.quality, e.seq FROM sample s "
+                "JOIN envelope e ON e.id = s.envelope").fetchall()
+    received = {(m, p, ts) for m, p, ts, *_x in platform_rows}
+    exact = {k for seq in obs.dropped for k in obs.envelopes.get(seq, ("", "", []))[2]
+             if k not in received}
+    with obs.platform._lock:
+        by_seq: dict[int, list[int]] = {}
+        for seq, m, p, ts in obs.platform.db.execute(
+                "SELECT e.seq, s.meter, s.point, s.ts FROM sample s "
+                "JOIN envelope e ON e.id = s.envelope"):
+            rid = obs.rowid.get((m, p, ts))
+            if rid is not None:
+                by_seq.setdefault(seq, []).append(rid)
+    spans = sorted((seq, min(r), max(r)) for seq, r in by_seq.items())  # received readings
+    dropped_readings = sorted(s for s, t in obs.dropped.items() if t == "readings")
+    inferred = set()
+    for key in committed:
+        if key in received or key in exact:
+            continue
+        rid = obs.rowid.get(key)
+        if rid is None:
+            continue
+        before = [sp for sp in spans if sp[2] < rid]
+        after = [sp for sp in spans if sp[1] > rid]
+        if len(before) + len(after) != len(spans):
+            continue  # inside a received envelope's range, yet not received: lost
+        lo = before[-1][0] if before else 0
+        hi = after[0][0] if after else 2**62
+        if any(lo < s < hi for s in dropped_readings):
+            inferred.add(key)
+    return exact | inferred
+
+
+def reported_drops(platform: PlatformSim, enterprise: str, gateway: str) -> int | None:
+    """`counters.dropped_envelopes` of the newest status envelope the platform accepted."""
+    with platform._lock:
+        row = platform.db.execute(
+            "SELECT wire FROM envelope WHERE enterprise=? AND gateway=? AND type='status'"
+            " ORDER BY seq DESC LIMIT 1", (enterprise, gateway)).fetchone()
+    if row is None:
+        return None
+    body = json.loads(row[0]).get("body", {})
+    return int(body.get("counters", {}).get("dropped_envelopes", 0))
+
+
+def chain_with_drops(obs: Observer, enterprise: str, gateway: str) -> dict[str, Any]:
+    """The platform's view of the chain, where seqs dropped by policy are not "missing".
+
+    A dropped envelope never reaches the platform, so its successor's `prev` cannot be
+    checked there; the runner saw the dropped envelope's SHA-256 in the agent's outbox and
+    checks the link itself.
+    """
+    c = obs.platform.chain(enterprise, gateway)
+    missing = set(c["missing"])
+    dropped = sorted(missing & set(obs.dropped))
+    c["missing"] = sorted(missing - set(obs.dropped))
+    c["dropped"] = dropped
+    if dropped:
+        with obs.platform._lock:
+            prevs = dict(obs.platform.db.execute(
+                "SELECT seq, prev FROM envelope WHERE enterprise=? AND gateway=?",
+                (enterprise, gateway)).fetchall())
+        checked = 0
+        for seq in dropped:
+            if seq + 1 not in prevs:
+                continue  # the successor was dropped too
+            sha = obs.envelopes.get(seq, ("", "", []))[1]
+            if sha and prevs[seq + 1] == sha:
+                checked += 1
+            else:
+                c["broken"] = sorted({*c["broken"], seq + 1})
+        c["links_checked"] = checked
+        c["links_to_check"] = sum(1 for s in dropped if s + 1 in prevs)
+    c["intact"] = not c["missing"] and not c["broken"]
+    return c
 
 
 def judge(rep: Report, expect: dict[str, Any]) -> None:
@@ -249,9 +458,36 @@ def judge(rep: Report, expect: dict[str, Any]) -> None:
             rep.failures.append(f"coverage of {m} {cov:.0%} < {floor:.0%}")
     if dead and rep.gaps == 0:
         rep.failures.append("dead meter produced no gap samples")
+    # Dropping unsent envelopes is a policy, allowed only where the scenario says so and only
+    # when every drop was counted, recorded as an event and told to the platform.
+    most = int(expect.get("max_dropped_envelopes", 0))
+    least = int(expect.get("min_dropped_envelopes", 0))
+    if rep.dropped_envelopes > most:
+        rep.failures.append(f"{rep.dropped_envelopes} unsent envelopes dropped > {most}")
+    if rep.dropped_envelopes < least:
+        rep.failures.append(f"{rep.dropped_envelopes} unsent envelopes dropped < {least}: "
+                            "the disk budget never forced the last step")
+    if rep.dropped_counter != rep.dropped_envelopes:
+        rep.failures.append(f"agent counter dropped_envelopes {rep.dropped_counter} ≠ "
+                            f"{rep.dropped_envelopes} envelope_dropped events")
+    if rep.dropped_envelopes and rep.dropped_reported != rep.dropped_counter:
+        rep.failures.append(f"the platform was told of {rep.dropped_reported} drops, "
+                            f"not {rep.dropped_counter}")
+    if set(rep.chain.get("dropped", [])) != set(rep.dropped_seqs):
+        rep.failures.append("dropped seqs differ from the platform's gaps: "
+                            f"{sorted(set(rep.chain.get('dropped', [])) ^ set(rep.dropped_seqs))[:5]}")
+    for key in ("pruned_readings",):
+        floor_n = expect.get(f"min_{key}")
+        got = int(rep.counters.get(key, 0))
+        if floor_n is not None and got < int(floor_n):
+            rep.failures.append(f"agent counter {key} {got} < {floor_n}")
     share = expect.get("max_cpu_share")
     if share is not None and rep.cpu_s > float(share) * rep.duration_s:
         rep.failures.append(f"agent CPU {rep.cpu_s:.1f} s > {float(share):.0%} of the run")
+    share = expect.get("max_fault_cpu_share")
+    if share is not None and rep.fault_cpu_s > float(share) * rep.fault_s:
+        rep.failures.append(f"agent CPU during faults {rep.fault_cpu_s:.1f} s > "
+                            f"{float(share):.0%} of {rep.fault_s:.0f} s")
     max_drain = expect.get("max_drain_s")
     if max_drain is not None and any(d > float(max_drain) for d in rep.drain_s):
         rep.failures.append(f"drain {max(rep.drain_s):.1f} s > {max_drain} s")

@@ -33,7 +33,14 @@ from agent.config import PointConfig
 from hil.broker import Mosquitto
 from hil.fault_proxy import FaultProxy
 from hil.platform_sim import PlatformSim, key_id
-from hil.report import Observer, Report, build_report, judge
+from hil.report import (
+    Observer,
+    Report,
+    build_report,
+    dropped_samples,
+    judge,
+    reported_drops,
+)
 from hil.serial_pair import serial_pair
 from hil.sim_meter import ModbusTcpServer, SimMeter
 from hil.sim_rtu import RtuLine
@@ -43,6 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTERPRISE, GATEWAY = "91370600780790663W", "hil-gw"
 # Ends of faults: the report measures how long the backlog takes to drain after each.
 RESTORES = {"broker.start", "platform.back", "platform.ack"}  # the proxy records its own
+# Starts and ends of fault windows (for the agent's CPU and coverage while under a fault).
+FAULT_STARTS = {"broker.stop", "proxy.cut", "proxy.blackhole", "proxy.delay", "proxy.flap",
+                "platform.away", "platform.noack"}
+FAULT_ENDS = RESTORES | {"proxy.pass"}
 
 
 @dataclass
@@ -57,6 +68,7 @@ class Scenario:
     kill_loop: dict[str, Any] | None
     expect: dict[str, Any]
     drain_timeout: float = 120.0
+    broker: dict[str, Any] = field(default_factory=dict)  # [broker]: persistence = true|false
 
     @classmethod
     def load(cls, path: str | Path, short: bool = False) -> Scenario:
@@ -76,11 +88,15 @@ class Scenario:
         if kill and short:
             kill = {**kill, "kills": kill.get("short_kills", max(1, kill["kills"] // 10))}
         expect = {**raw.get("expect", {}), **(short_t.get("expect", {}) if short else {})}
+        config = {k: dict(v) for k, v in raw.get("config", {}).items()}
+        for section, values in (short_t.get("config", {}) if short else {}).items():
+            config.setdefault(section, {}).update(values)
         return cls(name=raw["name"], description=raw.get("description", ""), duration=duration,
-                   config=raw.get("config", {}), lines=raw.get("line", []),
+                   config=config, lines=raw.get("line", []),
                    meters=raw.get("meter", []), events=sorted(events, key=lambda e: e["at"]),
                    kill_loop=kill, expect=expect,
-                   drain_timeout=float(raw.get("drain_timeout", 120)))
+                   drain_timeout=float(raw.get("drain_timeout", 120)),
+                   broker=raw.get("broker", {}))
 
 
 @dataclass
@@ -93,10 +109,12 @@ class Rig:
     kills: int = 0
     kills_during_backlog: int = 0
     restores_ms: list[int] = field(default_factory=list)
+    faults_ms: list[tuple[int, int]] = field(default_factory=list)  # (start, end) windows
+    fault_open_ms: int | None = None
 
     async def start(self) -> None:
         self.stack = contextlib.AsyncExitStack()
-        self.broker = Mosquitto()
+        self.broker = Mosquitto(persistence=bool(self.scenario.broker.get("persistence", False)))
         await asyncio.to_thread(self.broker.start)
         self.stack.callback(self.broker.cleanup)
         self.proxy = await FaultProxy(self.broker.port).start()
@@ -204,8 +222,14 @@ class Rig:
     async def do(self, e: dict[str, Any]) -> None:
         what = e["do"]
         log.info("t=%5.1f s  %s", e["at"], what)
+        now_ms = int(time.time() * 1000)
         if what in RESTORES:
-            self.restores_ms.append(int(time.time() * 1000))
+            self.restores_ms.append(now_ms)
+        if what in FAULT_STARTS and self.fault_open_ms is None:
+            self.fault_open_ms = now_ms
+        elif what in FAULT_ENDS and self.fault_open_ms is not None:
+            self.faults_ms.append((self.fault_open_ms, now_ms))
+            self.fault_open_ms = None
         target, _, verb = what.partition(".")
         if target == "broker":
             await asyncio.to_thread(self.broker.stop if verb == "stop" else self.broker.start)
@@ -248,6 +272,9 @@ class Rig:
         self.platform.ack = True
         for sim in self.meters.values():
             sim.mode = "ok"
+        if self.fault_open_ms is not None:
+            self.faults_ms.append((self.fault_open_ms, int(time.time() * 1000)))
+            self.fault_open_ms = None
 
 
 def kill_events(kill: dict[str, Any], duration: float) -> list[dict[str, Any]]:
@@ -288,8 +315,9 @@ async def run_scenario(scn: Scenario, work: Path | None = None,
         rep = await asyncio.to_thread(
             build_report, scn.name, rig.observer, rig.meters, cutoff_ms, restores,
             poll, int(started * 1000), int(scn.expect.get("window_ms", 5000)),
-            ENTERPRISE, GATEWAY)
+            ENTERPRISE, GATEWAY, rig.faults_ms)
         rep.kills, rep.kills_during_backlog = rig.kills, rig.kills_during_backlog
+        rep.show_dropped = "min_dropped_envelopes" in scn.expect
         rep.notes.append(f"work dir {work} (agent.log, agent.toml, platform.db)")
         judge(rep, scn.expect)
         return rep
@@ -306,14 +334,23 @@ async def _observe(rig: Rig, on_tick: Any) -> None:
 
 
 async def _drain(rig: Rig, cutoff_ms: int, timeout: float, on_tick: Any) -> None:
-    """Wait until the platform holds every sample committed up to the cut-off."""
+    """Wait until the platform holds every sample committed up to the cut-off.
+
+    Samples in envelopes the agent dropped by policy will never come: once those are the
+    only ones missing, wait instead for a status envelope telling the platform of the drops.
+    """
     deadline = time.monotonic() + timeout
+    obs = rig.observer
     while time.monotonic() < deadline:
         await _observe(rig, on_tick)
         received = {(m, p, ts) for _e, m, p, ts, _v, _q in await asyncio.to_thread(
             rig.platform.samples)}
-        if all(k in received for k in rig.observer.committed if k[2] <= cutoff_ms):
-            return
+        dropped = await asyncio.to_thread(dropped_samples, obs, obs.committed) \
+            if obs.dropped else set()
+        if all(k in received or k in dropped for k in obs.committed if k[2] <= cutoff_ms):
+            told = await asyncio.to_thread(reported_drops, rig.platform, ENTERPRISE, GATEWAY)
+            if not obs.dropped or (told or 0) >= obs.agent_counters.get("dropped_envelopes", 0):
+                return
         await asyncio.sleep(0.5)
     log.warning("backlog not drained within %.0f s", timeout)
 
