@@ -16,6 +16,15 @@ classified before it counts:
 
 A read that jumps up while the next read falls back to between the baseline and it (a garbled
 reply, then the counter resumes) is dropped as a spike rather than counted and held against.
+"Up" and "between" are measured forward along the counter, through the wrap point on a
+roll-over, so a spike decides alike whether it is judged from the baseline or from a boundary
+value interpolated past the wrap point.
+
+A period is opened from nothing but the previous period's closing value (the seed), so the
+closing value must put the next period in the same state a single pass over both would be in.
+Inside a normal or roll-over step it is interpolated along the step; inside a reset or a
+backwards step the value before the step is held (when a meter was cleared is unknown), and
+the next period, opened from that value, classifies the step exactly as one pass does.
 
 All arithmetic is Decimal on values quantized to the point's decimal places, so sums telescope:
 the consumption of consecutive periods adds up exactly to the consumption over their union,
@@ -149,7 +158,7 @@ def _walk(
             nodes.append(_Node(ts, v, Decimal(0), "seed", v, Decimal(0)))
             continue
         prev = nodes[-1]
-        if k == _READ and _is_spike(prev.eff, v, events, i):
+        if k == _READ and _is_spike(prev.eff, v, events, i, modulus):
             spikes.append(ts)
             continue
         if k == _NEW_INITIAL:
@@ -161,14 +170,27 @@ def _walk(
     return nodes, spikes
 
 
+def _rise(prev: Decimal, cur: Decimal, modulus: Decimal | None) -> Decimal | None:
+    """How far the counter moved forward from `prev` to `cur` (through the wrap point if the
+    step is a roll-over), or None if it fell."""
+    if cur >= prev:
+        return cur - prev
+    kind, _, delta = classify(prev, cur, modulus)
+    return delta if kind == ROLLOVER else None
+
+
 def _is_spike(baseline: Decimal, value: Decimal, events: list[tuple[int, int, Decimal]],
-              i: int) -> bool:
+              i: int, modulus: Decimal | None) -> bool:
     """A read above the baseline whose next read of the same meter falls back to between the
     two: a bit error or a garbled reply, not consumption. Judged against the effective
-    baseline (not the raw previous read) so that cutting the history anywhere decides alike."""
+    baseline (not the raw previous read), and "above"/"between" forward along the counter
+    (through the wrap point), so that a period opened from any boundary value on the way from
+    the baseline to the read decides alike (cutting the history anywhere decides alike)."""
     if i + 1 >= len(events) or events[i + 1][1] != _READ:
         return False
-    return baseline <= events[i + 1][2] < value
+    up = _rise(baseline, value, modulus)
+    back = _rise(baseline, events[i + 1][2], modulus)
+    return up is not None and back is not None and back < up
 
 
 def _at(
@@ -185,8 +207,12 @@ def _at(
     if i + 1 >= len(nodes):
         return a.eff, a.cum, EXTRAPOLATED
     b = nodes[i + 1]
-    if b.kind == BACKWARDS:
-        return a.eff, a.cum, None  # the baseline is held through a backwards step
+    if b.kind in (BACKWARDS, RESET):
+        # The baseline is held through a backwards step, and through a reset: the reset's count
+        # lands after the boundary. A value on the line from 0 to the new read would open the
+        # next period below the baseline, where it can no longer tell the reset happened (its
+        # first read looks like a rise from the seed and may be judged a spike instead).
+        return a.eff, a.cum, None
     part = (b.delta * Decimal(t - a.ts) / Decimal(b.ts - a.ts)).quantize(q, ROUND_HALF_UP)
     value = b.base + part
     if b.kind == ROLLOVER and modulus is not None and value >= modulus:

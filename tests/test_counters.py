@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from decimal import Decimal
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent import counters
@@ -76,6 +76,10 @@ def messy_history(draw):
 
 @settings(max_examples=300, deadline=None)
 @given(messy_history())
+# A reset (10 → 0.1) straddles the cut, then the counter falls back to 0: opened from a value on
+# the line 0 → 0.1, the next period took the 0.1 for a spike (found by CI).
+@example(([0, 3302, 3 * DAY], [Sample(0, D("0.2")), Sample(3301, D("10")),
+                               Sample(3304, D("0.1")), Sample(3305, D("0"))]))
 def test_messy_reads_never_go_negative_and_chain_exactly(h):
     bounds, samples = h
     one_pass = close_periods(bounds, samples, decimals=1, modulus=None)
@@ -86,6 +90,70 @@ def test_messy_reads_never_go_negative_and_chain_exactly(h):
     pairs = list(itertools.pairwise(samples))
     bound = sum(b.value - a.value if b.value >= a.value else b.value for a, b in pairs)
     assert sum(p.consumption for p in one_pass) <= bound
+
+
+@st.composite
+def messy_wrapping_history(draw):
+    """Reads on a counter with a modulus that run forward, wrap, reset, fall back or jump
+    anywhere, with cuts often just inside a step."""
+    modulus = D(draw(st.sampled_from(["655.36", "6553.60", "10000.00"])))
+    cents = int(modulus * 100)
+    n = draw(st.integers(2, 40))
+    times = sorted(set(draw(st.lists(st.integers(0, 3 * DAY), min_size=n, max_size=n))))
+    value, values = draw(st.integers(0, cents - 1)), []
+    for _ in times:
+        move = draw(st.sampled_from(["forward", "forward", "near_wrap", "zero", "small", "any"]))
+        if move == "forward":
+            value = (value + draw(st.integers(0, cents // 2))) % cents
+        elif move == "near_wrap":
+            value = draw(st.one_of(st.integers(cents - 300, cents - 1), st.integers(0, 300)))
+        elif move == "zero":
+            value = 0
+        elif move == "small":
+            value = draw(st.integers(0, 50))
+        else:
+            value = draw(st.integers(0, cents - 1))
+        values.append(value)
+    samples = [Sample(t, D(v) / 100) for t, v in zip(times, values, strict=True)]
+    cuts = draw(st.lists(st.integers(1, 3 * DAY - 1), max_size=6))
+    cuts += [t + 1 for t in times[:-1] if draw(st.booleans())][:4]
+    return [0, *sorted(set(c for c in cuts if 0 < c < 3 * DAY)), 3 * DAY], samples, modulus
+
+
+@settings(max_examples=300, deadline=None)
+@given(messy_wrapping_history())
+# A roll-over (640.00 → 5.00) straddles the cut and its interpolated value has wrapped (2.96),
+# then the counter falls back to 3.00: judged from 640.00 or from 2.96, 5.00 must decide alike.
+@example(([0, 9, 3 * DAY], [Sample(0, D("640.00")), Sample(10, D("5.00")),
+                            Sample(20, D("3.00"))], D("655.36")))
+def test_messy_wrapping_reads_chain_exactly(h):
+    bounds, samples, modulus = h
+    one_pass = close_periods(bounds, samples, decimals=2, modulus=modulus)
+    chained = _chain(bounds, samples, decimals=2, modulus=modulus)
+    assert sum(p.consumption for p in chained) == sum(p.consumption for p in one_pass)
+    assert all(p.consumption >= 0 for p in one_pass + chained)
+
+
+def test_boundary_inside_a_reset_holds_the_value_before_it():
+    # Cleared some time between 23:59 and 00:01: the day closes on the old value, the reset and
+    # its count (from 0) land in the next day, whether closed in one pass or opened from the seed.
+    samples = [Sample(DAY - MIN, D("8000.0")), Sample(DAY + MIN, D("0.4")),
+               Sample(DAY + 2 * MIN, D("3.0"))]
+    first, second = close_periods([DAY - MIN, DAY, 2 * DAY], samples, decimals=1)
+    assert (first.end_value, first.consumption) == (D("8000.0"), D("0.0"))
+    assert (second.consumption, counters.RESET in second.flags) == (D("3.0"), True)
+    (seeded,) = close_periods([DAY, 2 * DAY], samples, decimals=1, seed=first.end_value)
+    assert (seeded.consumption, counters.RESET in seeded.flags) == (D("3.0"), True)
+
+
+def test_spike_through_the_wrap_point_is_dropped():
+    # 640.00, then a read 20.36 forward through the wrap (5.00), then 3.00: 18.36 forward of the
+    # baseline, between the two, so 5.00 was the spike and the counter rolled over to 3.00.
+    m = D("655.36")
+    samples = [Sample(0, D("640.00")), Sample(MIN, D("5.00")), Sample(2 * MIN, D("3.00"))]
+    (pv,) = close_periods([0, 2 * MIN], samples, decimals=2, modulus=m)
+    assert pv.consumption == D("18.36")
+    assert {counters.SPIKE, counters.ROLLOVER} <= pv.flags
 
 
 def test_midnight_between_two_reads_ten_minutes_apart_is_interpolated():
