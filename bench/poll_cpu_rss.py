@@ -49,7 +49,11 @@ def serve_meters(n: int, ports_file: str) -> None:
         for i in range(POINTS // 2):
             regs += encode(230.0 + i, "f32", "ABCD")
         for _ in range(n):
+            # No server listens before serve_forever runs, so the kernel may offer a port twice:
+            # a duplicate would fail to bind while port_open below still saw its twin listening.
             port = free_port()
+            while port in ports:
+                port = free_port()
             dev = SimDevice(1, simdata=[SimData(0, count=len(regs), values=regs, datatype=DataType.REGISTERS)])
             s = ModbusTcpServer(dev, address=("127.0.0.1", port))
             servers.append(asyncio.ensure_future(s.serve_forever()))
