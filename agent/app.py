@@ -58,6 +58,7 @@ class App:
         self.forward_stop = asyncio.Event()
         self.exit_code = 0
         self.polls_running: set[asyncio.Task[Any]] = set()
+        self.cycles: dict[str, asyncio.Task[None]] = {}  # each bus's latest poll cycle
         self.first_poll_done = False
 
     async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -199,13 +200,15 @@ class App:
     def _scheduler(self) -> AsyncIOScheduler:
         cfg = self.cfg
         sched = AsyncIOScheduler(timezone=cfg.tz)
-        for p in self.pollers:
-            sched.add_job(
-                self._poll, IntervalTrigger(seconds=cfg.schedule.poll_interval,
-                                            start_date=aligned_start(cfg.schedule.poll_interval)),
-                args=[p], id=f"poll:{p.bus.name}", max_instances=1, coalesce=True,
-                misfire_grace_time=max(1, int(cfg.schedule.poll_interval)),
-            )
+        # One job for every bus (they share poll_interval): it starts each bus's cycle as a task
+        # of its own, so a slow line never holds up the others and the scheduler's per-job
+        # work is paid once per tick, not once per bus.
+        sched.add_job(
+            self._start_polls, IntervalTrigger(seconds=cfg.schedule.poll_interval,
+                                               start_date=aligned_start(cfg.schedule.poll_interval)),
+            id="poll", max_instances=1, coalesce=True,
+            misfire_grace_time=max(1, int(cfg.schedule.poll_interval)),
+        )
         # Sealing and reports drain whatever is due whenever they run, so a late run loses
         # nothing; a generous grace only avoids needless skips.
         sched.add_job(self._seal, IntervalTrigger(seconds=cfg.schedule.seal_interval,
@@ -223,13 +226,29 @@ class App:
         return sched
 
     def _job_event(self, event: JobExecutionEvent) -> None:
-        if event.job_id.startswith("poll:"):
-            bus = event.job_id.split(":", 1)[1]
-            log.warning("bus %s: poll cycle skipped — the previous cycle overran poll_interval "
-                        "%g s; run check-config to see the bus time per cycle",
-                        bus, self.cfg.schedule.poll_interval)
-            if self.heartbeat:
-                self.heartbeat.overruns[bus] = self.heartbeat.overruns.get(bus, 0) + 1
+        if event.job_id == "poll":  # the whole tick was missed (the loop was blocked)
+            for p in self.pollers:
+                self._overrun(p.bus.name)
+
+    def _overrun(self, bus: str) -> None:
+        log.warning("bus %s: poll cycle skipped — the previous cycle overran poll_interval "
+                    "%g s; run check-config to see the bus time per cycle",
+                    bus, self.cfg.schedule.poll_interval)
+        if self.heartbeat:
+            self.heartbeat.overruns[bus] = self.heartbeat.overruns.get(bus, 0) + 1
+
+    async def _start_polls(self) -> None:
+        """One tick of the poll clock: start every bus's cycle; a bus whose previous cycle is
+        still running skips this one, counted and logged as an overrun."""
+        if self.stop.is_set():
+            return
+        for p in self.pollers:
+            running = self.cycles.get(p.bus.name)
+            if running is not None and not running.done():
+                self._overrun(p.bus.name)
+                continue
+            task = self.cycles[p.bus.name] = asyncio.create_task(self._poll(p))
+            self.polls_running.add(task)  # from now: shutdown waits for it
 
     async def _poll(self, poller: BusPoller) -> None:
         task = asyncio.current_task()
