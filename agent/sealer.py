@@ -50,6 +50,8 @@ class Sealer:
         self.tz = cfg.tz
         self.decimals = {(m.name, p.name): p.value_decimals for m in cfg.meter for p in m.points}
         self.clock_problem: str | None = None
+        # series id -> (meter, point, format spec or "" , decimals), learnt as series appear
+        self._series: dict[int, tuple[str, str, str, int]] = {}
 
     def check_clock(self) -> None:
         """Raise ClockImplausible when sealing now would stamp envelopes with a wrong time."""
@@ -99,19 +101,42 @@ class Sealer:
         made = 0
         while True:
             after = self.store.cursor(SEALED_CURSOR)
-            rows = self.store.samples_after(after, self.batch)
+            rows = self.store.sample_rows_after(after, self.batch)
             if not rows:
                 return made
-            decimals = self.decimals
-            samples = [
-                [m, p, ts, format_value(v, decimals.get((m, p), 3)), q]
-                for _, m, p, ts, v, q in rows
-            ]
+            samples = self._samples(rows)
             if self.cfg.platform.send_raw:
                 self.seal("readings", {"samples": samples}, cursor=(SEALED_CURSOR, rows[-1][0]))
                 made += 1
             else:
                 self.store.set_cursor(SEALED_CURSOR, rows[-1][0])
+
+    def _samples(self, rows: list[tuple[int, int, int, float | None, int]]) -> list[list[Any]]:
+        """[meter, point, ts, value text, quality] per stored row, the text exactly
+        format_value's: a finite non-negative float takes one format() call with its series'
+        spec; anything else (None, negative, inf, NaN, not a float) goes to format_value."""
+        series = self._series
+        out: list[list[Any]] = []
+        append = out.append
+        for _, sid, ts, v, q in rows:
+            entry = series.get(sid)
+            if entry is None:
+                entry = self._series_entry(sid)
+            m, p, spec, d = entry
+            if type(v) is float and spec:
+                text = format(v, spec)
+                if text[0] in "-in":  # negative (perhaps "-0.00"), inf or nan
+                    text = format_value(v, d)
+            else:
+                text = format_value(v, d)
+            append([m, p, ts, text, q])
+        return out
+
+    def _series_entry(self, sid: int) -> tuple[str, str, str, int]:
+        m, p = self.store.series_name(sid)
+        d = self.decimals.get((m, p), 3)
+        entry = self._series[sid] = (m, p, f".{d}f" if 0 <= d <= 9 else "", d)
+        return entry
 
 
 def _iso(ms: int) -> str:

@@ -121,16 +121,22 @@ class Store(Outbox):
 
     def add_readings(self, rows: Sequence[Reading], statuses: Sequence[MeterStatus] = ()) -> None:
         new: dict[tuple[str, str], int] = {}
+        series = self._series
+        try:  # every series known: the common case, one comprehension outside the write lock
+            values = [(series[(r.meter, r.point)], r.ts, r.value, int(r.quality)) for r in rows]
+        except KeyError:
+            values = None
         with self.transaction() as c:
-            values = []
-            for r in rows:
-                key = (r.meter, r.point)
-                sid = self._series.get(key) or new.get(key)
-                if sid is None:
-                    sid = c.execute("INSERT INTO series(meter, point) VALUES (?, ?)", key).lastrowid
-                    assert sid is not None
-                    new[key] = sid
-                values.append((sid, r.ts, r.value, int(r.quality)))
+            if values is None:
+                values = []
+                for r in rows:
+                    key = (r.meter, r.point)
+                    sid = series.get(key) or new.get(key)
+                    if sid is None:
+                        sid = c.execute("INSERT INTO series(meter, point) VALUES (?, ?)", key).lastrowid
+                        assert sid is not None
+                        new[key] = sid
+                    values.append((sid, r.ts, r.value, int(r.quality)))
             c.executemany(
                 "INSERT INTO readings(series_id, ts, value, quality) VALUES (?, ?, ?, ?)", values
             )
@@ -152,21 +158,28 @@ class Store(Outbox):
         return [(i, Reading(m, p, ts, v, Quality(q))) for i, m, p, ts, v, q in rows]
 
     def samples_after(self, rowid: int, limit: int) -> list[tuple[int, str, str, int, float | None, int]]:
-        """Like readings_after, as plain (rowid, meter, point, ts, value, quality) tuples: the
-        sealer's hot path. Names come from the series cache, not a join that would build two
-        new strings per row."""
-        rows = self._all(
+        """Like readings_after, as plain (rowid, meter, point, ts, value, quality) tuples."""
+        out = []
+        for i, sid, ts, v, q in self.sample_rows_after(rowid, limit):
+            m, p = self.series_name(sid)
+            out.append((i, m, p, ts, v, q))
+        return out
+
+    def sample_rows_after(self, rowid: int, limit: int) -> list[tuple[int, int, int, float | None, int]]:
+        """(rowid, series_id, ts, value, quality) of the readings after `rowid`, oldest first:
+        the sealer's hot path, which names series through `series_name` and its own cache
+        rather than a join that would build two new strings per row."""
+        return self._all(
             "SELECT id, series_id, ts, value, quality FROM readings WHERE id > ? ORDER BY id LIMIT ?",
             (rowid, limit),
         )
+
+    def series_name(self, series_id: int) -> tuple[str, str]:
+        """(meter, point) of a series id (KeyError if there is no such series)."""
         names = self._series_names
-        if any(sid not in names for _, sid, _, _, _ in rows):
+        if series_id not in names:  # added by another process (enter) or a read-only store
             names.update({sid: (m, p) for sid, m, p in self._all("SELECT series_id, meter, point FROM series")})
-        out = []
-        for i, sid, ts, v, q in rows:
-            m, p = names[sid]
-            out.append((i, m, p, ts, v, q))
-        return out
+        return names[series_id]
 
     def readings_for(self, meter: str, point: str, start_ms: int, end_ms: int) -> list[Reading]:
         sid = self._series.get((meter, point))
