@@ -175,6 +175,7 @@ class Report:
     dropped_envelopes: int = 0
     dropped_seqs: list[int] = field(default_factory=list)
     dropped_samples: int = 0
+    dropped_placed_by_rowid: int = 0  # of those, not read from the outbox before the drop
     dropped_counter: int = 0
     dropped_reported: int | None = None
     show_dropped: bool = False
@@ -201,6 +202,9 @@ class Report:
                 f"(disk budget; agent counter {self.dropped_counter}, "
                 f"told the platform {told})",
             ]
+            if self.dropped_placed_by_rowid:
+                lines.append(f"                      ({self.dropped_placed_by_rowid} of those "
+                             "samples placed by row id: sealed and dropped between two looks)")
         lines += [
             f"  lost                {self.lost}"
             + ("   (not received, not in a dropped envelope)"
@@ -295,6 +299,8 @@ def build_report(
     rep.received = len(in_cut)
     # Samples of envelopes dropped by policy: accounted apart, never "lost".
     dropped_keys = {k for k in dropped_samples(obs, expected, rows) if k[2] <= cutoff_ms}
+    read = {k for seq in obs.dropped for k in obs.envelopes.get(seq, ("", "", []))[2]}
+    rep.dropped_placed_by_rowid = len(dropped_keys - read)
     rep.dropped_envelopes, rep.dropped_seqs = len(obs.dropped), sorted(obs.dropped)
     rep.dropped_samples = len(dropped_keys)
     rep.dropped_counter = int(obs.agent_counters.get("dropped_envelopes", 0))
