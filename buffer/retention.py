@@ -184,8 +184,10 @@ def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
     dropped: list[str] = []
     while store.used_bytes() > budget:
         with store.transaction() as c:
+            # One at a time, re-checking the budget: every unsent envelope dropped is data the
+            # platform will never get, so drop no more than the budget needs.
             rows = c.execute("SELECT seq, id, type, period, created_ms FROM outbox"
-                             " ORDER BY seq LIMIT 50").fetchall()
+                             " ORDER BY seq LIMIT 1").fetchall()
             _delete_envelopes(c, [r[0] for r in rows])
             for seq, id_, type_, period, created in rows:
                 info = {"seq": seq, "id": id_, "type": type_, "period": period,

@@ -41,7 +41,9 @@ def try_status(cfg: Path) -> dict[str, Any] | None:
 
 
 def test_budget_reached_in_a_long_outage_drops_last_and_reports(tmp_path: Path) -> None:
-    with Mosquitto() as broker, CountingMeter() as meter:
+    # Persistence: in broker-ack mode a PUBACK hands the message to the broker, and a broker
+    # stopped without persistence may lose it before the subscriber has it.
+    with Mosquitto(persistence=True) as broker, CountingMeter() as meter:
         sub = Subscriber(broker.port, f"energy/{ENTERPRISE}/{GATEWAY}/up/#").start()
         cfg = write_site(tmp_path, broker.port, meter.port, poll=0.2, seal=0.2, heartbeat=2,
                          extra="")
