@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives import serialization
 from agent.config import PointConfig
 from hil.broker import Mosquitto
 from hil.fault_proxy import FaultProxy
+from hil.observer import Observer
 from hil.platform_sim import PlatformSim, key_id
 from hil.report import (
-    Observer,
     Report,
     build_report,
     dropped_samples,

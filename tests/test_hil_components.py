@@ -348,8 +348,9 @@ def test_report_counts_lost_wrong_and_duplicated_samples(tmp_path) -> None:  # t
     from datetime import UTC, datetime
 
     from agent.envelope import build_envelope, sha256_hex
+    from hil.observer import Observer
     from hil.platform_sim import PlatformSim
-    from hil.report import Observer, build_report, judge
+    from hil.report import build_report, judge
 
     signer = _signer()
     meter = SimMeter(name="m", unit=1, points=INLINE, t0_ms=_now() - 60_000)
