@@ -228,6 +228,13 @@ def envelopes(messages: list[tuple[str, bytes]], type_: str | None = None) -> li
     return [e for e in out if type_ is None or e["type"] == type_]
 
 
+def status_json(cfg: Path) -> dict[str, Any] | None:
+    """`energy-agent status --json`, or None while there is no readable store yet."""
+    r = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(cfg), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
 def wait_until(cond: Any, timeout: float, step: float = 0.2) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -7,9 +7,6 @@ message. A corrupt database is moved aside, a fresh one started, and the event r
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from tests.agent_harness import (
     CountingMeter,
     envelopes,
     public_key_of,
+    status_json,
     wait_until,
     write_site,
 )
@@ -28,16 +26,9 @@ from tests.verifier import ChainVerifier
 
 
 def status(cfg: Path) -> dict[str, Any]:
-    s = try_status(cfg)
+    s = status_json(cfg)
     assert s is not None
     return s
-
-
-def try_status(cfg: Path) -> dict[str, Any] | None:
-    """None while there is no readable store yet (the agent is still starting)."""
-    r = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(cfg), "--json"],
-                       capture_output=True, text=True, timeout=60)
-    return json.loads(r.stdout) if r.returncode == 0 else None
 
 
 def test_budget_reached_in_a_long_outage_drops_last_and_reports(tmp_path: Path) -> None:
@@ -99,7 +90,7 @@ def test_a_corrupt_store_is_moved_aside_and_reported(tmp_path: Path) -> None:
         (data / "agent.db").write_bytes(b"this is not an SQLite database, it was overwritten" * 100)
         agent = AgentProcess(cfg).start()
         try:
-            assert wait_until(lambda: (try_status(cfg) or {}).get("next_seq", 0) > 1, 30), agent.log_text()
+            assert wait_until(lambda: (status_json(cfg) or {}).get("next_seq", 0) > 1, 30), agent.log_text()
             s = status(cfg)
             assert agent.alive()
         finally:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 from hil.broker import Mosquitto
-from tests.agent_harness import AgentProcess, CountingMeter, wait_until, write_site
+from tests.agent_harness import AgentProcess, CountingMeter, status_json, wait_until, write_site
 
 
 def status(cfg: Path) -> dict:  # type: ignore[type-arg]
-    r = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(cfg), "--json"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
+    s = status_json(cfg)
+    assert s is not None, "status failed"
+    return s
 
 
 def test_status_beside_a_running_agent(tmp_path: Path) -> None:
