@@ -27,19 +27,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 DEFAULT_CONFIG = "/etc/energy-agent/agent.toml"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with `chosen` one whose other subcommands carry only their names
+    and help: their modules (scan, demo, export …) need not be imported to run the daemon."""
     parser = argparse.ArgumentParser(prog="energy-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"energy-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(f"agent.commands.{module}").add_arguments(p)
+        if chosen is None or name == chosen:
+            importlib.import_module(f"agent.commands.{module}").add_arguments(p)
     return parser
 
 
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named in argv: the first word that is not an option (the top level has
+    only --help and --version, neither of which takes a value)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    # An unknown or missing command builds the full parser: argparse's error then lists them all.
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
