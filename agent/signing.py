@@ -14,13 +14,23 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# `cryptography.hazmat.primitives.serialization` is imported only where a key file is written or
+# an unusual one read: it drags in RSA, EC, DSA, DH, SSH and cipher modules the daemon never
+# uses, ~1 MiB of its resident memory (issue 2). The daemon reads its key through _pkcs8_seed.
 
 # Group/other bits of any kind: a key others can read is no longer this gateway's identity,
 # and one others can write can be swapped for theirs.
 _FOREIGN_ACCESS = stat.S_IRWXG | stat.S_IRWXO
 _MAX_KEY_FILE = 64 * 1024  # a PKCS8 Ed25519 PEM is ~120 bytes; refuse to slurp anything huge
+
+# RFC 8410 section 7: an Ed25519 PKCS8 v1 key is always these 16 DER bytes and then the 32-byte
+# seed: SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }.
+# It is what `keygen`, cryptography and `openssl genpkey -algorithm ed25519` write.
+_PKCS8_ED25519_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN = b"-----BEGIN PRIVATE KEY-----"
+_PEM_END = b"-----END PRIVATE KEY-----"
 
 
 class Signer(Protocol):
@@ -39,14 +49,19 @@ class Ed25519Signer:
 
     def __init__(self, private_key: Ed25519PrivateKey, key_id: str | None = None):
         self._key = private_key
-        self.public_key_raw = private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        self.public_key_raw = private_key.public_key().public_bytes_raw()
         self.key_id = key_id or key_id_for(self.public_key_raw)
 
     @classmethod
     def from_pem(cls, pem: bytes, key_id: str | None = None) -> Ed25519Signer:
         """From PKCS8 PEM bytes, without the file checks (tests, the worked example)."""
+        seed = _pkcs8_seed(pem)
+        if seed is not None:
+            return cls(Ed25519PrivateKey.from_private_bytes(seed), key_id)
+        # Anything else (text around the PEM, PKCS8 v2 with the public key, an encrypted or a
+        # foreign key): cryptography decides, and says what is wrong with it.
+        from cryptography.hazmat.primitives import serialization
+
         key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"expected an Ed25519 private key, got {type(key).__name__}")
@@ -57,6 +72,20 @@ class Ed25519Signer:
 
     def __repr__(self) -> str:  # never show key material in logs or tracebacks
         return f"Ed25519Signer(key_id={self.key_id!r})"
+
+
+def _pkcs8_seed(pem: bytes) -> bytes | None:
+    """The seed of an Ed25519 PKCS8 v1 PEM in exactly the RFC 8410 form, else None."""
+    lines = pem.strip().splitlines()
+    if len(lines) < 3 or lines[0].strip() != _PEM_BEGIN or lines[-1].strip() != _PEM_END:
+        return None
+    try:
+        der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+    except ValueError:
+        return None
+    if len(der) != len(_PKCS8_ED25519_PREFIX) + 32 or not der.startswith(_PKCS8_ED25519_PREFIX):
+        return None
+    return der[len(_PKCS8_ED25519_PREFIX):]
 
 
 def key_id_for(public_key_raw: bytes) -> str:
@@ -72,6 +101,7 @@ def public_key_base64(public_key_raw: bytes) -> str:
 
 def public_key_pem(public_key_raw: bytes) -> str:
     """SubjectPublicKeyInfo PEM, what most platforms' crypto libraries import directly."""
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     key = Ed25519PublicKey.from_public_bytes(public_key_raw)
@@ -118,6 +148,8 @@ def load_signer(path: str | Path, key_id: str | None = None) -> Ed25519Signer:
 
 def generate_key(path: str | Path) -> tuple[bytes, str]:
     """Create a new key file (0600, never overwriting); return (raw public key, key id)."""
+    from cryptography.hazmat.primitives import serialization
+
     path = Path(path)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
@@ -153,7 +185,7 @@ def generate_key(path: str | Path) -> tuple[bytes, str]:
         raise
     os.close(fd)
     _fsync_dir(path.parent)
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = key.public_key().public_bytes_raw()
     return raw, key_id_for(raw)
 
 
