@@ -51,6 +51,12 @@ def canonical(obj: Any) -> bytes:
     return _reference(obj)
 
 
+def canonical_string(s: str) -> str:
+    """The JCS form of one string, quotes included, as text (for writers that splice strings
+    into canonical JSON they build themselves, like agent/sample_rows.py)."""
+    return _string(s, "")
+
+
 def _plain(obj: Any) -> bool:
     """Exactly str/int/list/tuple/dict (no subclasses), safe integers, BMP-only keys."""
     t = type(obj)

@@ -110,10 +110,16 @@ def build_envelope(
     enterprise: str,
     gateway: str,
     created: datetime,
-    body: dict[str, Any],
+    body: dict[str, Any] | None = None,
     signer: Signer,
+    body_json: bytes | None = None,
 ) -> bytes:
-    """Seal and sign one envelope; return its wire bytes (canonical JSON, `sig` included)."""
+    """Seal and sign one envelope; return its wire bytes (canonical JSON, `sig` included).
+
+    The body is given either as `body` (canonicalised here) or, by a writer that produces
+    canonical JSON itself (the sealer's readings, agent/sample_rows.py), as `body_json`: the
+    RFC 8785 bytes of the body object, spliced in unchecked.
+    """
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SAFE_INTEGER:
         raise ValueError(f"seq: expected an integer from 1 to 2^53−1, got {seq!r}")
     if not isinstance(prev, str) or not _HEX64.fullmatch(prev):
@@ -122,12 +128,15 @@ def build_envelope(
         raise ValueError(f"prev: seq 1 starts the chain, so prev must be {GENESIS_PREV}")
     if type not in ENVELOPE_TYPES:
         raise ValueError(f"type: expected one of {', '.join(ENVELOPE_TYPES)}, got {type!r}")
-    if not isinstance(body, dict):
-        raise TypeError(f"body: expected a dict, got {body.__class__.__name__}")
-
-    # Canonicalise the (large) body once and splice it into both the signed form and the wire
-    # form; wrapping it in {"body": …} makes refusal messages name the path from the envelope.
-    body_json = canonical({"body": body})[len(b'{"body":'):-1]
+    if body_json is None:
+        if not isinstance(body, dict):
+            raise TypeError(f"body: expected a dict, got {body.__class__.__name__}")
+        # Canonicalise the (large) body once and splice it into both the signed form and the
+        # wire form; wrapping it in {"body": …} makes refusal messages name the path from the
+        # envelope.
+        body_json = canonical({"body": body})[len(b'{"body":'):-1]
+    elif body is not None or not body_json.startswith(b"{"):
+        raise TypeError("pass either body (a dict) or body_json (its canonical bytes)")
     fields = {
         "v": canonical(VERSION),
         "id": canonical(envelope_id(enterprise, gateway, seq)),

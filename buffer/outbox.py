@@ -103,16 +103,27 @@ class Outbox:
         `build` runs while the write lock is held: it must be quick (signing is ~50 µs) and
         must not touch the store. If it raises, nothing is written and the error propagates.
         """
+        return self.enqueue_built_all([(build, cursor)])[0]
+
+    def enqueue_built_all(self, items: Sequence[tuple[EnvelopeBuilder, tuple[str, int] | None]]) -> list[int]:
+        """enqueue_built for several envelopes, one after the other along the chain, in one
+        transaction: the sealer's envelopes of one pass cost one commit (one fsync, ~100 µs
+        of CPU here) instead of one each. All or nothing."""
+        seqs = []
         with self.transaction() as c:
             seq, prev = c.execute("SELECT next_seq, head FROM chain WHERE id = 1").fetchone()
-            payload, meta = build(int(seq), str(prev))
-            if meta.seq != seq:  # a builder bug, not a race: the head cannot move under us
-                raise ValueError(f"build({seq}, …) returned an envelope with seq {meta.seq}")
-            self._append(c, payload, meta, cursor)
-        return int(seq)
+            for build, cursor in items:
+                payload, meta = build(int(seq), str(prev))
+                if meta.seq != seq:  # a builder bug, not a race: the head cannot move under us
+                    raise ValueError(f"build({seq}, …) returned an envelope with seq {meta.seq}")
+                prev = self._append(c, payload, meta, cursor)
+                seqs.append(int(seq))
+                seq += 1
+        return seqs
 
     def _append(self, c: sqlite3.Connection, payload: bytes, meta: EnvelopeMeta,
-                cursor: tuple[str, int] | None) -> None:
+                cursor: tuple[str, int] | None) -> str:
+        """Insert one envelope and move the chain head past it; returns the new head."""
         digest = hashlib.sha256(payload).digest()
         c.execute(
             "INSERT INTO outbox(seq, id, type, topic, created_ms, period, checksum)"
@@ -124,6 +135,7 @@ class Outbox:
                   (meta.seq + 1, digest.hex()))
         if cursor is not None:
             self._set_cursor(c, cursor[0], cursor[1])
+        return digest.hex()
 
     # -- delivery ---------------------------------------------------------------------------
 
