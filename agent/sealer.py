@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import Config
-from agent.envelope import build_envelope, envelope_id, format_value, topic_for
+from agent.envelope import build_envelope, envelope_id, topic_for
+from agent.sample_rows import RowRenderer, body_json
 from agent.signing import Signer
-from buffer.store import EnvelopeMeta, Store
+from buffer.store import EnvelopeBuilder, EnvelopeMeta, Store
 
 log = logging.getLogger("agent.sealer")
 
@@ -27,6 +28,10 @@ SEALED_CURSOR = "sealed_rowid"
 BUILD_DATE_MS = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
 # A clock this far behind the newest stored sample has stepped backwards.
 CLOCK_BEHIND_MS = 10 * 60 * 1000
+
+
+# A stored poll row: (id, layout_id, ts, vals, quality, ts_delta), see buffer/polls.py.
+Row = tuple[int, int, int, bytes, bytes | None, bytes | None]
 
 
 class ClockImplausible(Exception):
@@ -40,7 +45,11 @@ class Sealer:
         store: Store,
         signer: Signer,
         clock: Callable[[], float] = time.time,
-        batch: int = 1000,  # samples per envelope: ~50 KB, a modest peak in memory and on the link
+        # Samples per envelope: ~50 KB, a modest peak in memory and on the link. Envelopes hold
+        # whole poll rows (one meter's poll), so most hold a little less; a row with more
+        # points than this goes alone into a larger envelope rather than being split, since
+        # the sealed cursor is a row id and half a row cannot be marked sealed.
+        batch: int = 1000,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -50,8 +59,7 @@ class Sealer:
         self.tz = cfg.tz
         self.decimals = {(m.name, p.name): p.value_decimals for m in cfg.meter for p in m.points}
         self.clock_problem: str | None = None
-        # series id -> (meter, point, format spec or "" , decimals), learnt as series appear
-        self._series: dict[int, tuple[str, str, str, int]] = {}
+        self._renderers: dict[int, RowRenderer] = {}  # by layout id, made as layouts appear
 
     def check_clock(self) -> None:
         """Raise ClockImplausible when sealing now would stamp envelopes with a wrong time."""
@@ -72,71 +80,85 @@ class Sealer:
         if problem:
             raise ClockImplausible(problem)
 
-    def seal(self, type: str, body: dict[str, Any], period: str | None = None,
+    def seal(self, type: str, body: dict[str, Any] | bytes, period: str | None = None,
              cursor: tuple[str, int] | None = None) -> int:
         """Sign `body` as the next envelope of the chain and append it (with `cursor`, if
-        given) in one transaction; returns its seq."""
+        given) in one transaction; returns its seq. `body` is a dict, or the canonical JSON
+        bytes of one (see build_envelope's body_json)."""
+        return self._seal_all(type, [(body, cursor)], period)[0]
+
+    def _seal_all(self, type: str, items: list[tuple[dict[str, Any] | bytes, tuple[str, int] | None]],
+                  period: str | None = None) -> list[int]:
+        """Several envelopes of one type, consecutive along the chain, in one transaction."""
         a = self.cfg.agent
         topic = topic_for(self.cfg.platform.topic_prefix, a.enterprise, a.gateway, type)
 
-        def build(seq: int, prev: str) -> tuple[bytes, EnvelopeMeta]:
-            # Runs under the store's write lock: the clock is read here so `created` never
-            # goes backwards along the chain, even with two processes sealing.
-            now = self.clock()
-            payload = build_envelope(
-                seq=seq, prev=prev, type=type, enterprise=a.enterprise, gateway=a.gateway,
-                created=datetime.fromtimestamp(int(now), self.tz), body=body, signer=self.signer,
-            )
-            meta = EnvelopeMeta(seq=seq, id=envelope_id(a.enterprise, a.gateway, seq), type=type,
-                                topic=topic, created_ms=int(now * 1000), period=period)
-            return payload, meta
+        def builder(body: dict[str, Any] | bytes) -> EnvelopeBuilder:
+            def build(seq: int, prev: str) -> tuple[bytes, EnvelopeMeta]:
+                # Runs under the store's write lock: the clock is read here so `created` never
+                # goes backwards along the chain, even with two processes sealing.
+                now = self.clock()
+                payload = build_envelope(
+                    seq=seq, prev=prev, type=type, enterprise=a.enterprise, gateway=a.gateway,
+                    created=datetime.fromtimestamp(int(now), self.tz), signer=self.signer,
+                    **({"body_json": body} if isinstance(body, bytes) else {"body": body}),
+                )
+                meta = EnvelopeMeta(seq=seq, id=envelope_id(a.enterprise, a.gateway, seq), type=type,
+                                    topic=topic, created_ms=int(now * 1000), period=period)
+                return payload, meta
+            return build
 
-        seq = self.store.enqueue_built(build, cursor)
-        log.debug("sealed %s (%s)", envelope_id(a.enterprise, a.gateway, seq), type)
-        return seq
+        seqs = self.store.enqueue_built_all([(builder(body), cursor) for body, cursor in items])
+        for seq in seqs:
+            log.debug("sealed %s (%s)", envelope_id(a.enterprise, a.gateway, seq), type)
+        return seqs
 
     def seal_readings(self) -> int:
         """Seal every committed sample not yet sealed; returns how many envelopes were made."""
         self.check_clock()
         made = 0
+        after = self.store.cursor(SEALED_CURSOR)
         while True:
-            after = self.store.cursor(SEALED_CURSOR)
-            rows = self.store.sample_rows_after(after, self.batch)
+            rows = self.store.poll_rows_after(after, self.batch)
             if not rows:
                 return made
-            samples = self._samples(rows)
-            if self.cfg.platform.send_raw:
-                self.seal("readings", {"samples": samples}, cursor=(SEALED_CURSOR, rows[-1][0]))
-                made += 1
-            else:
-                self.store.set_cursor(SEALED_CURSOR, rows[-1][0])
+            if not self.cfg.platform.send_raw:
+                after = rows[-1][0]
+                self.store.set_cursor(SEALED_CURSOR, after)
+                continue
+            chunks = self._chunks(rows)
+            if len(rows) == self.batch and len(chunks) > 1:
+                chunks.pop()  # perhaps not full: more rows follow, so it goes with them next round
+            made += len(self._seal_all("readings", [(self._body(chunk), (SEALED_CURSOR, chunk[-1][0]))
+                                                    for chunk in chunks]))
+            after = chunks[-1][-1][0]
 
-    def _samples(self, rows: list[tuple[int, int, int, float | None, int]]) -> list[list[Any]]:
-        """[meter, point, ts, value text, quality] per stored row, the text exactly
-        format_value's: a finite non-negative float takes one format() call with its series'
-        spec; anything else (None, negative, inf, NaN, not a float) goes to format_value."""
-        series = self._series
-        out: list[list[Any]] = []
-        append = out.append
-        for _, sid, ts, v, q in rows:
-            entry = series.get(sid)
-            if entry is None:
-                entry = self._series_entry(sid)
-            m, p, spec, d = entry
-            if type(v) is float and spec:
-                text = format(v, spec)
-                if text[0] in "-in":  # negative (perhaps "-0.00"), inf or nan
-                    text = format_value(v, d)
-            else:
-                text = format_value(v, d)
-            append([m, p, ts, text, q])
+    def _chunks(self, rows: list[Row]) -> list[list[Row]]:
+        """Consecutive whole rows of at most `batch` samples each (a larger row alone)."""
+        out: list[list[Row]] = []
+        chunk: list[Row] = []
+        size = 0
+        for row in rows:
+            n = len(row[3]) >> 3
+            if chunk and size + n > self.batch:
+                out.append(chunk)
+                chunk, size = [], 0
+            chunk.append(row)
+            size += n
+        if chunk:
+            out.append(chunk)
         return out
 
-    def _series_entry(self, sid: int) -> tuple[str, str, str, int]:
-        m, p = self.store.series_name(sid)
-        d = self.decimals.get((m, p), 3)
-        entry = self._series[sid] = (m, p, f".{d}f" if 0 <= d <= 9 else "", d)
-        return entry
+    def _body(self, rows: list[Row]) -> bytes:
+        renderers = self._renderers
+        return body_json([(renderers.get(lid) or self._renderer(lid)).render(ts, vals, quality, delta)
+                          for _, lid, ts, vals, quality, delta in rows])
+
+    def _renderer(self, layout_id: int) -> RowRenderer:
+        lay = self.store.layout(layout_id)
+        decimals = [self.decimals.get((lay.meter, p), 3) for p in lay.points]
+        r = self._renderers[layout_id] = RowRenderer(lay.meter, lay.points, decimals)
+        return r
 
 
 def _iso(ms: int) -> str:

@@ -1,7 +1,10 @@
 """Retention: what may leave the store, in which order, and giving the space back.
 
+Readings are stored one row per meter poll (buffer/polls.py) and leave the store a row at a
+time; the counters and reports count samples (points), as before.
+
 Two cursors say what the rest of the agent is done with:
-- `sealed_rowid` (the sealer): readings up to this row id are in the outbox (or need not be);
+- `sealed_rowid` (the sealer): poll rows up to this id are in the outbox (or need not be);
 - `summarised_ts` (agent/reports.py): accounting will not read a reading older than this ms
   timestamp again — it is the start of the first period not yet sealed as a report, less the
   lookback an unseeded period reads. Absent (no reported points, or reports never ran): no
@@ -40,6 +43,7 @@ SUMMARISED_CURSOR = "summarised_ts"
 # "No reading is held for accounting": later than any timestamp a reading can carry.
 _NO_HOLD = 2**62
 BATCH = 10_000
+POLL_BATCH = 2_000  # poll rows per delete transaction: ~24k samples of 12-point meters
 # Pages are only given back to the filesystem past this many free pages: rewriting a few
 # pages on every run would wear eMMC/SD for nothing (free pages are reused by new rows).
 VACUUM_MIN_FREE_PAGES = 256
@@ -118,8 +122,10 @@ def _keep_going(store: Store, budget: int | None) -> bool:
 
 def _delete_readings(store: Store, sealed: int, before_ts: int | None,
                      budget: int | None, also_count: str | None = None) -> int:
-    """Sealed readings oldest first: all older than before_ts, or until under budget."""
-    sql = "SELECT id FROM readings WHERE id <= ?"
+    """Sealed poll rows oldest first: all older than before_ts, or until under budget.
+    Returns the number of samples deleted. A row is as old as its first sample (the others
+    follow within polls.MAX_SPAN_MS), so it goes whole."""
+    sql = "SELECT id FROM polls WHERE id <= ?"
     params: list[Any] = [sealed]
     if before_ts is not None:
         sql += " AND ts < ?"
@@ -127,17 +133,16 @@ def _delete_readings(store: Store, sealed: int, before_ts: int | None,
     total = 0
     while _keep_going(store, budget):
         with store.transaction() as c:
-            ids = [r[0] for r in c.execute(sql + " ORDER BY id LIMIT ?", [*params, BATCH])]
+            ids = [r[0] for r in c.execute(sql + " ORDER BY id LIMIT ?", [*params, POLL_BATCH])]
+            samples = 0
             if ids:
                 # ids ascend and all are <= sealed: one range delete, the ts filter re-applied.
-                c.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?"
-                          + ("" if before_ts is None else " AND ts < ?"),
-                          [ids[0], ids[-1], *params[1:]])
-                _count(c, "pruned_readings", len(ids))
+                samples = store.delete_polls(c, ids[0], ids[-1], before_ts)
+                _count(c, "pruned_readings", samples)
                 if also_count:
-                    _count(c, also_count, len(ids))
-        total += len(ids)
-        if len(ids) < BATCH:
+                    _count(c, also_count, samples)
+        total += samples
+        if len(ids) < POLL_BATCH:
             break
     return total
 

@@ -2,6 +2,9 @@
 
 The schema version is `PRAGMA user_version`; `MIGRATIONS[i]` takes the file from version i to
 i + 1 inside one transaction, so a crash mid-migration leaves the previous version intact.
+Migrations run in a child process (`python -m buffer.migrate PATH`, buffer/migrate.py), only
+when the file is behind: they are written with sqlite-utils, whose import would otherwise stay
+in the daemon's memory for the life of the process.
 A file that fails its integrity check is moved aside (never deleted) and a fresh one started;
 what could be read from it (the envelope chain head) is salvaged so `seq` never repeats.
 """
@@ -10,7 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import sqlite3
+import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +82,66 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["kind", "ts_ms"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """One row per meter poll instead of one per sample (the row format: buffer/polls.py).
+
+    Each v1 reading becomes a one-point poll with the same id, its series a one-point layout
+    with the same id, so the "sealed_rowid" cursor keeps pointing where it did.
+    """
+    db["layouts"].create({"layout_id": int, "meter": str, "points": str}, pk="layout_id",
+                         not_null={"meter", "points"})
+    db["layouts"].create_index(["meter", "points"], unique=True)
+    # AUTOINCREMENT for the same reason as v1's readings table.
+    db.execute(
+        "CREATE TABLE polls (id INTEGER PRIMARY KEY AUTOINCREMENT, layout_id INTEGER NOT NULL,"
+        " ts INTEGER NOT NULL, vals BLOB NOT NULL, quality BLOB, ts_delta BLOB)"
+    )
+    # (layout, ts) look-ups, filled in bulk behind the writer (buffer/readings.py says why);
+    # WITHOUT ROWID, which sqlite-utils cannot declare, so an entry is stored once.
+    db.execute(
+        "CREATE TABLE poll_index (layout_id INTEGER NOT NULL, ts INTEGER NOT NULL,"
+        " id INTEGER NOT NULL, PRIMARY KEY (layout_id, ts, id)) WITHOUT ROWID"
+    )
+    db.register_function(_points_json, name="points_json", deterministic=True)
+    db.register_function(_f64, name="f64", deterministic=True)
+    db.register_function(_quality_byte, name="quality_byte", deterministic=True)
+    db.execute("INSERT INTO layouts(layout_id, meter, points)"
+               " SELECT series_id, meter, points_json(point) FROM series")
+    db.execute("INSERT INTO polls(id, layout_id, ts, vals, quality, ts_delta)"
+               " SELECT id, series_id, ts, f64(value), CASE quality WHEN 0 THEN NULL"
+               " ELSE quality_byte(quality) END, NULL FROM readings ORDER BY id")
+    db.execute("INSERT INTO poll_index(layout_id, ts, id) SELECT layout_id, ts, id FROM polls")
+    db.execute("INSERT OR REPLACE INTO cursors(name, value)"
+               " SELECT 'indexed_poll_id', coalesce(max(id), 0) FROM polls")
+    # Ids continue after the last one v1 ever gave out, also when pruning had emptied the table.
+    seq = db.execute("SELECT max(seq) FROM sqlite_sequence WHERE name IN ('readings', 'polls')"
+                     ).fetchone()[0]
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'polls'")
+    if seq is not None:
+        db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('polls', ?)", (seq,))
+    db["readings"].drop()
+    db["series"].drop()
+
+
+def _points_json(point: str) -> str:
+    return points_json([point])
+
+
+def points_json(points: list[str]) -> str:
+    """A layout's point names as stored in `layouts.points`."""
+    return json.dumps(points, ensure_ascii=False, separators=(",", ":"))
+
+
+def _f64(value: float | None) -> bytes:
+    return struct.pack("<d", math.nan if value is None else value)
+
+
+def _quality_byte(quality: int) -> bytes:
+    return bytes([quality])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,26 +216,45 @@ def integrity_problem(conn: sqlite3.Connection) -> str | None:
     return "; ".join(str(r[0]) for r in rows[:3])
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the file to the newest version; returns the version it was at."""
-    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if found > len(MIGRATIONS):
+def user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_version(found: int) -> None:
+    if found > VERSION:
         raise SchemaError(
-            f"database schema version {found} is newer than this agent knows ({len(MIGRATIONS)})"
+            f"database schema version {found} is newer than this agent knows ({VERSION})"
             " — install the newer agent or move the database aside"
         )
-    if found == len(MIGRATIONS):
-        return found
-    # Imported only when there is something to migrate: sqlite-utils brings click, dateutil,
-    # pluggy and tabulate along, ~4 MiB of RSS the daemon would otherwise carry for years.
-    import sqlite_utils
 
-    db = sqlite_utils.Database(conn)
-    for version in range(found, len(MIGRATIONS)):
-        with db.atomic():
-            MIGRATIONS[version](db)
-            conn.execute(f"PRAGMA user_version = {version + 1}")
-        log.info("store schema migrated to version %d", version + 1)
+
+def migrate(path: Path, conn: sqlite3.Connection) -> int:
+    """Bring the file to the newest version; returns the version it was at.
+
+    The work is done by `python -m buffer.migrate PATH` in a child process; `conn` (idle, no
+    transaction open) only reads the version before and after.
+    """
+    found = user_version(conn)
+    check_version(found)
+    if found == VERSION:
+        return found
+    # The package's own parent directory first, so the child imports this very `buffer`
+    # whether the agent is installed or run from a source tree.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-m", "buffer.migrate", str(path)], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        if len(lines) > 1:  # not one of the faults the child words itself: keep its traceback
+            log.error("schema migration of %s failed:\n%s", path, proc.stderr.rstrip())
+        reason = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise SchemaError(f"schema migration from version {found} failed: {reason}")
+    now = user_version(conn)
+    if now != VERSION:
+        raise SchemaError(f"schema migration from version {found} left version {now}, expected {VERSION}")
+    log.info("store schema migrated from version %d to %d", found, now)
     return found
 
 
@@ -217,10 +303,10 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise SchemaError(f"no store at {path}")
     conn = connect(path, readonly=True)
-    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if found != len(MIGRATIONS):
+    found = user_version(conn)
+    if found != VERSION:
         conn.close()
-        raise SchemaError(f"store schema version {found}, this agent reads {len(MIGRATIONS)}")
+        raise SchemaError(f"store schema version {found}, this agent reads {VERSION}")
     return conn
 
 
@@ -244,7 +330,11 @@ def open_database(path: Path) -> sqlite3.Connection:
         conn = connect(path)
         configure(conn)
     assert conn is not None
-    migrate(conn)
+    try:
+        migrate(path, conn)
+    except BaseException:
+        conn.close()
+        raise
     if salvage is not None:
         record_salvage(conn, salvage)
     return conn

@@ -5,8 +5,9 @@ SQLite is the only durable queue. A reading or envelope exists once its transact
 store call in a single-thread executor); the object is not thread-safe and need not be.
 Any SQLite failure becomes StoreError: the app must stop rather than poll into the void.
 
-The outbox, the envelope chain and delivery live in buffer/outbox.py, a mixin of Store, to
-keep each module readable; import all of it from here.
+Readings (one row per meter poll) live in buffer/readings.py, the outbox, the envelope chain
+and delivery in buffer/outbox.py: mixins of Store, to keep each module readable; import all of
+it from here.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 
 from buffer import schema
 from buffer.outbox import EnvelopeBuilder, EnvelopeMeta, Outbox, OutboxRow, SeqConflict
+from buffer.readings import Readings
 from buffer.schema import StoreError
-from drivers.base import Quality, Reading
 
 __all__ = ["EnvelopeBuilder", "EnvelopeMeta", "MeterStatus", "OutboxRow", "SeqConflict", "Store",
            "StoreError"]
@@ -43,7 +44,7 @@ class MeterStatus:
     consecutive_failures: int
 
 
-class Store(Outbox):
+class Store(Readings, Outbox):
     ZERO_HASH = schema.ZERO_HASH
 
     def __init__(self, path: str | Path, destinations: Sequence[str] = ("mqtt",),
@@ -55,8 +56,6 @@ class Store(Outbox):
         self.destinations: tuple[str, ...] = tuple(destinations)
         if not self.destinations:
             raise ValueError("a store needs at least one destination")
-        self._series: dict[tuple[str, str], int] = {}
-        self._series_names: dict[int, tuple[str, str]] = {}
         try:
             if readonly:
                 self._conn = schema.open_readonly(self.path)
@@ -72,9 +71,7 @@ class Store(Outbox):
                     "INSERT OR IGNORE INTO delivery(destination, watermark) VALUES (?, 0)",
                     [(d,) for d in self.destinations],
                 )
-        for sid, meter, point in self._all("SELECT series_id, meter, point FROM series"):
-            self._series[(meter, point)] = sid
-            self._series_names[sid] = (meter, point)
+        self._init_readings()
 
     def close(self) -> None:
         self._conn.close()
@@ -117,90 +114,7 @@ class Store(Outbox):
         rows = self._all(sql, params)
         return rows[0] if rows else None
 
-    # -- readings ---------------------------------------------------------------------------
-
-    def add_readings(self, rows: Sequence[Reading], statuses: Sequence[MeterStatus] = ()) -> None:
-        new: dict[tuple[str, str], int] = {}
-        series = self._series
-        try:  # every series known: the common case, one comprehension outside the write lock
-            values = [(series[(r.meter, r.point)], r.ts, r.value, int(r.quality)) for r in rows]
-        except KeyError:
-            values = None
-        with self.transaction() as c:
-            if values is None:
-                values = []
-                for r in rows:
-                    key = (r.meter, r.point)
-                    sid = series.get(key) or new.get(key)
-                    if sid is None:
-                        sid = c.execute("INSERT INTO series(meter, point) VALUES (?, ?)", key).lastrowid
-                        assert sid is not None
-                        new[key] = sid
-                    values.append((sid, r.ts, r.value, int(r.quality)))
-            c.executemany(
-                "INSERT INTO readings(series_id, ts, value, quality) VALUES (?, ?, ?, ?)", values
-            )
-            c.executemany(
-                "INSERT OR REPLACE INTO meter_status VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(s.meter, s.bus, int(s.online), s.last_good_ms, s.last_error_ms, s.last_error,
-                  s.errors_total, s.consecutive_failures) for s in statuses],
-            )
-        # Only after the commit: a rolled-back series id must not stay cached.
-        self._series.update(new)
-        self._series_names.update({sid: key for key, sid in new.items()})
-
-    def readings_after(self, rowid: int, limit: int) -> list[tuple[int, Reading]]:
-        rows = self._all(
-            "SELECT r.id, s.meter, s.point, r.ts, r.value, r.quality FROM readings r"
-            " JOIN series s ON s.series_id = r.series_id WHERE r.id > ? ORDER BY r.id LIMIT ?",
-            (rowid, limit),
-        )
-        return [(i, Reading(m, p, ts, v, Quality(q))) for i, m, p, ts, v, q in rows]
-
-    def samples_after(self, rowid: int, limit: int) -> list[tuple[int, str, str, int, float | None, int]]:
-        """Like readings_after, as plain (rowid, meter, point, ts, value, quality) tuples."""
-        out = []
-        for i, sid, ts, v, q in self.sample_rows_after(rowid, limit):
-            m, p = self.series_name(sid)
-            out.append((i, m, p, ts, v, q))
-        return out
-
-    def sample_rows_after(self, rowid: int, limit: int) -> list[tuple[int, int, int, float | None, int]]:
-        """(rowid, series_id, ts, value, quality) of the readings after `rowid`, oldest first:
-        the sealer's hot path, which names series through `series_name` and its own cache
-        rather than a join that would build two new strings per row."""
-        return self._all(
-            "SELECT id, series_id, ts, value, quality FROM readings WHERE id > ? ORDER BY id LIMIT ?",
-            (rowid, limit),
-        )
-
-    def series_name(self, series_id: int) -> tuple[str, str]:
-        """(meter, point) of a series id (KeyError if there is no such series)."""
-        names = self._series_names
-        if series_id not in names:  # added by another process (enter) or a read-only store
-            names.update({sid: (m, p) for sid, m, p in self._all("SELECT series_id, meter, point FROM series")})
-        return names[series_id]
-
-    def readings_for(self, meter: str, point: str, start_ms: int, end_ms: int) -> list[Reading]:
-        sid = self._series.get((meter, point))
-        if sid is None:  # not cached: a read-only store sees series the writer added later
-            row = self._one("SELECT series_id FROM series WHERE meter = ? AND point = ?",
-                            (meter, point))
-            if row is None:
-                return []
-            sid = row[0]
-        rows = self._all(
-            "SELECT ts, value, quality FROM readings WHERE series_id = ? AND ts >= ? AND ts < ?"
-            " ORDER BY ts, id",
-            (sid, start_ms, end_ms),
-        )
-        return [Reading(meter, point, ts, v, Quality(q)) for ts, v, q in rows]
-
-    def last_reading_ts(self) -> int | None:
-        """The timestamp of the most recently committed reading (not the largest timestamp:
-        after a clock correction the newest sample is what tells the time)."""
-        row = self._one("SELECT ts FROM readings ORDER BY id DESC LIMIT 1")
-        return None if row is None else int(row[0])
+    # -- meter health -------------------------------------------------------------------------
 
     def meter_statuses(self) -> list[MeterStatus]:
         rows = self._all("SELECT * FROM meter_status ORDER BY meter")

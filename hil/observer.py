@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from buffer.polls import decode
 from hil.platform_sim import PlatformSim
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -60,9 +61,10 @@ class Observer:
     envelopes: dict[int, tuple[str, str, list[tuple[str, str, int]]]] = field(
         default_factory=dict)
     dropped: dict[int, str] = field(default_factory=dict)  # seq -> type, `envelope_dropped` events
-    rowid: dict[tuple[str, str, int], int] = field(default_factory=dict)  # sample -> readings.id
+    rowid: dict[tuple[str, str, int], int] = field(default_factory=dict)  # sample -> polls.id
     cpu: list[tuple[float, float]] = field(default_factory=list)  # (time, agent CPU s so far)
     _last_id: int = 0
+    _layouts: dict[int, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # id -> meter, points
     _last_seq: int = 0
     _last_event: int = 0
 
@@ -73,14 +75,7 @@ class Observer:
             try:
                 db = sqlite3.connect(f"file:{self.agent_db}?mode=ro", uri=True, timeout=2)
                 try:
-                    rows = db.execute(
-                        "SELECT r.id, s.meter, s.point, r.ts, r.quality FROM readings r "
-                        "JOIN series s USING (series_id) WHERE r.id > ? ORDER BY r.id",
-                        (self._last_id,)).fetchall()
-                    for rid, meter, point, ts, quality in rows:
-                        self.committed[meter, point, ts] = quality
-                        self.rowid[meter, point, ts] = rid
-                        self._last_id = rid
+                    self._read_polls(db)
                     self.agent_counters = dict(db.execute("SELECT name, value FROM counters"))
                     self._read_outbox(db)
                     w = db.execute("SELECT watermark FROM delivery WHERE destination='mqtt'"
@@ -97,6 +92,21 @@ class Observer:
         received = self.platform.sample_count()
         self.timeline.append((time.time(), len(self.committed), received, pending))
         self.cpu.append((time.time(), self.proc.cpu_s))
+
+    def _read_polls(self, db: sqlite3.Connection) -> None:
+        """New poll rows (one per meter poll, buffer/polls.py): every sample in them."""
+        rows = db.execute("SELECT id, layout_id, ts, vals, quality, ts_delta FROM polls WHERE id > ?"
+                          " ORDER BY id", (self._last_id,)).fetchall()
+        if any(lid not in self._layouts for _, lid, *_ in rows):
+            self._layouts.update({lid: (meter, tuple(json.loads(points))) for lid, meter, points
+                                  in db.execute("SELECT layout_id, meter, points FROM layouts")})
+        for rid, lid, ts, vals, quality, delta in rows:
+            meter, points = self._layouts[lid]
+            times, _, qualities = decode(len(points), ts, vals, quality, delta)
+            for point, t, q in zip(points, times, qualities, strict=True):
+                self.committed[meter, point, t] = int(q)
+                self.rowid[meter, point, t] = rid
+            self._last_id = rid
 
     def _read_outbox(self, db: sqlite3.Connection) -> None:
         """New outbox rows (their samples, before anything can drop them) and new drops."""

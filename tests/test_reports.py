@@ -225,7 +225,7 @@ def test_budget_pruning_leaves_the_open_day_whole(rig, hold: bool):
     _every_minute(store, "2026-11-20T00:00", "2026-11-22T12:00", 0.0, 1.0)
     rep.seal_due(ms("2026-11-22T12:00"))  # days 20 and 21, intervals up to 11:45
     # Readings sealed (send_raw off) and every envelope delivered: all of it may be pruned.
-    store.set_cursor("sealed_rowid", store.conn.execute("SELECT max(id) FROM readings").fetchone()[0])
+    store.set_cursor("sealed_rowid", store.conn.execute("SELECT max(id) FROM polls").fetchone()[0])
     store.mark_delivered("mqtt", [r[0] for r in store.conn.execute("SELECT seq FROM outbox")])
     if not hold:  # what retention did before the Reporter said what it still reads
         store.conn.execute("DELETE FROM cursors WHERE name = ?", (SUMMARISED_CURSOR,))

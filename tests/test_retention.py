@@ -18,6 +18,7 @@ RAW_KEEP, HISTORY_KEEP = 7 * DAY, 183 * DAY
 
 
 def add_readings(store: Store, n: int, ts0: int, step: int = 1000) -> None:
+    """n one-point polls (the meter changes every reading): one row, one id and one sample each."""
     store.add_readings([Reading(f"m{i % 10}", "e", ts0 + i * step, float(i)) for i in range(n)])
 
 
@@ -32,7 +33,7 @@ def add_envelopes(store: Store, n: int, created_ms: int, size: int = 4000) -> li
 
 
 def reading_ids(store: Store) -> list[int]:
-    return [r[0] for r in store.conn.execute("SELECT id FROM readings ORDER BY id")]
+    return [r[0] for r in store.conn.execute("SELECT id FROM polls ORDER BY id")]
 
 
 def outbox_seqs(store: Store) -> list[int]:

@@ -321,11 +321,11 @@ def test_damaged_page_salvages_chain_head(tmp_path: Path) -> None:
     s = Store(path)
     payloads = put(s, 3)
     s.add_readings([Reading("m", "e", T0 + i, float(i)) for i in range(50_000)])
-    root = s.conn.execute("SELECT rootpage FROM sqlite_master WHERE name='readings'").fetchone()
+    root = s.conn.execute("SELECT rootpage FROM sqlite_master WHERE name='polls'").fetchone()
     page = s.conn.execute("PRAGMA page_size").fetchone()[0]
     s.checkpoint()
     s.close()
-    with open(path, "r+b") as f:  # wreck the readings table's root page only
+    with open(path, "r+b") as f:  # wreck the polls table's root page only
         f.seek((root[0] - 1) * page)
         f.write(b"\xff" * page)
     s = Store(path)
