@@ -229,9 +229,7 @@ def _reclaim(store: Store) -> None:
     if free < VACUUM_MIN_FREE_PAGES:
         return
     while free > 0:
-        with store.transaction() as c:
-            # A PRAGMA that returns rows only runs as far as it is stepped: fetch them all.
-            c.execute(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})").fetchall()
+        store.give_back_pages(VACUUM_STEP_PAGES)
         left = store.free_pages()
         if left >= free:
             break

@@ -193,6 +193,17 @@ class Store(Readings, Outbox):
     def free_pages(self) -> int:
         return int(self._one("PRAGMA freelist_count")[0])
 
+    def give_back_pages(self, pages: int) -> None:
+        """Return up to `pages` free pages to the filesystem (incremental vacuum), committed
+        on its own. Through executescript: sqlite3 steps a statement that has no result
+        columns once, and each step of incremental_vacuum frees a single page."""
+        if self._conn.in_transaction:
+            raise StoreError(f"store {self.path}: give_back_pages inside a transaction")
+        try:
+            self._conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+        except sqlite3.Error as e:
+            raise StoreError(schema.describe(self.path, e)) from e
+
     def checkpoint(self) -> None:
         """Copy the WAL into the database file and truncate it (after large deletes)."""
         self._all("PRAGMA wal_checkpoint(TRUNCATE)")

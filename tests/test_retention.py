@@ -145,6 +145,16 @@ def test_space_is_given_back(store: Store) -> None:
     assert store.free_pages() == 0
 
 
+def test_free_pages_go_back_in_steps_not_one_by_one(store: Store) -> None:
+    add_readings(store, 60_000, NOW - 30 * DAY, 10)
+    with store.transaction() as c:
+        c.execute("DELETE FROM polls")
+    free = store.free_pages()
+    assert free > 300
+    store.give_back_pages(200)
+    assert store.free_pages() == free - 200
+
+
 def test_new_readings_never_fall_behind_the_sealed_cursor(store: Store) -> None:
     add_readings(store, 100, NOW - 30 * DAY)
     store.set_cursor("sealed_rowid", 100)

@@ -81,6 +81,7 @@ def test_v1_store_migrates_with_its_ids_and_cursors(tmp_path: Path) -> None:
     assert store.last_reading_ts() == kept[-1][1].ts
     tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "readings" not in tables and "series" not in tables
+    assert store.free_pages() == 0  # what the v1 tables held is given back at once
 
     # Sealing resumes right after the cursor: exactly the v1 rows 16..30, formatted as before.
     sealer = Sealer(cfg, store, load_signer(cfg.signing.key_file), clock=lambda: T0 / 1000 + 60)
