@@ -59,18 +59,22 @@ def f32(x: float) -> float:
 
 def tick_rows(tick: int, meters: int, points: int, requests: int) -> list[Reading]:
     """One poll tick: every meter's points in order; with several requests per meter each
-    request's points carry its own reply time."""
+    request's points carry its own reply time. Names are shared strings, as the drivers pass
+    their config's meter.name and point.name."""
     rows = []
     per_request = -(-points // requests)
     for i in range(meters):
         ts = T0 + tick * 1000 + i
         for j in range(points):
             t = ts + (j // per_request) * 7
-            if j < points // 2:
-                rows.append(Reading(f"m{i}", f"p{j}", t, float(100_000 + 3 * tick + j)))
-            else:
-                rows.append(Reading(f"m{i}", f"p{j}", t, f32(230.0 + ((tick * 7 + i + j) % 50) / 10)))
+            counter = j < points // 2
+            value = float(100_000 + 3 * tick + j) if counter else f32(230.0 + ((tick * 7 + i + j) % 50) / 10)
+            rows.append(Reading(METERS[i], POINTS[j], t, value))
     return rows
+
+
+METERS = [f"m{i}" for i in range(10_000)]
+POINTS = [f"p{j}" for j in range(1_000)]
 
 
 def raw_bytes(store: Store) -> int:

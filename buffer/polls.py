@@ -59,7 +59,7 @@ class Layout:
         self.n = len(points)
         self.point_set = frozenset(points)
         self.meters = (meter,) * self.n
-        self.good = (0,) * self.n
+        self.good = (Quality.GOOD,) * self.n  # the drivers' own member: compared by identity
         self.pack = f64(self.n).pack
         self.pack_delta = u16(self.n).pack
 
