@@ -19,6 +19,7 @@ from agent.config import (
     ConfigError,
     MeterConfig,
     PointConfig,
+    Profile,
     ProfileInfo,
     load_profile,
     profile_names,
@@ -72,6 +73,10 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
 
     meters: dict[str, int] = {}
     units: dict[tuple[str, int], int] = {}
+    # The daemon keeps its config for life: each profile is read once, and meters of one model
+    # share equal (frozen) PointConfig objects instead of each holding copies.
+    profiles: dict[str, Profile] = {}
+    shared: dict[PointConfig, PointConfig] = {}
     for i, m in enumerate(cfg.meter):
         key = f"meter[{i}]"
         if m.name in meters:
@@ -86,15 +91,19 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
             units[m.bus, m.unit] = i
         if m.unit == 0:
             err(f"{key}.unit", "expected 1–247 (0 is broadcast and never answers)")
-        _resolve_points(cfg, m, key, err)
+        _resolve_points(m, key, err, profiles, shared)
 
 
-def _resolve_points(cfg: Config, m: MeterConfig, key: str, err: Any) -> None:
+def _resolve_points(
+    m: MeterConfig, key: str, err: Any, profiles: dict[str, Profile], shared: dict[PointConfig, PointConfig]
+) -> None:
     points: list[PointConfig] = []
     info: ProfileInfo | None = None
     if m.profile:
         try:
-            prof = load_profile(m.profile)
+            prof = profiles.get(m.profile)
+            if prof is None:
+                prof = profiles[m.profile] = load_profile(m.profile)
         except KeyError:
             err(f"{key}.profile", f"unknown profile {m.profile!r} (known: {', '.join(profile_names())})")
             return
@@ -104,6 +113,7 @@ def _resolve_points(cfg: Config, m: MeterConfig, key: str, err: Any) -> None:
         info = prof.profile
         points.extend(prof.point)
     names = {p.name for p in points}
+    m.point = [shared.setdefault(p, p) for p in m.point]
     for j, p in enumerate(m.point):
         if p.name in names:
             # An inline point with a profile point's name replaces it (site-specific override).
@@ -122,7 +132,7 @@ def _resolve_points(cfg: Config, m: MeterConfig, key: str, err: Any) -> None:
     for p in points:
         if p.name in m.codes:
             p = msgspec.structs.replace(p, code=m.codes[p.name])
-        resolved.append(p)
+        resolved.append(shared.setdefault(p, p))
     m.points = resolved
     if m.max_registers is None:
         m.max_registers = info.max_registers if info else 125

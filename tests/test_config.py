@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
+from agent.config import ConfigError, MeterConfig, load_config
 
 GOOD = """
 [agent]
@@ -125,3 +125,50 @@ def test_duplicate_unit_on_a_bus(tmp_path: Path) -> None:
     f.write_text(GOOD + GOOD[GOOD.index("[[meter]]"):].replace('name = "m1"', 'name = "m2"'), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"meter\[1\].unit: unit 1 on bus 'lan' is already meter\[0\]"):
         load_config(f)
+
+
+def _meters(tmp_path: Path, extra: str) -> list[MeterConfig]:
+    f = tmp_path / "a.toml"
+    f.write_text(GOOD + extra, encoding="utf-8")
+    return load_config(f).meter
+
+
+def test_equal_points_of_different_meters_are_one_object(tmp_path: Path) -> None:
+    # The daemon holds its config for life: 100 meters of one model must not cost 100 copies.
+    copy = GOOD[GOOD.index("[[meter]]"):].replace('name = "m1"', 'name = "m2"').replace("unit = 1\n", "unit = 2\n")
+    other = copy.replace('name = "m2"', 'name = "m3"').replace("unit = 2\n", "unit = 3\n").replace(
+        "scale = 0.01", "scale = 0.1")
+    m1, m2, m3 = _meters(tmp_path, copy + other)
+    assert m1.points[0] is m2.points[0] and m1.point[0] is m2.point[0]
+    assert m3.points[0] is not m1.points[0] and m3.points[0].scale == 0.1
+    assert m1.points[0].unit is m3.points[0].unit  # equal strings are shared too
+
+
+def test_a_code_override_does_not_leak_into_other_meters_of_the_same_profile(tmp_path: Path) -> None:
+    meters = """
+[[meter]]
+name = "a"
+bus = "lan"
+unit = 2
+profile = "acrel-dtsd1352"
+[meter.codes]
+import_active_energy = "01-00-0000-020101-10"
+
+[[meter]]
+name = "b"
+bus = "lan"
+unit = 3
+profile = "acrel-dtsd1352"
+"""
+    _, a, b = _meters(tmp_path, meters)
+    a_energy = next(p for p in a.points if p.name == "import_active_energy")
+    b_energy = next(p for p in b.points if p.name == "import_active_energy")
+    assert (a_energy.code, b_energy.code) == ("01-00-0000-020101-10", None)
+    others = [(p, q) for p, q in zip(a.points, b.points, strict=True) if p.name != "import_active_energy"]
+    assert others and all(p is q for p, q in others)
+
+
+def test_points_cannot_be_changed_in_place(tmp_path: Path) -> None:
+    (m,) = _meters(tmp_path, "")
+    with pytest.raises(AttributeError):
+        m.points[0].scale = 2.0  # type: ignore[misc]
