@@ -1,5 +1,5 @@
-"""Store throughput and footprint: readings/s through add_readings, bytes per reading,
-and pending()/backlog() latency with a large outbox.
+"""Store throughput and footprint: readings/s through add_readings, bytes per reading (one
+stored row per meter poll since schema v2), and pending()/backlog() latency with a large outbox.
 
 Run from the repo root: PYTHONPATH=. .venv/bin/python bench/store_write.py [--readings N] [--envelopes N]
 Results recorded at the bottom of this file.
@@ -20,19 +20,28 @@ T0 = 1_763_700_000_000
 
 
 def bench_readings(store: Store, n: int, batch: int, points: int) -> None:
-    used0 = store.used_bytes()
-    batches = [[Reading(f"meter{i % points // 8}", f"p{i % 8}", T0 + (k + i) // points * 60_000,
-                        12345.67 + (k + i) * 0.01) for i in range(batch)]
-               for k in range(0, n, batch)]
+    """n readings of `points` series (meters of 8 points), `batch` readings per commit."""
+    raw0 = raw_bytes(store)
+    names = [(f"meter{s // 8}", f"p{s % 8}") for s in range(points)]  # shared, as the drivers' are
+    batches = [[Reading(*names[i % points], T0 + (k + i) // points * 60_000, 12345.67 + (k + i) * 0.01)
+                for i in range(batch)] for k in range(0, n, batch)]
     start = time.perf_counter()
     for rows in batches:
         store.add_readings(rows)
     dt = time.perf_counter() - start
     done = len(batches) * batch
-    per = (store.used_bytes() - used0) / done
+    per = (raw_bytes(store) - raw0) / done
     print(f"add_readings: {done} readings in batches of {batch}: {done / dt:,.0f} readings/s,"
           f" {dt / (done / batch) * 1000:.2f} ms per commit, {per:.1f} bytes/reading"
-          " (table + (series, ts) index)")
+          " (poll rows of 8 points + poll_index)")
+
+
+def raw_bytes(store: Store) -> int:
+    """Pages of the tables that hold readings and their indexes (dbstat), after a checkpoint."""
+    store.checkpoint()
+    return int(store.conn.execute(
+        "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN ('polls', 'poll_index', 'layouts')"
+        " OR name LIKE 'idx_layouts%'").fetchone()[0])
 
 
 def bench_outbox(store: Store, n: int, size: int) -> None:
@@ -89,11 +98,13 @@ if __name__ == "__main__":
     main()
 
 # Recorded 2026 on the shared dev VM (2 vCPU, virtio disk, SQLite 3.40.1, WAL + synchronous=FULL),
-# 200 series, values with 2 decimals, default arguments:
-#   add_readings: 500000 readings in batches of 1000: 148,180 readings/s, 6.75 ms per commit,
-#                 47.4 bytes/reading (dbstat: table 27.4 + (series_id, ts) index 20.6)
-#   add_readings: 200000 readings in batches of 100: 58,704 readings/s, 1.70 ms per commit
-#   enqueue: 0.24 ms each (one commit; eMMC/SD fsyncs cost far more)
+# store schema v2 (one row per meter poll), 200 series as 25 meters of 8 points, values with
+# 2 decimals, default arguments (schema v1, one row per reading, in brackets):
+#   add_readings: 500000 readings in batches of 1000: 1,161,660-1,286,779 readings/s (148,180),
+#                 0.78-0.86 ms per commit (6.75), 13.0 bytes/reading (47.4): poll rows + poll_index
+#   add_readings: 200000 readings in batches of 100: 319,438-390,457 readings/s (58,704),
+#                 0.26-0.31 ms per commit (1.70), 13.4 bytes/reading
+#   enqueue: 0.34-0.38 ms each (one commit; eMMC/SD fsyncs cost far more)
 #   with 500000 envelopes in the outbox:
-#     pending(limit=100) at the watermark 0.92 ms; pending(after_seq=n-200) 0.55 ms
-#     backlog() 11.7 ms; mark_delivered(100 in order) 2.2 ms; mark_delivered(1 out of order) 0.3 ms
+#     pending(limit=100) at the watermark 0.66 ms; pending(after_seq=n-200) 0.38 ms
+#     backlog() 8.1 ms; mark_delivered(100 in order) 1.3 ms; mark_delivered(1 out of order) 0.2 ms
