@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from buffer import readings
 from buffer.retention import prune
 from buffer.store import EnvelopeMeta, Store
 from drivers.base import Reading
@@ -143,6 +144,30 @@ def test_space_is_given_back(store: Store) -> None:
     assert report.bytes_after == store.size_bytes()
     assert store.size_bytes() < before / 4
     assert store.free_pages() == 0
+
+
+def test_poll_rows_go_whole_counted_in_samples_with_their_index_entries(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readings, "INDEX_ROWS_PER_LAYOUT", 4)  # most rows indexed, some not yet
+
+    def tick(ts: int) -> None:
+        store.add_readings([Reading(f"m{i}", f"p{k}", ts + i, float(k)) for i in range(3) for k in range(12)])
+
+    for t in range(40):  # old, but tick 20 stamped by a clock that had jumped a day ahead
+        tick(NOW - 30 * DAY + t * 1000 if t != 20 else NOW - DAY)
+    for t in range(5):
+        tick(NOW - DAY + (t + 1) * 1000)
+    store.set_cursor("sealed_rowid", 135)
+    assert store.cursor(readings.INDEXED_CURSOR) == 132
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
+    assert report.raw_readings == 39 * 3 * 12  # samples, not rows
+    assert store.counters()["pruned_readings"] == 39 * 3 * 12
+    left = reading_ids(store)
+    assert left == [61, 62, 63, *range(121, 136)]
+    indexed = [r[0] for r in store.conn.execute("SELECT id FROM poll_index ORDER BY id")]
+    assert indexed == [i for i in left if i <= 132]  # no entry outlives its row
+    assert [r.ts for r in store.readings_for("m1", "p7", NOW - 2 * DAY, NOW)] == [
+        NOW - DAY + 1 + t * 1000 for t in range(6)]
 
 
 def test_free_pages_go_back_in_steps_not_one_by_one(store: Store) -> None:
