@@ -10,7 +10,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.canonical import MAX_SAFE_INTEGER, _plain, _reference, canonical
+from agent.canonical import MAX_SAFE_INTEGER, _plain, _reference, canonical, canonical_string
 
 ints = st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
 # Hypothesis text() never yields lone surrogates, so every string is valid UTF-8. Bias towards
@@ -38,6 +38,12 @@ def test_matches_rfc8785_oracle(value: object) -> None:
     # writer for non-BMP keys and anything it must refuse.
     assert canonical(value) == expected
     assert _reference(value) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts)
+def test_canonical_string_is_the_jcs_form_of_a_string(s: str) -> None:
+    assert canonical_string(s).encode("utf-8") == rfc8785.dumps(s)
 
 
 def test_fast_path_is_taken_for_envelope_shaped_values() -> None:

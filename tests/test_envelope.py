@@ -281,6 +281,21 @@ def test_build_envelope_refuses(overrides: dict[str, Any], error: type, message:
         build_chain(new_signer(), 1, **overrides)
 
 
+def test_pre_encoded_body_gives_the_same_envelope() -> None:
+    signer = new_signer()  # Ed25519 signatures are deterministic: same key and bytes, same sig
+    body = samples(4)
+    common: dict[str, Any] = dict(seq=2, prev="a" * 64, type="readings", enterprise=E, gateway=G,
+                                  created=T0, signer=signer)
+    plain = build_envelope(body=body, **common)
+    assert build_envelope(body_json=canonical(body), **common) == plain
+    verifier_for(signer).accept(build_envelope(seq=1, prev=GENESIS_PREV, type="readings", enterprise=E,
+                                               gateway=G, created=T0, signer=signer,
+                                               body_json=canonical(body)))
+    for wrong in ({"body": body, "body_json": canonical(body)}, {}, {"body_json": b"[1]"}):
+        with pytest.raises(TypeError, match="body"):
+            build_envelope(**common, **wrong)
+
+
 @pytest.mark.parametrize(
     ("value", "decimals", "expected"),
     [
