@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from agent.config import Config
@@ -32,6 +33,8 @@ CLOCK_BEHIND_MS = 10 * 60 * 1000
 
 # A stored poll row: (id, layout_id, ts, vals, quality, ts_delta), see buffer/polls.py.
 Row = tuple[int, int, int, bytes, bytes | None, bytes | None]
+# An envelope body: a dict, its canonical JSON bytes, or a function that makes them.
+Body = dict[str, Any] | bytes | Callable[[], bytes]
 
 
 class ClockImplausible(Exception):
@@ -87,21 +90,24 @@ class Sealer:
         bytes of one (see build_envelope's body_json)."""
         return self._seal_all(type, [(body, cursor)], period)[0]
 
-    def _seal_all(self, type: str, items: list[tuple[dict[str, Any] | bytes, tuple[str, int] | None]],
+    def _seal_all(self, type: str, items: list[tuple[Body, tuple[str, int] | None]],
                   period: str | None = None) -> list[int]:
-        """Several envelopes of one type, consecutive along the chain, in one transaction."""
+        """Several envelopes of one type, consecutive along the chain, in one transaction. A
+        body may be a function returning its canonical bytes, called only when its envelope is
+        built: one body at a time in memory, however many envelopes the transaction holds."""
         a = self.cfg.agent
         topic = topic_for(self.cfg.platform.topic_prefix, a.enterprise, a.gateway, type)
 
-        def builder(body: dict[str, Any] | bytes) -> EnvelopeBuilder:
+        def builder(body: Body) -> EnvelopeBuilder:
             def build(seq: int, prev: str) -> tuple[bytes, EnvelopeMeta]:
                 # Runs under the store's write lock: the clock is read here so `created` never
                 # goes backwards along the chain, even with two processes sealing.
+                content = body() if callable(body) else body
                 now = self.clock()
                 payload = build_envelope(
                     seq=seq, prev=prev, type=type, enterprise=a.enterprise, gateway=a.gateway,
                     created=datetime.fromtimestamp(int(now), self.tz), signer=self.signer,
-                    **({"body_json": body} if isinstance(body, bytes) else {"body": body}),
+                    **({"body_json": content} if isinstance(content, bytes) else {"body": content}),
                 )
                 meta = EnvelopeMeta(seq=seq, id=envelope_id(a.enterprise, a.gateway, seq), type=type,
                                     topic=topic, created_ms=int(now * 1000), period=period)
@@ -129,7 +135,7 @@ class Sealer:
             chunks = self._chunks(rows)
             if len(rows) == self.batch and len(chunks) > 1:
                 chunks.pop()  # perhaps not full: more rows follow, so it goes with them next round
-            made += len(self._seal_all("readings", [(self._body(chunk), (SEALED_CURSOR, chunk[-1][0]))
+            made += len(self._seal_all("readings", [(partial(self._body, chunk), (SEALED_CURSOR, chunk[-1][0]))
                                                     for chunk in chunks]))
             after = chunks[-1][-1][0]
 
