@@ -6,7 +6,7 @@ read back in commit order (the sealer, tools) and by meter, point and time (acco
 Why `poll_index` is filled behind the writer rather than being an index on polls(layout_id,
 ts): such an index takes one entry per meter on every tick, each in a different B-tree page,
 so every tick's commit would rewrite as many index pages as there are meters — for 100 meters
-~400 KB of WAL a second and half of the store thread's CPU, where the rows themselves take
+~400 KB of WAL a second, and twice the CPU of inserting the rows, which themselves take
 ~13 KB. Instead, rows after the cursor `indexed_poll_id` (fewer than INDEX_ROWS_PER_LAYOUT per
 layout) are found by scanning the table's newest rows, and once there are that many they are
 indexed in one statement inside the commit that adds the next tick: each index page is then
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from buffer.store import MeterStatus
 
 INDEXED_CURSOR = "indexed_poll_id"
-INDEX_ROWS_PER_LAYOUT = 64
+INDEX_ROWS_PER_LAYOUT = 64  # rows indexed at once: this many per meter
 
 # Rows go in with multi-row INSERTs of these sizes (largest first): one statement costs ~25 %
 # less per row than executemany, mostly because AUTOINCREMENT updates sqlite_sequence once per
@@ -120,7 +120,8 @@ class Readings:
                     (s.meter, s.bus, int(s.online), s.last_good_ms, s.last_error_ms, s.last_error,
                      s.errors_total, s.consecutive_failures) for s in statuses])
             unindexed = self._unindexed + len(rows_out)
-            if unindexed >= INDEX_ROWS_PER_LAYOUT * max(1, len(self._layouts) + len(new)):
+            # Per meter in use rather than per layout: a v1 store brings a layout per point.
+            if unindexed >= INDEX_ROWS_PER_LAYOUT * max(1, len(self._latest) + len(new)):
                 self._index(c)
                 unindexed = 0
         # Only after the commit: a rolled-back layout id must not stay cached.

@@ -139,6 +139,13 @@ def test_readings_for_across_the_index_cursor(store: Store, monkeypatch: pytest.
     assert store.conn.execute("SELECT count(*) FROM poll_index").fetchone() == (40,)
 
 
+def test_readings_for_searches_the_index_and_only_the_newest_rows(store: Store) -> None:
+    plan = " | ".join(r[3] for r in store.conn.execute("EXPLAIN QUERY PLAN " + readings._POINT_SQL,
+                                                         (1, 1, 1, 1, 0, 1)))
+    assert "SEARCH i USING PRIMARY KEY (layout_id=? AND ts>? AND ts<?)" in plan, plan
+    assert "SEARCH p USING INTEGER PRIMARY KEY (rowid>?)" in plan, plan
+
+
 def test_readings_for_sorts_by_sample_time_then_commit_order(store: Store) -> None:
     # Row 1 starts earlier but its "b" sample is later than row 2's; row 3 ties with row 2.
     store.add_readings([Reading("m", "a", T0, 1.0), Reading("m", "b", T0 + 500, 2.0)])
