@@ -165,3 +165,33 @@ def test_dependencies_work_without_writable_executable_memory() -> None:
         pytest.skip("kernel lacks PR_SET_MDWE (Linux < 6.3)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok")
+
+
+UNIT_ENV_PROBE = textwrap.dedent(
+    """
+    import sys, traceback
+    import agent.app, agent.reports, drivers.modbus_tcp, drivers.modbus_rtu
+    def f():
+        return 1 / 0
+    try:
+        f()
+    except ZeroDivisionError:
+        text = traceback.format_exc()
+    assert "line 5, in f" in text and "ZeroDivisionError" in text, text
+    # Column offsets are what PYTHONNODEBUGRANGES leaves out of every code object.
+    print(sorted({col for *_, col in f.__code__.co_positions()}, key=str))
+    """
+)
+
+
+def test_the_agent_imports_and_tracebacks_work_under_the_units_environment() -> None:
+    env = {"PATH": os.environ.get("PATH", "")}
+    for assignment in unit_settings().get("Environment", []):
+        key, _, value = assignment.partition("=")
+        env[key] = value
+    proc = subprocess.run(
+        [sys.executable, "-c", UNIT_ENV_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[None]"  # no column tables: issue 2, RSS
