@@ -254,12 +254,10 @@ class App:
                 self._overrun(p.bus.name)
                 continue
             task = self.cycles[p.bus.name] = asyncio.create_task(self._poll(p))
-            self.polls_running.add(task)  # from now: shutdown waits for it
+            self.polls_running.add(task)  # from now until it ends, shutdown waits for it
+            task.add_done_callback(self.polls_running.discard)
 
     async def _poll(self, poller: BusPoller) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.polls_running.add(task)
         try:
             if not self.stop.is_set():
                 await poller.poll_once()
@@ -269,9 +267,6 @@ class App:
             log.info("bus %s: poll cycle cancelled at shutdown", poller.bus.name)
         except Exception as e:  # the job must run again next interval whatever happened
             log.error("bus %s: poll cycle failed: %s: %s", poller.bus.name, type(e).__name__, e)
-        finally:
-            if task is not None:
-                self.polls_running.discard(task)
 
     async def _seal(self) -> None:
         try:
