@@ -12,6 +12,7 @@ some TCP servers stamp a late reply with the wrong one).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import struct
@@ -70,6 +71,7 @@ def summary(whys: list[str], most: int = 3) -> str:
 _PointDecoder = tuple[str, Any, int, int, "PointConfig"]
 
 
+@functools.cache  # 8 types x 4 orders at most: one Struct each, not one per configured point
 def _unpacker(type: str, order: str) -> Any:
     """struct's unpack_from for the orders that are plain big or little endian over the whole
     value (ABCD, DCBA; and every order of a 16-bit type); None for word-swapped orders, which
