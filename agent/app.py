@@ -82,7 +82,8 @@ class App:
         self.forwarder = Forwarder(self.store, self.db, self.uplink, "mqtt", cfg.platform.inflight)
         self.heartbeat.forwarder = self.forwarder
         self.watchdog = Watchdog()
-        self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4))
+        self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4),
+                                     committed=self._committed, failed=self._fatal)
         self.pollers = self._pollers()
         statuses = await self.in_db(self.store.meter_statuses)
         for p in self.pollers:
@@ -138,7 +139,7 @@ class App:
         if self.polls_running:
             await asyncio.wait(self.polls_running, timeout=10)
         scheduler.shutdown(wait=False)
-        with contextlib.suppress(StoreError):
+        with contextlib.suppress(Exception):  # a failed commit was reported through _fatal
             await self.batcher.flush()
         with contextlib.suppress(Exception):
             await self._seal()
@@ -179,18 +180,18 @@ class App:
 
     def _sink(self, bus: str) -> Callable[[list[Reading], list[MeterStatus]], Any]:
         async def sink(readings: list[Reading], statuses: list[MeterStatus]) -> None:
-            try:
-                await self.batcher.add(readings, statuses)
-            except StoreError as e:
-                self._fatal(e)
-                raise
-            self.watchdog.beat(bus)
-            if not self.first_poll_done:
-                # READY after the first committed cycle: one slow line must not hold up start-up.
-                self.first_poll_done = True
-                self.watchdog.mark_ready(f"polling {len(self.pollers)} bus(es)")
+            self.batcher.add(bus, readings, statuses)
 
         return sink
+
+    def _committed(self, buses: set[str]) -> None:
+        """A bus is alive once its samples are durable, not when they were read."""
+        for bus in buses:
+            self.watchdog.beat(bus)
+        if not self.first_poll_done:
+            # READY after the first commit: one slow line must not hold up start-up.
+            self.first_poll_done = True
+            self.watchdog.mark_ready(f"polling {len(self.pollers)} bus(es)")
 
     async def _commit(self, readings: list[Reading], statuses: list[MeterStatus]) -> None:
         await self.in_db(self.store.add_readings, readings, statuses)
@@ -253,26 +254,19 @@ class App:
                 self._overrun(p.bus.name)
                 continue
             task = self.cycles[p.bus.name] = asyncio.create_task(self._poll(p))
-            self.polls_running.add(task)  # from now: shutdown waits for it
+            self.polls_running.add(task)  # from now until it ends, shutdown waits for it
+            task.add_done_callback(self.polls_running.discard)
 
     async def _poll(self, poller: BusPoller) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.polls_running.add(task)
         try:
             if not self.stop.is_set():
                 await poller.poll_once()
-        except StoreError:
-            pass  # already fatal
         except asyncio.CancelledError:
             # Only at shutdown, past the grace for running cycles: what was read is lost,
             # nothing committed is. Not an error worth a traceback from the scheduler.
             log.info("bus %s: poll cycle cancelled at shutdown", poller.bus.name)
         except Exception as e:  # the job must run again next interval whatever happened
             log.error("bus %s: poll cycle failed: %s: %s", poller.bus.name, type(e).__name__, e)
-        finally:
-            if task is not None:
-                self.polls_running.discard(task)
 
     async def _seal(self) -> None:
         try:

@@ -115,8 +115,15 @@ class BusPoller:
             log.error("%s", message)
             self._failed(meter, h, message, busy=False)
             return gaps(meter, self._now_ms(), Quality.CORRUPT), True
-        good = [r for r in rows if r.quality == Quality.GOOD]
-        bad = [r for r in rows if r.quality != Quality.GOOD]
+        bad = [r for r in rows if r.quality]  # Quality.GOOD is the only 0
+        if not bad:  # the every-cycle case, kept short
+            if not h.online:
+                log.info("%s: back online", label(meter))
+                h.online = True
+            h.consecutive_failures = 0
+            h.last_good_ms = max([r.ts for r in rows]) if rows else h.last_good_ms
+            return rows, True
+        good = [r for r in rows if not r.quality]
         if good:
             if not h.online:
                 log.info("%s: back online", label(meter))

@@ -97,8 +97,45 @@ def floor(ports: list[int], seconds: float) -> dict[str, float]:
 
 
 def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return proc_cpu_path(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of `pid`, by thread id (the main thread's id is `pid`)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = proc_cpu_path(task / "stat")
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
+def proc_cpu_path(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def written_bytes(pid: int) -> int:
+    """Bytes the process caused to be written to storage (/proc/PID/io write_bytes)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_by_mapping(pid: int) -> dict[str, int]:
+    """Resident KiB of `pid` by what is mapped: a file's name, or "[anon]" / "[heap]"."""
+    out: dict[str, int] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            name = Path(head[5]).name if len(head) > 5 and head[5].startswith("/") else (
+                head[5] if len(head) > 5 else "[anon]")
+        elif head[0] == "Rss:":
+            out[name] = out.get(name, 0) + int(head[1])
+    return out
 
 
 def proc_rss_mib(pid: int) -> float:
@@ -151,18 +188,24 @@ heartbeat = 3600
                                   "-f", "raw", "-o", os.environ["BENCH_PROFILE"]],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t0, cpu0 = time.time(), proc_cpu(proc.pid)
+            threads0, written0 = thread_cpu(proc.pid), written_bytes(proc.pid)
             rss = []
             while time.time() < t0 + seconds:
                 time.sleep(1)
                 rss.append(proc_rss_mib(proc.pid))
             t1, cpu1 = time.time(), proc_cpu(proc.pid)
+            threads1, written1 = thread_cpu(proc.pid), written_bytes(proc.pid)
+            mappings = rss_by_mapping(proc.pid)
         finally:
             proc.terminate()
             proc.wait(30)
     db = sqlite3.connect(tmp / "data" / "agent.db")
     rows = db.execute("SELECT COUNT(*) FROM readings WHERE ts BETWEEN ? AND ? AND quality = 0",
                       (int(t0 * 1000), int(t1 * 1000))).fetchone()[0]
+    threads = {tid: threads1[tid] - threads0.get(tid, 0.0) for tid in threads1}
     return {"transactions": rows / POINTS, "cpu_s": cpu1 - cpu0, "rss_max": max(rss),
+            "threads": [threads.pop(proc.pid, 0.0), *sorted(threads.values(), reverse=True)],
+            "written_per_s": (written1 - written0) / (t1 - t0), "mappings": mappings,
             "rss_last": rss[-1], "rss_first": rss[0]}
 
 
@@ -204,9 +247,14 @@ def main() -> None:
     print(f"meters {a.meters} x {POINTS} points, 1 s interval, {a.seconds:g} s measured")
     print(f"pymodbus floor : {fl['transactions']:.0f} transactions, {fl['cpu_s']:.2f} s CPU, {f_us:.0f} µs/transaction")
     print(f"energy-agent   : {ag['transactions']:.0f} transactions, {ag['cpu_s']:.2f} s CPU, {a_us:.0f} µs/transaction")
+    per_thread = ", ".join(f"{c / ag['transactions'] * 1e6:.0f}" for c in ag["threads"] if c > 0)
+    print(f"  by thread (main first), µs/transaction: {per_thread}")
+    print(f"  written to storage: {ag['written_per_s'] / 1024:.0f} KiB/s")
     print(f"ratio agent/floor: {a_us / f_us:.2f}  (target ≤ 1.5)")
     print(f"agent RSS: first {ag['rss_first']:.1f} MiB, last {ag['rss_last']:.1f} MiB, "
           f"max {ag['rss_max']:.1f} MiB  (target ≤ 45 MiB)")
+    top = sorted(ag["mappings"].items(), key=lambda kv: -kv[1])[:8]
+    print("  by mapping, MiB: " + ", ".join(f"{name} {kib / 1024:.1f}" for name, kib in top))
 
 
 if __name__ == "__main__":

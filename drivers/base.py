@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol
+
+import msgspec
 
 if TYPE_CHECKING:
     from agent.config import MeterConfig
@@ -21,9 +22,13 @@ class Quality(IntEnum):
     INVALID = 5  # decoded, but not a usable number (NaN, inf)
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One sample of one point. A gap has value None and a quality other than GOOD."""
+class Reading(msgspec.Struct, frozen=True, gc=False):
+    """One sample of one point. A gap has value None and a quality other than GOOD.
+
+    A msgspec Struct rather than a dataclass: every poll makes one per point (1200 a second
+    on a 100-meter site), and a Struct is built in C in a tenth of a frozen dataclass's
+    time, without a GC header (it holds no containers, so it can never be part of a cycle).
+    """
 
     meter: str
     point: str

@@ -12,6 +12,7 @@ some TCP servers stamp a late reply with the wrong one).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import struct
@@ -70,6 +71,7 @@ def summary(whys: list[str], most: int = 3) -> str:
 _PointDecoder = tuple[str, Any, int, int, "PointConfig"]
 
 
+@functools.cache  # 8 types x 4 orders at most: one Struct each, not one per configured point
 def _unpacker(type: str, order: str) -> Any:
     """struct's unpack_from for the orders that are plain big or little endian over the whole
     value (ABCD, DCBA; and every order of a 16-bit type); None for word-swapped orders, which
@@ -113,6 +115,7 @@ class RequestExecutor:
         # id(request) -> (request, how to decode its points); the request is held, so its id
         # cannot be reused by another while the entry exists.
         self._tables: dict[int, tuple[ReadRequest, list[_PointDecoder]]] = {}
+        self._covers: dict[int, tuple[ReadRequest, list[PointConfig], bool]] = {}
 
     async def read(
         self, client: ModbusBaseClient, meter: MeterConfig, plan: list[ReadRequest]
@@ -153,6 +156,10 @@ class RequestExecutor:
                         len(request.points))
                 continue
             answered = True
+            if len(plan) == 1 and self._covers_in_order(request, meter):
+                # The common case (one request covering the meter in point order): decoded
+                # straight into the result, no per-point look-up.
+                return self._decoded(meter, request, registers, ts)
             self._decode_request(got, meter, request, registers, ts)
         if plan and len(failures) == len(plan):
             if all(f.busy for f in failures):
@@ -179,7 +186,7 @@ class RequestExecutor:
             if request.function == "holding"
             else client.read_input_registers
         )
-        where = f"{request.function} {request.start}..{request.end - 1}"
+        where = request.where
         if meter.unit in self.guard._until:  # nothing to wait out or flush otherwise
             await self.guard.clear(client, meter.unit)
         started = time.monotonic()
@@ -255,7 +262,7 @@ class RequestExecutor:
                 f"exception {code} ({name}) reading {where} — {hint}",
                 Quality.EXCEPTION, answered=True, busy=code == BUSY,
             )
-        registers = list(getattr(reply, "registers", None) or [])
+        registers: list[int] = getattr(reply, "registers", None) or []
         if len(registers) != request.count:
             # Too many is as wrong as too few: the frame answers some other request.
             raise _RequestFailed(
@@ -264,6 +271,16 @@ class RequestExecutor:
                 Quality.CORRUPT, answered=True,
             )
         return registers, ts
+
+    def _covers_in_order(self, request: ReadRequest, meter: MeterConfig) -> bool:
+        """Whether `request` reads exactly the meter's points, in the meter's order."""
+        entry = self._covers.get(id(request))
+        if entry is None or entry[0] is not request or entry[1] is not meter.points:
+            points = meter.points
+            same = len(request.points) == len(points) and all(
+                a is b for a, b in zip(request.points, points, strict=True))
+            entry = self._covers[id(request)] = (request, points, same)
+        return entry[2]
 
     def _table(self, request: ReadRequest) -> list[_PointDecoder]:
         entry = self._tables.get(id(request))
@@ -277,23 +294,33 @@ class RequestExecutor:
         self, got: dict[str, Reading], meter: MeterConfig, request: ReadRequest,
         registers: list[int], ts: int,
     ) -> None:
-        """Every point of an answered request: _decode_point's result, with one struct call
-        per point on the reply's bytes instead of codec.decode's per-value permutation."""
+        for reading in self._decoded(meter, request, registers, ts):
+            got[reading.point] = reading
+
+    def _decoded(
+        self, meter: MeterConfig, request: ReadRequest, registers: list[int], ts: int
+    ) -> list[Reading]:
+        """A Reading per point of an answered request, in the request's point order:
+        _decode_point's result, with one struct call per point on the reply's bytes instead
+        of codec.decode's per-value permutation."""
         try:
             wire: bytes | None = struct.pack(f">{len(registers)}H", *registers)
         except struct.error:  # not 16-bit values: leave the masking to codec.decode
             wire = None
         name = meter.name
         isfinite = math.isfinite
+        out: list[Reading] = []
+        append = out.append
         for pname, unpack, byte_offset, _, point in self._table(request):
             if unpack is None or wire is None:
-                got[pname] = self._decode_point(meter, request, point, registers, ts)
+                append(self._decode_point(meter, request, point, registers, ts))
                 continue
             value = unpack(wire, byte_offset)[0] * point.scale + point.offset  # apply_scale
             if isfinite(value):
-                got[pname] = Reading(name, pname, ts, value, _GOOD)
+                append(Reading(name, pname, ts, value, _GOOD))
             else:
-                got[pname] = Reading(name, pname, ts, None, Quality.INVALID)
+                append(Reading(name, pname, ts, None, Quality.INVALID))
+        return out
 
     @staticmethod
     def _decode_point(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from agent.config import MeterConfig, PointConfig
 
@@ -29,6 +30,11 @@ class ReadRequest:
     def end(self) -> int:
         """One past the last register read."""
         return self.start + self.count
+
+    @cached_property
+    def where(self) -> str:
+        """How messages name the request: `holding 0..23` (built once, not per poll)."""
+        return f"{self.function} {self.start}..{self.end - 1}"
 
 
 def plan_reads(

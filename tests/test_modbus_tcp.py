@@ -200,6 +200,10 @@ def test_twelve_point_meter_in_minimum_requests() -> None:
             assert sim.requests == 3
             # The plan is computed once per meter and reused.
             assert driver.plan(coalesced) is driver.plan(coalesced)
+            # Points listed out of address order still come back in the meter's order.
+            shuffled = meter(twelve_points()[::-1], unit=3, name="shuffled")
+            readings = await driver.read(shuffled)
+            assert [(r.point, r.value) for r in readings] == [(f"v{i}", i + 0.5) for i in reversed(range(12))]
         finally:
             await driver.close()
 
