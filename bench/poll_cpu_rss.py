@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -104,10 +104,8 @@ def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of each thread of `pid`, by thread id (the main thread's id is `pid`)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
             out[int(task.name)] = proc_cpu_path(task / "stat")
-        except (FileNotFoundError, ProcessLookupError):
-            pass
     return out
 
 
@@ -199,9 +197,12 @@ heartbeat = 3600
         finally:
             proc.terminate()
             proc.wait(30)
-    db = sqlite3.connect(tmp / "data" / "agent.db")
-    rows = db.execute("SELECT COUNT(*) FROM readings WHERE ts BETWEEN ? AND ? AND quality = 0",
-                      (int(t0 * 1000), int(t1 * 1000))).fetchone()[0]
+    from buffer.store import Store
+
+    store = Store(tmp / "data" / "agent.db", readonly=True)
+    lo, hi = int(t0 * 1000), int(t1 * 1000)
+    rows = sum(1 for _, r in store.readings_after(0, 10**9) if lo <= r.ts <= hi and r.quality == 0)
+    store.close()
     threads = {tid: threads1[tid] - threads0.get(tid, 0.0) for tid in threads1}
     return {"transactions": rows / POINTS, "cpu_s": cpu1 - cpu0, "rss_max": max(rss),
             "threads": [threads.pop(proc.pid, 0.0), *sorted(threads.values(), reverse=True)],
