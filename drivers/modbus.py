@@ -2,20 +2,18 @@
 meter's replies (or silences) mean for each point.
 
 `RequestExecutor` runs a meter's plan on a connected pymodbus async client and turns replies
-into Readings. `ModbusDriver` owns one bus: it connects lazily, reconnects on the next read
-after a loss, and serialises every request on the bus with one lock. The TCP and RTU modules
-only say how to build the client and how to phrase hints. `LineGuard` (drivers/line_guard.py) keeps a late reply
-from being taken for the answer to a later request (RTU frames carry no transaction id, and
-some TCP servers stamp a late reply with the wrong one).
+into Readings (decoding lives in drivers/reply_decoder.py). `ModbusDriver` owns one bus: it
+connects lazily, reconnects on the next read after a loss, and serialises every request on
+the bus with one lock. The TCP and RTU modules only say how to build the client and how to
+phrase hints. `LineGuard` (drivers/line_guard.py) keeps a late reply from being taken for
+the answer to a later request (RTU frames carry no transaction id, and some TCP servers stamp
+a late reply with the wrong one).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import math
-import struct
 import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
@@ -23,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from drivers.base import MeterError, Quality, Reading
-from drivers.codec import FORMATS, apply_scale, decode, is_usable
 from drivers.line_guard import LineGuard, discard_input
 from drivers.planner import ReadRequest, plan_meter
+from drivers.reply_decoder import ReplyDecoder
 
 if TYPE_CHECKING:
     from pymodbus.client.base import ModbusBaseClient
 
-    from agent.config import BusConfig, MeterConfig, PointConfig
+    from agent.config import BusConfig, MeterConfig
 
 log = logging.getLogger("drivers.modbus")
 
@@ -66,27 +64,6 @@ def summary(whys: list[str], most: int = 3) -> str:
     return "; ".join(distinct[:most]) + more
 
 
-# (name, unpack_from or None, byte offset, register offset, point): how to decode one point of a
-# request's reply. Built once per planned request (see RequestExecutor._table).
-_PointDecoder = tuple[str, Any, int, int, "PointConfig"]
-
-
-@functools.cache  # 8 types x 4 orders at most: one Struct each, not one per configured point
-def _unpacker(type: str, order: str) -> Any:
-    """struct's unpack_from for the orders that are plain big or little endian over the whole
-    value (ABCD, DCBA; and every order of a 16-bit type); None for word-swapped orders, which
-    go through codec.decode. Either gives exactly codec.decode's result."""
-    fmt, count = FORMATS[type]
-    if order == "ABCD" or (count == 1 and order == "CDAB"):
-        return struct.Struct(">" + fmt).unpack_from
-    if order == "DCBA" or (count == 1 and order == "BADC"):
-        return struct.Struct("<" + fmt).unpack_from
-    return None
-
-
-_GOOD = Quality.GOOD
-
-
 class _RequestFailed(Exception):
     """One request produced no usable registers. `answered`: the meter did reply."""
 
@@ -112,10 +89,7 @@ class RequestExecutor:
         self.timed_out = False  # a request went unanswered since the driver last looked
         # Why requests failed in each meter's last read, one line each (without the meter label).
         self.failures: dict[str, list[str]] = {}
-        # id(request) -> (request, how to decode its points); the request is held, so its id
-        # cannot be reused by another while the entry exists.
-        self._tables: dict[int, tuple[ReadRequest, list[_PointDecoder]]] = {}
-        self._covers: dict[int, tuple[ReadRequest, list[PointConfig], bool]] = {}
+        self._decoder = ReplyDecoder()
 
     async def read(
         self, client: ModbusBaseClient, meter: MeterConfig, plan: list[ReadRequest]
@@ -156,11 +130,12 @@ class RequestExecutor:
                         len(request.points))
                 continue
             answered = True
-            if len(plan) == 1 and self._covers_in_order(request, meter):
+            if len(plan) == 1 and self._decoder.covers_in_order(request, meter):
                 # The common case (one request covering the meter in point order): decoded
                 # straight into the result, no per-point look-up.
-                return self._decoded(meter, request, registers, ts)
-            self._decode_request(got, meter, request, registers, ts)
+                return self._decoder.decoded(meter, request, registers, ts)
+            for reading in self._decoder.decoded(meter, request, registers, ts):
+                got[reading.point] = reading
         if plan and len(failures) == len(plan):
             if all(f.busy for f in failures):
                 raise MeterError(
@@ -271,67 +246,6 @@ class RequestExecutor:
                 Quality.CORRUPT, answered=True,
             )
         return registers, ts
-
-    def _covers_in_order(self, request: ReadRequest, meter: MeterConfig) -> bool:
-        """Whether `request` reads exactly the meter's points, in the meter's order."""
-        entry = self._covers.get(id(request))
-        if entry is None or entry[0] is not request or entry[1] is not meter.points:
-            points = meter.points
-            same = len(request.points) == len(points) and all(
-                a is b for a, b in zip(request.points, points, strict=True))
-            entry = self._covers[id(request)] = (request, points, same)
-        return entry[2]
-
-    def _table(self, request: ReadRequest) -> list[_PointDecoder]:
-        entry = self._tables.get(id(request))
-        if entry is None or entry[0] is not request:
-            table = [(p.name, _unpacker(p.type, p.order), 2 * (p.register - request.start),
-                      p.register - request.start, p) for p in request.points]
-            entry = self._tables[id(request)] = (request, table)
-        return entry[1]
-
-    def _decode_request(
-        self, got: dict[str, Reading], meter: MeterConfig, request: ReadRequest,
-        registers: list[int], ts: int,
-    ) -> None:
-        for reading in self._decoded(meter, request, registers, ts):
-            got[reading.point] = reading
-
-    def _decoded(
-        self, meter: MeterConfig, request: ReadRequest, registers: list[int], ts: int
-    ) -> list[Reading]:
-        """A Reading per point of an answered request, in the request's point order:
-        _decode_point's result, with one struct call per point on the reply's bytes instead
-        of codec.decode's per-value permutation."""
-        try:
-            wire: bytes | None = struct.pack(f">{len(registers)}H", *registers)
-        except struct.error:  # not 16-bit values: leave the masking to codec.decode
-            wire = None
-        name = meter.name
-        isfinite = math.isfinite
-        out: list[Reading] = []
-        append = out.append
-        for pname, unpack, byte_offset, _, point in self._table(request):
-            if unpack is None or wire is None:
-                append(self._decode_point(meter, request, point, registers, ts))
-                continue
-            value = unpack(wire, byte_offset)[0] * point.scale + point.offset  # apply_scale
-            if isfinite(value):
-                append(Reading(name, pname, ts, value, _GOOD))
-            else:
-                append(Reading(name, pname, ts, None, Quality.INVALID))
-        return out
-
-    @staticmethod
-    def _decode_point(
-        meter: MeterConfig, request: ReadRequest, point: PointConfig, registers: list[int], ts: int
-    ) -> Reading:
-        offset = point.register - request.start
-        raw = decode(registers[offset : offset + point.count], point.type, point.order)
-        value = apply_scale(raw, point)
-        if not is_usable(value):
-            return Reading(meter.name, point.name, ts, None, Quality.INVALID)
-        return Reading(meter.name, point.name, ts, value, Quality.GOOD)
 
     @staticmethod
     def _gaps(
