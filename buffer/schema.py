@@ -304,6 +304,11 @@ def open_readonly(path: Path) -> sqlite3.Connection:
         raise SchemaError(f"no store at {path}")
     conn = connect(path, readonly=True)
     found = user_version(conn)
+    if found == 0:
+        # A running agent creates the file first and its schema a moment later (in a child
+        # process); an inspector arriving in between must not call that a version mismatch.
+        conn.close()
+        raise SchemaError("the store has no schema yet — the agent is still creating it; try again shortly")
     if found != VERSION:
         conn.close()
         raise SchemaError(f"store schema version {found}, this agent reads {VERSION}")

@@ -16,6 +16,14 @@ def status(cfg: Path) -> dict:  # type: ignore[type-arg]
     return s
 
 
+def gone_state(cfg: Path) -> str | None:
+    """The dead meter's state, or None while the agent is still creating its store."""
+    s = status_json(cfg)
+    if s is None:
+        return None
+    return next((m["state"] for m in s["meters"] if m["meter"] == "gone"), None)
+
+
 def test_status_beside_a_running_agent(tmp_path: Path) -> None:
     with Mosquitto() as broker, CountingMeter() as meter:
         cfg = write_site(tmp_path, broker.port, meter.port, extra="""
@@ -42,8 +50,7 @@ code = "00-00-0000-020101-10"
         agent = AgentProcess(cfg).start()
         try:
             assert wait_until(lambda: (tmp_path / "data" / "agent.db").exists(), 20)
-            assert wait_until(lambda: next((m for m in status(cfg)["meters"] if m["meter"] == "gone"),
-                                           {}).get("state") == "offline", 30), agent.log_text()
+            assert wait_until(lambda: gone_state(cfg) == "offline", 30), agent.log_text()
             s = status(cfg)  # while the daemon writes
             assert agent.alive()
         finally:

@@ -356,6 +356,9 @@ def test_readonly_beside_a_writer(tmp_path: Path) -> None:
     path = tmp_path / "ro.db"
     with pytest.raises(StoreError, match="no store"):
         Store(path, readonly=True)
+    sqlite3.connect(path).close()  # the file exists, its schema is not written yet
+    with pytest.raises(StoreError, match="no schema yet"):
+        Store(path, readonly=True)
     writer = Store(path)
     put(writer, 2)
     writer.add_readings([Reading("m", "e", T0, 1.0)])
