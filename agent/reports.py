@@ -292,8 +292,22 @@ class Reporter:
         return out
 
     def _last_good(self, it: Item, now_ms: int) -> int | None:
-        rows = self.store.readings_for(it.meter, it.point, now_ms - 2 * DAY_WAIT_MS, now_ms + 1)
-        return next((r.ts for r in reversed(rows) if _good(r)), None)
+        """The newest good sample of `it` in the last 2 × DAY_WAIT_MS, or None.
+
+        Searched newest window first, each window twice the last: a meter that answers is
+        found among its last few polls instead of re-reading two hours of them per counter on
+        every run (720,000 samples at 1 s polling and 100 counters)."""
+        end = now_ms + 1
+        floor = now_ms - 2 * DAY_WAIT_MS
+        span = max(60_000, int(4 * self.poll_s * 1000))
+        while end > floor:
+            start = max(floor, end - span)
+            rows = self.store.readings_for(it.meter, it.point, start, end)
+            found = next((r.ts for r in reversed(rows) if _good(r)), None)
+            if found is not None:
+                return found
+            end, span = start, 2 * span
+        return None
 
     def _since(self, now_ms: int) -> date | None:
         """The first day to report: remembered once found, else the first day with readings."""

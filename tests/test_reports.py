@@ -245,3 +245,19 @@ def test_budget_pruning_leaves_the_open_day_whole(rig, hold: bool):
         assert item["value"] == "1440.00" and "gap" not in item["flags"]
     else:  # the same budget eats the morning of the day still open
         assert item["samples"] < 1440
+
+
+def test_last_good_found_behind_a_long_outage_and_not_beyond_two_hours(rig):
+    cfg, store, sealer = rig
+    _every_minute(store, "2026-11-21T22:00", "2026-11-21T22:31", 0.0, 1.0)  # last good 22:30
+    t = ms("2026-11-21T22:31")
+    store.add_readings([Reading("main", "kwh", t + i * MIN, None, Quality.TIMEOUT) for i in range(100)])
+    rep = Reporter(cfg, store, sealer)
+    (item,) = rep.items
+    # Found through several windows, newest first: gaps after it do not hide it.
+    assert rep._last_good(item, ms("2026-11-22T00:10")) == ms("2026-11-21T22:30") + 150
+    # Two hours after it, the day waits for nothing more from this meter.
+    assert rep._last_good(item, ms("2026-11-22T00:31")) is None
+    # The day is not closed at 00:10: the meter has not been read past midnight.
+    rep.seal_due(ms("2026-11-22T00:10"))
+    assert "2026-11-21" not in _bodies(store, "daily")
