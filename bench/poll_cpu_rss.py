@@ -100,18 +100,23 @@ def proc_cpu(pid: int) -> float:
     return proc_cpu_path(Path(f"/proc/{pid}/stat"))
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of each thread of `pid`, by thread id (the main thread's id is `pid`)."""
+def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds of each thread of `pid`, by thread id (the main thread's id
+    is `pid`)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
-            out[int(task.name)] = proc_cpu_path(task / "stat")
+            out[int(task.name)] = user_sys(task / "stat")
     return out
 
 
 def proc_cpu_path(stat: Path) -> float:
+    return sum(user_sys(stat))
+
+
+def user_sys(stat: Path) -> tuple[float, float]:
     fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def written_bytes(pid: int) -> int:
@@ -183,7 +188,7 @@ heartbeat = 3600
             time.sleep(warmup)
             if os.environ.get("BENCH_PROFILE"):  # py-spy collapsed stacks, for finding hot spots
                 subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(seconds)), "-r", "200",
-                                  "-f", "raw", "-o", os.environ["BENCH_PROFILE"]],
+                                  "-f", "raw", "--threads", "-o", os.environ["BENCH_PROFILE"]],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t0, cpu0 = time.time(), proc_cpu(proc.pid)
             threads0, written0 = thread_cpu(proc.pid), written_bytes(proc.pid)
@@ -203,9 +208,10 @@ heartbeat = 3600
     lo, hi = int(t0 * 1000), int(t1 * 1000)
     rows = sum(1 for _, r in store.readings_after(0, 10**9) if lo <= r.ts <= hi and r.quality == 0)
     store.close()
-    threads = {tid: threads1[tid] - threads0.get(tid, 0.0) for tid in threads1}
+    threads = {tid: tuple(b - a for a, b in zip(threads0.get(tid, (0.0, 0.0)), threads1[tid], strict=True))
+               for tid in threads1}
     return {"transactions": rows / POINTS, "cpu_s": cpu1 - cpu0, "rss_max": max(rss),
-            "threads": [threads.pop(proc.pid, 0.0), *sorted(threads.values(), reverse=True)],
+            "threads": [threads.pop(proc.pid, (0.0, 0.0)), *sorted(threads.values(), key=sum, reverse=True)],
             "written_per_s": (written1 - written0) / (t1 - t0), "mappings": mappings,
             "rss_last": rss[-1], "rss_first": rss[0]}
 
@@ -248,7 +254,9 @@ def main() -> None:
     print(f"meters {a.meters} x {POINTS} points, 1 s interval, {a.seconds:g} s measured")
     print(f"pymodbus floor : {fl['transactions']:.0f} transactions, {fl['cpu_s']:.2f} s CPU, {f_us:.0f} µs/transaction")
     print(f"energy-agent   : {ag['transactions']:.0f} transactions, {ag['cpu_s']:.2f} s CPU, {a_us:.0f} µs/transaction")
-    per_thread = ", ".join(f"{c / ag['transactions'] * 1e6:.0f}" for c in ag["threads"] if c > 0)
+    us = 1e6 / ag["transactions"]
+    per_thread = ", ".join(f"{(u + s) * us:.0f} ({u * us:.0f} user + {s * us:.0f} sys)"
+                           for u, s in ag["threads"] if u + s > 0)
     print(f"  by thread (main first), µs/transaction: {per_thread}")
     print(f"  written to storage: {ag['written_per_s'] / 1024:.0f} KiB/s")
     print(f"ratio agent/floor: {a_us / f_us:.2f}  (target ≤ 1.5)")
