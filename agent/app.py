@@ -202,7 +202,8 @@ class App:
             self.watchdog.mark_ready(f"polling {len(self.pollers)} bus(es)")
 
     async def _commit(self, readings: list[Reading], statuses: list[MeterStatus]) -> None:
-        await self.in_db(self.store.add_readings, readings, statuses)
+        rows = self.store.encode_readings(readings)  # here, where the readings are cache-hot
+        await self.in_db(self.store.add_encoded, rows, statuses)
 
     def _reporter(self) -> Any:
         try:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/poll_cpu_rss.py [--meters 100] [--seconds 60]
 
 100 simulated meters (12 points each, 24 registers, one request per meter per poll) run in
-their own process. In the same run, two pollers read them every second for `--seconds`:
+their own process. Two pollers read them every second, at the same time, for `--seconds`:
 
 - the floor: bare pymodbus async clients, one per meter, reading the same 24 registers;
 - the agent: `energy-agent run` as a subprocess, with one modbus-tcp bus per meter, storing,
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -92,8 +93,8 @@ def floor(ports: list[int], seconds: float) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_SELF)
     n = asyncio.run(main())
     after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"transactions": n, "cpu_s": cpu}
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {"transactions": n, "cpu_s": user + system, "user_s": user, "sys_s": system}
 
 
 def proc_cpu(pid: int) -> float:
@@ -148,7 +149,12 @@ def proc_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path) -> dict[str, float]:
+def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path,
+              ports_file: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """(the agent's figures, the floor's): the floor polls the same meters in another process
+    during the agent's measured window, so both see the same machine (on a shared VM its
+    speed drifts by ±20 % within minutes, which measured one after the other moved the ratio
+    by as much)."""
     from agent.signing import generate_key
     from hil.broker import Mosquitto
 
@@ -163,6 +169,7 @@ log_level = "warning"
 [platform]
 host = "127.0.0.1"
 port = {broker.port}
+send_raw = {os.environ.get("BENCH_SEND_RAW", "true")}
 [signing]
 key_file = "{tmp / 'k.pem'}"
 [schedule]
@@ -190,6 +197,9 @@ heartbeat = 3600
                 subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(seconds)), "-r", "200",
                                   "-f", "raw", "--threads", "-o", os.environ["BENCH_PROFILE"]],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            floor_proc = subprocess.Popen([sys.executable, __file__, "--floor", "--seconds", str(seconds),
+                                           "--ports-file", str(ports_file)], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True)
             t0, cpu0 = time.time(), proc_cpu(proc.pid)
             threads0, written0 = thread_cpu(proc.pid), written_bytes(proc.pid)
             rss = []
@@ -199,6 +209,10 @@ heartbeat = 3600
             t1, cpu1 = time.time(), proc_cpu(proc.pid)
             threads1, written1 = thread_cpu(proc.pid), written_bytes(proc.pid)
             mappings = rss_by_mapping(proc.pid)
+            out, err = floor_proc.communicate(timeout=seconds + 60)
+            if floor_proc.returncode != 0:
+                raise SystemExit(f"floor run failed:\n{err[-2000:]}")
+            fl = json.loads(out)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -210,7 +224,7 @@ heartbeat = 3600
     store.close()
     threads = {tid: tuple(b - a for a, b in zip(threads0.get(tid, (0.0, 0.0)), threads1[tid], strict=True))
                for tid in threads1}
-    return {"transactions": rows / POINTS, "cpu_s": cpu1 - cpu0, "rss_max": max(rss),
+    return fl, {"transactions": rows / POINTS, "cpu_s": cpu1 - cpu0, "rss_max": max(rss),
             "threads": [threads.pop(proc.pid, (0.0, 0.0)), *sorted(threads.values(), key=sum, reverse=True)],
             "written_per_s": (written1 - written0) / (t1 - t0), "mappings": mappings,
             "rss_last": rss[-1], "rss_first": rss[0]}
@@ -240,19 +254,15 @@ def main() -> None:
             while not ports_file.exists():
                 time.sleep(0.1)
             ports = json.loads(ports_file.read_text())
-            out = subprocess.run([sys.executable, __file__, "--floor", "--seconds", str(a.seconds),
-                                  "--ports-file", str(ports_file)], capture_output=True, text=True)
-            if out.returncode != 0:
-                raise SystemExit(f"floor run failed:\n{out.stderr[-2000:]}")
-            fl = json.loads(out.stdout)
-            ag = agent_run(ports, a.seconds, a.warmup, tmp)
+            fl, ag = agent_run(ports, a.seconds, a.warmup, tmp, ports_file)
         finally:
             farm.terminate()
             farm.wait(10)
     f_us = fl["cpu_s"] / fl["transactions"] * 1e6
     a_us = ag["cpu_s"] / ag["transactions"] * 1e6
     print(f"meters {a.meters} x {POINTS} points, 1 s interval, {a.seconds:g} s measured")
-    print(f"pymodbus floor : {fl['transactions']:.0f} transactions, {fl['cpu_s']:.2f} s CPU, {f_us:.0f} µs/transaction")
+    print(f"pymodbus floor : {fl['transactions']:.0f} transactions, {fl['cpu_s']:.2f} s CPU, {f_us:.0f} µs/transaction"
+          f" ({fl['user_s'] / fl['transactions'] * 1e6:.0f} user + {fl['sys_s'] / fl['transactions'] * 1e6:.0f} sys)")
     print(f"energy-agent   : {ag['transactions']:.0f} transactions, {ag['cpu_s']:.2f} s CPU, {a_us:.0f} µs/transaction")
     us = 1e6 / ag["transactions"]
     per_thread = ", ".join(f"{(u + s) * us:.0f} ({u * us:.0f} user + {s * us:.0f} sys)"

@@ -220,3 +220,25 @@ def test_everything_comes_back(tmp_path_factory: pytest.TempPathFactory, fresh_f
             assert len(got) == len(want) and all(same(a, b) for a, b in zip(want, got, strict=True))
     finally:
         s.close()
+
+
+def test_encoded_on_another_thread_commits_what_add_readings_would(tmp_path: Path) -> None:
+    # The agent encodes on the event loop and commits on the store thread.
+    import threading
+
+    ticks = [poll("a", 12, T0) + poll("b", 3, T0 + 5, step_ms=700),
+             [*poll("a", 12, T0 + 1000), Reading("c", "x", T0 + 1000, None, Quality.TIMEOUT)],
+             poll("a", 11, T0 + 2000)]  # a's points changed: a new layout, its guess is stale
+    whole, split = Store(tmp_path / "whole.db"), Store(tmp_path / "split.db")
+    for tick in ticks:
+        whole.add_readings(tick)
+        encoded = split.encode_readings(tick)
+        t = threading.Thread(target=split.add_encoded, args=(encoded,))
+        t.start()
+        t.join()
+    assert rows(split) == rows(whole)
+    assert [r for _, r in split.readings_after(0, 100)] == [r for _, r in whole.readings_after(0, 100)]
+    with pytest.raises(StoreError, match="not a number"):
+        split.encode_readings([Reading("a", "p0", T0, "1.5")])  # type: ignore[arg-type]
+    whole.close()
+    split.close()
