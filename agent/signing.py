@@ -11,14 +11,18 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.signing import SigningKey
 
-# `cryptography.hazmat.primitives.serialization` is imported only where a key file is written or
-# an unusual one read: it drags in RSA, EC, DSA, DH, SSH and cipher modules the daemon never
-# uses, ~1 MiB of its resident memory (issue 2). The daemon reads its key through _pkcs8_seed.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# The daemon signs with PyNaCl (libsodium) and reads its key through _pkcs8_seed, so it never
+# loads `cryptography`: its Rust extension alone keeps ~7 MiB resident against PyNaCl's ~1.3
+# (issue 2's RSS target is 45 MiB). Ed25519 (RFC 8032) is deterministic, so both libraries
+# make the same signature of the same bytes with the same key (tests/test_signing.py).
+# `cryptography` is imported only to write a key file, or to read one in another form.
 
 # Group/other bits of any kind: a key others can read is no longer this gateway's identity,
 # and one others can write can be swapped for theirs.
@@ -47,28 +51,39 @@ class KeyFileError(Exception):
 class Ed25519Signer:
     alg = "ed25519"
 
-    def __init__(self, private_key: Ed25519PrivateKey, key_id: str | None = None):
-        self._key = private_key
-        self.public_key_raw = private_key.public_key().public_bytes_raw()
+    def __init__(self, seed: bytes, key_id: str | None = None):
+        """From the key's 32-byte seed (RFC 8032's private key)."""
+        self._key = SigningKey(seed)
+        self.public_key_raw = bytes(self._key.verify_key)
         self.key_id = key_id or key_id_for(self.public_key_raw)
+
+    @classmethod
+    def from_private_key(cls, key: Ed25519PrivateKey, key_id: str | None = None) -> Ed25519Signer:
+        """From a `cryptography` key object."""
+        return cls(key.private_bytes_raw(), key_id)
 
     @classmethod
     def from_pem(cls, pem: bytes, key_id: str | None = None) -> Ed25519Signer:
         """From PKCS8 PEM bytes, without the file checks (tests, the worked example)."""
         seed = _pkcs8_seed(pem)
         if seed is not None:
-            return cls(Ed25519PrivateKey.from_private_bytes(seed), key_id)
+            return cls(seed, key_id)
         # Anything else (text around the PEM, PKCS8 v2 with the public key, an encrypted or a
         # foreign key): cryptography decides, and says what is wrong with it.
+        from cryptography.exceptions import UnsupportedAlgorithm
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        key = serialization.load_pem_private_key(pem, password=None)
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except UnsupportedAlgorithm as e:
+            raise ValueError(str(e)) from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"expected an Ed25519 private key, got {type(key).__name__}")
-        return cls(key, key_id)
+        return cls.from_private_key(key, key_id)
 
     def sign(self, data: bytes) -> bytes:
-        return self._key.sign(data)
+        return self._key.sign(data).signature
 
     def __repr__(self) -> str:  # never show key material in logs or tracebacks
         return f"Ed25519Signer(key_id={self.key_id!r})"
@@ -138,7 +153,7 @@ def load_signer(path: str | Path, key_id: str | None = None) -> Ed25519Signer:
         if len(data) > _MAX_KEY_FILE:
             raise ValueError("file too large")
         return Ed25519Signer.from_pem(data, key_id)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+    except (ValueError, TypeError) as e:
         # TypeError: an encrypted PEM (no password given); ValueError: not PEM / not Ed25519.
         raise KeyFileError(
             f"{path}: not an unencrypted Ed25519 PKCS8 PEM private key ({_first_line(e)}) — "
@@ -149,6 +164,7 @@ def load_signer(path: str | Path, key_id: str | None = None) -> Ed25519Signer:
 def generate_key(path: str | Path) -> tuple[bytes, str]:
     """Create a new key file (0600, never overwriting); return (raw public key, key id)."""
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     path = Path(path)
     key = Ed25519PrivateKey.generate()

@@ -50,7 +50,7 @@ TEST_KEY = ROOT / "tests" / "data" / "protocol-example-TEST-ONLY.pem"
 
 
 def new_signer(key_id: str | None = None) -> Ed25519Signer:
-    return Ed25519Signer(Ed25519PrivateKey.generate(), key_id)
+    return Ed25519Signer.from_private_key(Ed25519PrivateKey.generate(), key_id)
 
 
 def samples(n: int, start: int = 0) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def _signer() -> object:
 
     from agent.signing import Ed25519Signer
 
-    return Ed25519Signer(Ed25519PrivateKey.generate())
+    return Ed25519Signer.from_private_key(Ed25519PrivateKey.generate())
 
 
 def _chain(signer: object, n: int, tag: str = "") -> list[bytes]:

@@ -88,15 +88,26 @@ def test_key_made_by_openssl_loads_and_signs(tmp_path: Path) -> None:
     assert signer.sign(b"x") == expected.sign(b"x")  # Ed25519 signatures are deterministic
 
 
-def test_loading_the_key_does_not_import_serialization(tmp_path: Path) -> None:
-    # The daemon keeps every module it imports: serialization pulls in RSA, EC, DSA, SSH and
-    # cipher modules it never uses (issue 2, RSS).
+def test_the_daemons_key_path_never_loads_cryptography(tmp_path: Path) -> None:
+    # The daemon keeps every module it imports, and cryptography's Rust extension alone is ~7
+    # MiB resident (issue 2, RSS): loading the key and signing go through PyNaCl.
     generate_key(tmp_path / "k")
     code = (
-        "import sys; from agent.signing import load_signer\n"
+        "import sys; import agent.app, agent.reports, drivers.modbus_tcp, drivers.modbus_rtu\n"
+        "from agent.signing import load_signer\n"
         f"s = load_signer({str(tmp_path / 'k')!r}); s.sign(b'x')\n"
-        "print(sorted(m for m in sys.modules if m.startswith('cryptography.hazmat.primitives.serial')))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
+
+def test_pynacl_signs_exactly_as_cryptography() -> None:
+    # Ed25519 (RFC 8032) is deterministic: the same key and bytes give the same signature.
+    for n in range(50):
+        key = Ed25519PrivateKey.generate()
+        data = os.urandom(n * 37)
+        signer = Ed25519Signer.from_private_key(key)
+        assert signer.public_key_raw == key.public_key().public_bytes_raw()
+        assert signer.sign(data) == key.sign(data)
+        key.public_key().verify(signer.sign(data), data)
