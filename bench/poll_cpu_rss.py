@@ -7,8 +7,7 @@ their own process. Two pollers read them every second, at the same time, for `--
 
 - the floor: bare pymodbus async clients, one per meter, reading the same 24 registers;
 - the agent: `energy-agent run` as a subprocess, with one modbus-tcp bus per meter, storing,
-  sealing, signing and publishing to a local Mosquitto; in the environment the systemd unit
-  gives it (its Environment= lines and its filled bytecode cache), unless `--plain`.
+  sealing, signing and publishing to a local Mosquitto.
 
 It prints CPU time per transaction for both, the ratio, and the agent's steady RSS.
 Targets (issue 2): ratio ≤ 1.5, RSS ≤ 45 MiB.
@@ -150,24 +149,8 @@ def proc_rss_mib(pid: int) -> float:
     return 0.0
 
 
-UNIT = REPO / "systemd" / "energy-agent.service"
-
-
-def unit_environment(tmp: Path) -> dict[str, str]:
-    """The environment the systemd unit gives the agent (its Environment= lines), with the
-    bytecode cache moved into `tmp` and filled as the unit's ExecStartPre fills it."""
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # the unit does not set it
-    for line in UNIT.read_text().splitlines():
-        if line.startswith("Environment="):
-            name, _, value = line.removeprefix("Environment=").partition("=")
-            env[name] = str(tmp / "bytecode") if name == "PYTHONPYCACHEPREFIX" else value
-    subprocess.run([sys.executable, "-m", "agent.bytecode"], cwd=REPO, env=env, check=True)
-    return env
-
-
 def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path,
-              ports_file: Path, plain: bool) -> tuple[dict[str, Any], dict[str, float]]:
+              ports_file: Path) -> tuple[dict[str, Any], dict[str, float]]:
     """(the agent's figures, the floor's): the floor polls the same meters in another process
     during the agent's measured window, so both see the same machine (on a shared VM its
     speed drifts by ±20 % within minutes, which measured one after the other moved the ratio
@@ -207,8 +190,7 @@ heartbeat = 3600
         cfg.write_text("".join(lines))
         with open(tmp / "agent.log", "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], cwd=REPO,
-                                    stderr=log, stdin=subprocess.DEVNULL,
-                                    env=None if plain else unit_environment(tmp))
+                                    stderr=log, stdin=subprocess.DEVNULL)
         try:
             time.sleep(warmup)
             if os.environ.get("BENCH_PROFILE"):  # py-spy collapsed stacks, for finding hot spots
@@ -253,8 +235,6 @@ def main() -> None:
     ap.add_argument("--meters", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--warmup", type=float, default=10)
-    ap.add_argument("--plain", action="store_true",
-                    help="run the agent without the systemd unit's environment (see unit_environment)")
     ap.add_argument("--serve-meters", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ports-file", help=argparse.SUPPRESS)
@@ -274,7 +254,7 @@ def main() -> None:
             while not ports_file.exists():
                 time.sleep(0.1)
             ports = json.loads(ports_file.read_text())
-            fl, ag = agent_run(ports, a.seconds, a.warmup, tmp, ports_file, a.plain)
+            fl, ag = agent_run(ports, a.seconds, a.warmup, tmp, ports_file)
         finally:
             farm.terminate()
             farm.wait(10)

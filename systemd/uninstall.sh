@@ -46,8 +46,8 @@ if [ -n "$DESTDIR" ] || [ -d /run/systemd/system ]; then
 fi
 rm -f "$DESTDIR/etc/systemd/system/$NAME.service"
 host systemctl daemon-reload
-rm -rf "$DESTDIR/opt/$NAME" "$DESTDIR/var/cache/$NAME"
-say "removed /opt/$NAME, its bytecode cache /var/cache/$NAME and the unit"
+rm -rf "$DESTDIR/opt/$NAME"
+say "removed /opt/$NAME and the unit"
 
 if [ "$PURGE" -eq 1 ]; then
     rm -rf "$DESTDIR/etc/$NAME" "$DESTDIR/var/lib/$NAME"

@@ -58,13 +58,11 @@ def test_unit_has_the_contract_the_agent_relies_on() -> None:
 @needs_analyze
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     # verify insists that ExecStart's binary exists; the venv only exists after install.sh.
-    # So verify a copy whose only difference is ExecStart and ExecStartPre pointing at
-    # /bin/true (same arguments); every other line, including the sandboxing, is checked as
-    # shipped.
+    # So verify a copy whose only difference is ExecStart pointing at /bin/true (same
+    # arguments); every other line, including the sandboxing, is checked as shipped.
     text = UNIT.read_text()
     copy = text.replace(EXEC_START, EXEC_START.replace(
-        "/opt/energy-agent/venv/bin/energy-agent", "/bin/true")).replace(
-        "ExecStartPre=/opt/energy-agent/venv/bin/python", "ExecStartPre=/bin/true")
+        "/opt/energy-agent/venv/bin/energy-agent", "/bin/true"))
     assert copy != text
     unit = tmp_path / "energy-agent.service"
     unit.write_text(copy)
@@ -179,46 +177,21 @@ UNIT_ENV_PROBE = textwrap.dedent(
         f()
     except ZeroDivisionError:
         text = traceback.format_exc()
-    if not ("line 5, in f" in text and "ZeroDivisionError" in text):  # no assert: -OO drops it
-        sys.exit(text)
+    assert "line 5, in f" in text and "ZeroDivisionError" in text, text
     # Column offsets are what PYTHONNODEBUGRANGES leaves out of every code object.
     print(sorted({col for *_, col in f.__code__.co_positions()}, key=str))
-    print(sys.flags.optimize, agent.app.__doc__)
     """
 )
 
 
-def unit_environment(cache: Path) -> dict[str, str]:
-    """The unit's Environment= lines, with the bytecode cache in `cache`."""
+def test_the_agent_imports_and_tracebacks_work_under_the_units_environment() -> None:
     env = {"PATH": os.environ.get("PATH", "")}
     for assignment in unit_settings().get("Environment", []):
         key, _, value = assignment.partition("=")
-        env[key] = str(cache) if key == "PYTHONPYCACHEPREFIX" else value
-    return env
-
-
-def test_the_agent_imports_and_tracebacks_work_under_the_units_environment(tmp_path: Path) -> None:
-    env = unit_environment(tmp_path / "bytecode")
-    assert "ExecStartPre=/opt/energy-agent/venv/bin/python -m agent.bytecode" in UNIT.read_text()
-    subprocess.run([sys.executable, "-m", "agent.bytecode"], cwd=REPO, env=env, check=True, timeout=120)
-    cached = set((tmp_path / "bytecode").rglob("*.opt-2.pyc"))
-    assert {"app", "modbus_tcp", "client", "asyncio"} <= {p.name.split(".")[0] for p in cached} | {
-        p.parent.name for p in cached}
+        env[key] = value
     proc = subprocess.run(
         [sys.executable, "-c", UNIT_ENV_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=60, check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    # No column tables (PYTHONNODEBUGRANGES) and no docstrings (PYTHONOPTIMIZE=2): issue 2, RSS.
-    assert proc.stdout.splitlines() == ["[None]", "2 None"]
-    # Everything the daemon imported at start-up was cached by ExecStartPre's step: the daemon
-    # compiled nothing into its own heap.
-    assert set((tmp_path / "bytecode").rglob("*.opt-2.pyc")) == cached
-
-
-def test_bytecode_step_does_nothing_outside_the_units_environment(tmp_path: Path) -> None:
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPYCACHEPREFIX": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "agent.bytecode"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0 and "nothing to do" in proc.stdout
-    assert not list(tmp_path.rglob("*.opt-2.pyc"))
+    assert proc.stdout.strip() == "[None]"  # no column tables: issue 2, RSS
