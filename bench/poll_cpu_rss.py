@@ -6,8 +6,9 @@
 their own process. Two pollers read them every second, at the same time, for `--seconds`:
 
 - the floor: bare pymodbus async clients, one per meter, reading the same 24 registers;
-- the agent: `energy-agent run` as a subprocess, with one modbus-tcp bus per meter, storing,
-  sealing, signing and publishing to a local Mosquitto.
+- the agent: `energy-agent run` as a subprocess, in the environment the systemd unit gives it,
+  with one modbus-tcp bus per meter, storing, sealing, signing and publishing to a local
+  Mosquitto.
 
 It prints CPU time per transaction for both, the ratio, and the agent's steady RSS.
 Targets (issue 2): ratio ≤ 1.5, RSS ≤ 45 MiB.
@@ -149,6 +150,19 @@ def proc_rss_mib(pid: int) -> float:
     return 0.0
 
 
+UNIT = REPO / "systemd" / "energy-agent.service"
+
+
+def unit_environment() -> dict[str, str]:
+    """The environment the systemd unit gives the agent: ours plus its Environment= lines."""
+    env = dict(os.environ)
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            name, _, value = line.removeprefix("Environment=").partition("=")
+            env[name] = value
+    return env
+
+
 def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path,
               ports_file: Path) -> tuple[dict[str, Any], dict[str, float]]:
     """(the agent's figures, the floor's): the floor polls the same meters in another process
@@ -190,7 +204,7 @@ heartbeat = 3600
         cfg.write_text("".join(lines))
         with open(tmp / "agent.log", "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], cwd=REPO,
-                                    stderr=log, stdin=subprocess.DEVNULL)
+                                    stderr=log, stdin=subprocess.DEVNULL, env=unit_environment())
         try:
             time.sleep(warmup)
             if os.environ.get("BENCH_PROFILE"):  # py-spy collapsed stacks, for finding hot spots
