@@ -164,7 +164,7 @@ def unit_environment() -> dict[str, str]:
 
 
 def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path,
-              ports_file: Path) -> tuple[dict[str, Any], dict[str, float]]:
+              ports_file: Path, seal_interval: float) -> tuple[dict[str, Any], dict[str, float]]:
     """(the agent's figures, the floor's): the floor polls the same meters in another process
     during the agent's measured window, so both see the same machine (on a shared VM its
     speed drifts by ±20 % within minutes, which measured one after the other moved the ratio
@@ -188,7 +188,7 @@ send_raw = {os.environ.get("BENCH_SEND_RAW", "true")}
 key_file = "{tmp / 'k.pem'}"
 [schedule]
 poll_interval = 1
-seal_interval = 5
+seal_interval = {seal_interval:g}
 heartbeat = 3600
 """]
         for i, port in enumerate(ports):
@@ -207,6 +207,9 @@ heartbeat = 3600
                                     stderr=log, stdin=subprocess.DEVNULL, env=unit_environment())
         try:
             time.sleep(warmup)
+            # Start half a seal interval after a seal (seals fall on multiples of the interval):
+            # the window then holds whole seal rounds, none cut at its edges.
+            time.sleep((seal_interval / 2 - time.time()) % seal_interval)
             if os.environ.get("BENCH_PROFILE"):  # py-spy collapsed stacks, for finding hot spots
                 subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(seconds)), "-r", "200",
                                   "-f", "raw", "--threads", "-o", os.environ["BENCH_PROFILE"]],
@@ -249,6 +252,8 @@ def main() -> None:
     ap.add_argument("--meters", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--warmup", type=float, default=10)
+    ap.add_argument("--seal-interval", type=float, default=5,
+                    help="the agent's schedule.seal_interval (its default is 60; 5 puts 12 seals in a minute)")
     ap.add_argument("--serve-meters", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ports-file", help=argparse.SUPPRESS)
@@ -268,13 +273,14 @@ def main() -> None:
             while not ports_file.exists():
                 time.sleep(0.1)
             ports = json.loads(ports_file.read_text())
-            fl, ag = agent_run(ports, a.seconds, a.warmup, tmp, ports_file)
+            fl, ag = agent_run(ports, a.seconds, a.warmup, tmp, ports_file, a.seal_interval)
         finally:
             farm.terminate()
             farm.wait(10)
     f_us = fl["cpu_s"] / fl["transactions"] * 1e6
     a_us = ag["cpu_s"] / ag["transactions"] * 1e6
-    print(f"meters {a.meters} x {POINTS} points, 1 s interval, {a.seconds:g} s measured")
+    print(f"meters {a.meters} x {POINTS} points, 1 s interval, sealing every {a.seal_interval:g} s, "
+          f"{a.seconds:g} s measured")
     print(f"pymodbus floor : {fl['transactions']:.0f} transactions, {fl['cpu_s']:.2f} s CPU, {f_us:.0f} µs/transaction"
           f" ({fl['user_s'] / fl['transactions'] * 1e6:.0f} user + {fl['sys_s'] / fl['transactions'] * 1e6:.0f} sys)")
     print(f"energy-agent   : {ag['transactions']:.0f} transactions, {ag['cpu_s']:.2f} s CPU, {a_us:.0f} µs/transaction")
