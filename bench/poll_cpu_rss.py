@@ -99,7 +99,7 @@ def floor(ports: list[int], seconds: float) -> dict[str, float]:
 
 
 def proc_cpu(pid: int) -> float:
-    return proc_cpu_path(Path(f"/proc/{pid}/stat"))
+    return sum(user_sys(Path(f"/proc/{pid}/stat")))
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
@@ -110,10 +110,6 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
             out[int(task.name)] = user_sys(task / "stat")
     return out
-
-
-def proc_cpu_path(stat: Path) -> float:
-    return sum(user_sys(stat))
 
 
 def user_sys(stat: Path) -> tuple[float, float]:
@@ -183,7 +179,6 @@ log_level = "warning"
 [platform]
 host = "127.0.0.1"
 port = {broker.port}
-send_raw = {os.environ.get("BENCH_SEND_RAW", "true")}
 [signing]
 key_file = "{tmp / 'k.pem'}"
 [schedule]
