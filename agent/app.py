@@ -12,7 +12,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -186,8 +186,8 @@ class App:
                 pollers.append(BusPoller(bus, meters, open_driver(bus), self._sink(bus.name)))
         return pollers
 
-    def _sink(self, bus: str) -> Callable[[list[Reading], list[MeterStatus]], Any]:
-        async def sink(readings: list[Reading], statuses: list[MeterStatus]) -> None:
+    def _sink(self, bus: str) -> Callable[[list[Sequence[Reading]], list[MeterStatus]], Any]:
+        async def sink(readings: list[Sequence[Reading]], statuses: list[MeterStatus]) -> None:
             self.batcher.add(bus, readings, statuses)
 
         return sink
@@ -201,8 +201,8 @@ class App:
             self.first_poll_done = True
             self.watchdog.mark_ready(f"polling {len(self.pollers)} bus(es)")
 
-    async def _commit(self, readings: list[Reading], statuses: list[MeterStatus]) -> None:
-        rows = self.store.encode_readings(readings)  # here, where the readings are cache-hot
+    async def _commit(self, polls: list[Sequence[Reading]], statuses: list[MeterStatus]) -> None:
+        rows = self.store.encode_polls(polls)  # here, where the readings are cache-hot
         await self.in_db(self.store.add_encoded, rows, statuses)
 
     def _reporter(self) -> Any:

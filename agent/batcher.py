@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from buffer.store import MeterStatus
 from drivers.base import Reading
 
-Commit = Callable[[list[Reading], list[MeterStatus]], Awaitable[None]]
+# What is committed: the samples of each meter's poll (a sequence per meter), health changes.
+Commit = Callable[[list[Sequence[Reading]], list[MeterStatus]], Awaitable[None]]
 
 
 class CommitBatcher:
@@ -34,7 +35,7 @@ class CommitBatcher:
         self.window = window
         self.committed = committed
         self.failed = failed
-        self._rows: list[Reading] = []
+        self._rows: list[Sequence[Reading]] = []
         self._statuses: list[MeterStatus] = []
         self._sources: set[str] = set()
         self._timer: asyncio.Handle | None = None
@@ -42,9 +43,9 @@ class CommitBatcher:
         # behind a slow one would only split what the next one can carry.
         self._task: asyncio.Task[BaseException | None] | None = None
 
-    def add(self, source: str, readings: Sequence[Reading], statuses: Sequence[MeterStatus] = ()) -> None:
-        """Queue `source`'s samples for the next commit."""
-        self._rows.extend(readings)
+    def add(self, source: str, polls: Sequence[Sequence[Reading]], statuses: Sequence[MeterStatus] = ()) -> None:
+        """Queue `source`'s samples (one sequence per meter poll) for the next commit."""
+        self._rows.extend(polls)
         self._statuses.extend(statuses)
         self._sources.add(source)
         if self._timer is None and self._task is None:
@@ -78,7 +79,7 @@ class CommitBatcher:
         sources, self._sources = self._sources, set()
         self._task = asyncio.ensure_future(self._commit(rows, statuses, sources))
 
-    async def _commit(self, rows: list[Reading], statuses: list[MeterStatus],
+    async def _commit(self, rows: list[Sequence[Reading]], statuses: list[MeterStatus],
                       sources: set[str]) -> BaseException | None:
         try:
             await self.commit(rows, statuses)

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 from agent.config import BusConfig, MeterConfig
 from buffer.store import MeterStatus
-from drivers.base import Driver, MeterError, Quality, Reading
+from drivers.base import Driver, MeterError, MeterPoll, Quality, Reading
 
 log = logging.getLogger("agent.poller")
 
 STATUS_EVERY_MS = 60_000
 
-Sink = Callable[[list[Reading], list[MeterStatus]], Awaitable[None]]
+# One cycle's samples, a sequence per meter in the bus's meter order, and the health changes.
+Sink = Callable[[list[Sequence[Reading]], list[MeterStatus]], Awaitable[None]]
 
 
 @dataclass
@@ -87,19 +88,20 @@ class BusPoller:
                 h.last_error_ms = s.last_error_ms
                 h.last_error = s.last_error
 
-    async def poll_once(self) -> list[Reading]:
-        readings: list[Reading] = []
+    async def poll_once(self) -> list[Sequence[Reading]]:
+        """Read every meter once; returns (and hands the sink) each meter's samples, in order."""
+        readings: list[Sequence[Reading]] = []
         changed: list[MeterStatus] = []
         for meter in self.meters:
             rows, touched = await self._poll_meter(meter)
-            readings.extend(rows)
+            readings.append(rows)
             if touched and self._worth_storing(self.health[meter.name]):
                 changed.append(self.health[meter.name].status())
         await self.sink(readings, changed)
         self.cycles += 1
         return readings
 
-    async def _poll_meter(self, meter: MeterConfig) -> tuple[list[Reading], bool]:
+    async def _poll_meter(self, meter: MeterConfig) -> tuple[Sequence[Reading], bool]:
         h = self.health[meter.name]
         now = self._now_ms()
         if not h.online and now < h.next_probe_ms:
@@ -115,13 +117,17 @@ class BusPoller:
             log.error("%s", message)
             self._failed(meter, h, message, busy=False)
             return gaps(meter, self._now_ms(), Quality.CORRUPT), True
-        bad = [r for r in rows if r.quality]  # Quality.GOOD is the only 0
+        # Quality.GOOD is the only 0; a MeterPoll is GOOD throughout.
+        bad = [] if type(rows) is MeterPoll else [r for r in rows if r.quality]
         if not bad:  # the every-cycle case, kept short
             if not h.online:
                 log.info("%s: back online", label(meter))
                 h.online = True
             h.consecutive_failures = 0
-            h.last_good_ms = max([r.ts for r in rows]) if rows else h.last_good_ms
+            if type(rows) is MeterPoll:
+                h.last_good_ms = rows.ts
+            elif rows:
+                h.last_good_ms = max([r.ts for r in rows])
             return rows, True
         good = [r for r in rows if not r.quality]
         if good:

@@ -11,7 +11,9 @@ A row holds the samples of one meter's poll, in the meter's point order:
   request's points with its own reply time, and gaps carry their own time; a poll whose
   samples span more than MAX_SPAN_MS is stored as several rows.
 
-`add_readings` gets the readings of many meters at once, each meter's points consecutive; a
+`encode_polls` gets each meter's poll as a sequence; a MeterPoll (drivers/base.py: one reply,
+every point GOOD) of a known layout is packed from its values tuple as it is. `encode` (and
+`add_readings`) gets the readings of many meters at once, each meter's points consecutive; a
 group (one row) ends where the meter changes or a point name repeats. This is the store
 thread's hottest code: the common case — a meter whose layout is cached, one timestamp, all
 GOOD — is checked and packed with a handful of C-level tuple operations per meter.
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from operator import attrgetter
 
-from drivers.base import Quality, Reading
+from drivers.base import MeterPoll, Quality, Reading
 
 MAX_SPAN_MS = 0xFFFF  # the largest uint16 ts_delta
 
@@ -120,6 +122,29 @@ def encode(rows: Sequence[Reading], latest: dict[str, Layout],
             latest[m] = known[(m, ps[i:j])]
         out.extend(group)
         i = j
+    return out
+
+
+def encode_polls(polls: Sequence[Sequence[Reading]], latest: dict[str, Layout],
+                 known: dict[tuple[str, tuple[str, ...]], Layout]) -> list[Row]:
+    """`encode` for samples given as one sequence per meter poll, in order. A MeterPoll whose
+    meter has its usual layout is packed straight from its values tuple; the rest go through
+    `encode`, consecutive ones together."""
+    out: list[Row] = []
+    other: list[Reading] = []
+    for poll in polls:
+        if type(poll) is MeterPoll:
+            lay = latest.get(poll.meter)
+            if lay is not None and poll.points == lay.points:
+                if other:
+                    out.extend(encode(other, latest, known))
+                    other = []
+                # A MeterPoll holds finite numbers only, so the pack cannot fail.
+                out.append((lay.layout_id, poll.ts, lay.pack(*poll.values), None, None))
+                continue
+        other.extend(poll)
+    if other:
+        out.extend(encode(other, latest, known))
     return out
 
 

@@ -118,6 +118,14 @@ class Readings:
         except BadReading as e:
             raise StoreError(f"store {self.path}: {e}") from e
 
+    def encode_polls(self, polls_: Sequence[Sequence[Reading]]) -> list[polls.Row]:
+        """encode_readings for samples given one sequence per meter poll (what the pollers
+        hand over): a MeterPoll of a known layout becomes its row without a Reading made."""
+        try:
+            return polls.encode_polls(polls_, self._latest, self._layout_keys)
+        except BadReading as e:
+            raise StoreError(f"store {self.path}: {e}") from e
+
     def add_encoded(self, rows_out: list[polls.Row], statuses: Sequence[MeterStatus] = ()) -> None:
         """add_readings' second half: commit rows made by encode_readings, in one transaction."""
         new: dict[tuple[str, tuple[str, ...]], Layout] = {}

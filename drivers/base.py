@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import msgspec
 
@@ -37,6 +38,55 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
     quality: Quality = Quality.GOOD
 
 
+class MeterPoll(Sequence[Reading]):
+    """One meter's samples from one reply that read all its points in the meter's order, each
+    a usable number: what nearly every poll is. It holds the values as one tuple instead of a
+    Reading per point — the store packs that tuple as it is (buffer/polls.py), and on a
+    100-meter site that saves building and taking apart 1200 Readings a second — and reads as
+    the equal list of GOOD Readings to anything that iterates or indexes it.
+    """
+
+    __slots__ = ("meter", "points", "ts", "values")
+
+    def __init__(self, meter: str, points: tuple[str, ...], ts: int, values: tuple[float, ...]) -> None:
+        self.meter = meter
+        self.points = points
+        self.ts = ts
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @overload
+    def __getitem__(self, i: int) -> Reading: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Reading]: ...
+    def __getitem__(self, i: int | slice) -> Reading | list[Reading]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        return Reading(self.meter, self.points[i], self.ts, self.values[i])
+
+    def __iter__(self) -> Iterator[Reading]:
+        meter, ts = self.meter, self.ts
+        return (Reading(meter, p, ts, v) for p, v in zip(self.points, self.values, strict=True))
+
+    def __eq__(self, other: Any) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to a list, so unhashable like one
+
+    def __add__(self, other: Sequence[Reading]) -> list[Reading]:
+        return [*self, *other]
+
+    def __radd__(self, other: Sequence[Reading]) -> list[Reading]:
+        return [*other, *self]
+
+    def __repr__(self) -> str:
+        return f"MeterPoll({list(self)!r})"
+
+
 class MeterError(Exception):
     """A meter (not the bus task) failed this cycle. Expected in the field: log one line, no trace.
 
@@ -53,13 +103,14 @@ class MeterError(Exception):
 class Driver(Protocol):
     """One bus (a serial line or a TCP endpoint). The caller reads one meter at a time.
 
-    `read` returns one Reading per configured point of the meter. A request that failed while
+    `read` returns one Reading per configured point of the meter, in point order (a list, or a
+    MeterPoll when every point was read in one reply and is GOOD). A request that failed while
     others succeeded yields gap readings for its points; if the meter did not answer at all,
     `read` raises MeterError and the caller records the gaps. `last_failures` says why the
     failed requests of the meter's last read failed, so that reason reaches its health record.
     """
 
-    async def read(self, meter: MeterConfig) -> list[Reading]: ...
+    async def read(self, meter: MeterConfig) -> Sequence[Reading]: ...
 
     def last_failures(self, meter: str) -> list[str]:
         """One line per failed request of `meter`'s last read (without the meter's label)."""

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -93,7 +94,7 @@ class RequestExecutor:
 
     async def read(
         self, client: ModbusBaseClient, meter: MeterConfig, plan: list[ReadRequest]
-    ) -> list[Reading]:
+    ) -> Sequence[Reading]:
         """One Reading per point of the meter, in the meter's point order.
 
         Raises MeterError when the meter did not answer at all (TIMEOUT), answered every
@@ -133,7 +134,7 @@ class RequestExecutor:
             if len(plan) == 1 and self._decoder.covers_in_order(request, meter):
                 # The common case (one request covering the meter in point order): decoded
                 # straight into the result, no per-point look-up.
-                return self._decoder.decoded(meter, request, registers, ts)
+                return self._decoder.decoded_meter(meter, request, registers, ts)
             for reading in self._decoder.decoded(meter, request, registers, ts):
                 got[reading.point] = reading
         if plan and len(failures) == len(plan):
@@ -306,7 +307,7 @@ class ModbusDriver(ABC):
             self._plans[meter.name] = cached
         return cached[1]
 
-    async def read(self, meter: MeterConfig) -> list[Reading]:
+    async def read(self, meter: MeterConfig) -> Sequence[Reading]:
         async with self._lock:
             # A failed connect sends no request: no request reasons from an older read remain.
             self._executor.failures.pop(meter.name, None)

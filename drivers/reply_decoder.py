@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 import math
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from drivers.base import Quality, Reading
+from drivers.base import MeterPoll, Quality, Reading
 from drivers.codec import FORMATS, apply_scale, decode, is_usable
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class _Entry:
     """What is known about one planned request: its decoders, and whether it reads exactly
     its meter's points in the meter's order (for the `points` list it was checked against)."""
 
-    __slots__ = ("covers", "points", "request", "table")
+    __slots__ = ("covers", "names", "points", "request", "table")
 
     def __init__(self, request: ReadRequest) -> None:
         self.request = request
@@ -49,6 +50,7 @@ class _Entry:
             (p.name, _unpacker(p.type, p.order), 2 * (p.register - request.start), p)
             for p in request.points
         ]
+        self.names = tuple(p.name for p in request.points)
         self.points: list[PointConfig] | None = None
         self.covers = False
 
@@ -99,6 +101,30 @@ class ReplyDecoder:
             else:
                 append(Reading(name, pname, ts, None, Quality.INVALID))
         return out
+
+
+    def decoded_meter(
+        self, meter: MeterConfig, request: ReadRequest, registers: list[int], ts: int
+    ) -> Sequence[Reading]:
+        """`decoded` for a request that reads exactly the meter's points in its order (see
+        covers_in_order): a MeterPoll when every value is a usable number, else the list."""
+        entry = self._entry(request)
+        try:
+            wire = struct.pack(f">{len(registers)}H", *registers)
+        except struct.error:
+            return self.decoded(meter, request, registers, ts)
+        values = []
+        append = values.append
+        for _, unpack, byte_offset, point in entry.table:
+            if unpack is None:  # a word-swapped order
+                offset = point.register - request.start
+                append(apply_scale(decode(registers[offset:offset + point.count], point.type, point.order), point))
+            else:
+                append(unpack(wire, byte_offset)[0] * point.scale + point.offset)
+        total = sum(values)
+        if total - total != 0.0:  # a NaN or an infinity somewhere (rare): gaps, point by point
+            return self.decoded(meter, request, registers, ts)
+        return MeterPoll(meter.name, entry.names, ts, tuple(values))
 
 
 def decode_point(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -84,7 +84,7 @@ class CountingDriver(ModbusTcpDriver):
         super().__init__(bus)
         self.reads = 0
 
-    async def read(self, meter: MeterConfig) -> list[Reading]:
+    async def read(self, meter: MeterConfig) -> Sequence[Reading]:
         self.reads += 1
         return await super().read(meter)
 
@@ -93,7 +93,7 @@ class Sink:
     def __init__(self) -> None:
         self.statuses: list[MeterStatus] = []
 
-    async def __call__(self, readings: list[Reading], statuses: list[MeterStatus]) -> None:
+    async def __call__(self, readings: list[Sequence[Reading]], statuses: list[MeterStatus]) -> None:
         self.statuses.extend(statuses)
 
 
@@ -128,6 +128,11 @@ def run(body: Body, *, points: list[PointConfig] | None = None,
     asyncio.run(main())
 
 
+async def cycle(poller: BusPoller) -> list[Reading]:
+    """One poll cycle's samples, every meter's in order, as one list."""
+    return [r for meter in await poller.poll_once() for r in meter]
+
+
 def qualities(rows: list[Reading]) -> set[Quality]:
     return {r.quality for r in rows}
 
@@ -136,7 +141,7 @@ def test_offline_after_n_failures_probe_once_per_cooldown_and_back_online() -> N
     async def body(poller: BusPoller, driver: CountingDriver, server: Server, clock: Clock,
                    sink: Sink) -> None:
         h = poller.health["m"]
-        rows = await poller.poll_once()
+        rows = await cycle(poller)
         assert [r.value for r in rows] == pytest.approx([12345.67, 230.1])
         assert h.online and h.last_good_ms is not None
         good_at = h.last_good_ms
@@ -144,7 +149,7 @@ def test_offline_after_n_failures_probe_once_per_cooldown_and_back_online() -> N
         await server.stop()
         for n in (1, 2, 3):
             clock.advance(10)
-            assert qualities(await poller.poll_once()) == {Quality.TIMEOUT}
+            assert qualities(await cycle(poller)) == {Quality.TIMEOUT}
             assert h.consecutive_failures == n
             assert h.online == (n < 3)  # offline_after = 3
         assert driver.reads == 4
@@ -158,23 +163,23 @@ def test_offline_after_n_failures_probe_once_per_cooldown_and_back_online() -> N
         heard = len(sink.statuses)
         for _ in range(5):
             clock.advance(10)
-            rows = await poller.poll_once()
+            rows = await cycle(poller)
             assert [r.quality for r in rows] == [Quality.OFFLINE] * len(POINTS)
         assert driver.reads == 4 and len(sink.statuses) == heard
 
         # One probe once the cooldown is over; still dead, so another full cooldown follows.
         clock.advance(10)  # 60 s since going offline
-        assert qualities(await poller.poll_once()) == {Quality.TIMEOUT}
+        assert qualities(await cycle(poller)) == {Quality.TIMEOUT}
         assert driver.reads == 5 and not h.online
         for _ in range(5):
             clock.advance(10)
-            assert qualities(await poller.poll_once()) == {Quality.OFFLINE}
+            assert qualities(await cycle(poller)) == {Quality.OFFLINE}
         assert driver.reads == 5
 
         # The meter is back: the next probe succeeds and it is online again at once.
         await server.start()
         clock.advance(10)
-        rows = await poller.poll_once()
+        rows = await cycle(poller)
         assert [r.quality for r in rows] == [Quality.GOOD, Quality.GOOD]
         assert [r.value for r in rows] == pytest.approx([12345.67, 230.1])
         assert driver.reads == 6
@@ -183,7 +188,7 @@ def test_offline_after_n_failures_probe_once_per_cooldown_and_back_online() -> N
         assert h.errors_total == 4  # three failed cycles and one failed probe
         assert sink.statuses[-1].online is True
         clock.advance(10)
-        await poller.poll_once()
+        await cycle(poller)
         assert driver.reads == 7  # polled every cycle again
 
     run(body)
@@ -195,7 +200,7 @@ def test_last_error_carries_the_drivers_reason_for_a_refused_meter() -> None:
         h = poller.health["m"]
         for n in (1, 2):
             clock.advance(10)
-            assert qualities(await poller.poll_once()) == {Quality.EXCEPTION}
+            assert qualities(await cycle(poller)) == {Quality.EXCEPTION}
             assert h.consecutive_failures == n
         # A refusal on every request is a configuration fault: it counts towards offline.
         assert not h.online
@@ -215,7 +220,7 @@ def test_last_error_names_the_failed_points_and_the_drivers_reason() -> None:
     async def partial(poller: BusPoller, driver: CountingDriver, server: Server, clock: Clock,
                       sink: Sink) -> None:
         h = poller.health["m"]
-        rows = {r.point: r.quality for r in await poller.poll_once()}
+        rows = {r.point: r.quality for r in await cycle(poller)}
         assert rows == {"energy": Quality.GOOD, "voltage": Quality.GOOD,
                         "power_factor": Quality.EXCEPTION}
         assert h.online and h.consecutive_failures == 0 and h.errors_total == 1
@@ -233,7 +238,7 @@ def test_last_error_names_the_failed_points_and_the_drivers_reason() -> None:
     async def all_failed(poller: BusPoller, driver: CountingDriver, server: Server,
                          clock: Clock, sink: Sink) -> None:
         h = poller.health["m"]
-        rows = {r.point: r.quality for r in await poller.poll_once()}
+        rows = {r.point: r.quality for r in await cycle(poller)}
         assert rows == {"current": Quality.INVALID, "power_factor": Quality.EXCEPTION}
         assert h.consecutive_failures == 1
         assert h.last_error == (
@@ -252,14 +257,14 @@ def test_busy_never_takes_a_meter_offline() -> None:
         h = poller.health["m"]
         for _ in range(6):  # three times offline_after
             clock.advance(10)
-            assert qualities(await poller.poll_once()) == {Quality.EXCEPTION}
+            assert qualities(await cycle(poller)) == {Quality.EXCEPTION}
             assert h.online and h.consecutive_failures == 0
         assert driver.reads == 6  # polled every cycle, never put in a cooldown
         assert h.errors_total == 6
         assert h.last_error is not None and "busy (exception 6)" in h.last_error
         refusal.code = None
         clock.advance(10)
-        assert qualities(await poller.poll_once()) == {Quality.GOOD}
+        assert qualities(await cycle(poller)) == {Quality.GOOD}
 
     run(body, refusal=refusal, offline_after=2)
 
@@ -281,11 +286,11 @@ def test_restore_carries_counts_and_last_error_but_relearns_offline() -> None:
         # Offline state and the failure streak are re-learnt: the meter is polled right away.
         assert h.online and h.consecutive_failures == 0
         assert "gone" not in poller.health
-        assert qualities(await poller.poll_once()) == {Quality.GOOD}
+        assert qualities(await cycle(poller)) == {Quality.GOOD}
         assert driver.reads == 1 and h.errors_total == 41
         await server.stop()
         clock.advance(10)
-        await poller.poll_once()
+        await cycle(poller)
         assert h.errors_total == 42 and h.consecutive_failures == 1 and h.online
         assert h.last_error is not None and h.last_error.startswith('meter "m" (bus b, unit 3)')
         assert h.last_error != "before the restart"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import PointConfig
-from drivers.base import Quality
+from drivers.base import MeterPoll, Quality
 from drivers.codec import FORMATS, ORDERS
 from drivers.planner import plan_meter
 from drivers.reply_decoder import ReplyDecoder, decode_point
@@ -56,6 +56,23 @@ def test_decoded_equals_point_by_point(meter, data) -> None:
         assert all(same(a, b) for a, b in zip(got, want, strict=True)), (got, want)
 
 
+@settings(max_examples=300, deadline=None)
+@given(meter=st.one_of(meters(same_order=True), meters(same_order=False)), data=st.data())
+def test_decoded_meter_reads_as_decoded(meter, data) -> None:
+    """The executor's common path: a request covering the meter in order becomes a MeterPoll
+    when every point is GOOD, and reads exactly as `decoded`'s list either way."""
+    decoder = ReplyDecoder()
+    for request in plan_meter(meter):
+        if not decoder.covers_in_order(request, meter):
+            continue
+        registers = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=request.count, max_size=request.count))
+        got = decoder.decoded_meter(meter, request, registers, 1234)
+        want = decoder.decoded(meter, request, registers, 1234)
+        assert len(got) == len(want)
+        assert all(same(a, b) for a, b in zip(got, want, strict=True)), (got, want)
+        assert isinstance(got, MeterPoll) == all(r.quality == Quality.GOOD for r in want)
+
+
 def test_nan_and_infinity_from_the_meter_are_gaps() -> None:
     points = [PointConfig(name=f"p{i}", register=2 * i, type="u32" if i < 6 else "f32")  # type: ignore[arg-type]
               for i in range(12)]
@@ -65,3 +82,18 @@ def test_nan_and_infinity_from_the_meter_are_gaps() -> None:
     got = ReplyDecoder().decoded(meter, request, regs, 1)
     assert [r.quality for r in got] == [Quality.GOOD] * 6 + [Quality.INVALID] * 6
     assert [r.value for r in got] == [1.0] * 6 + [None] * 6
+
+
+def test_a_meter_poll_is_the_list_of_its_readings() -> None:
+    points = [PointConfig(name=f"p{i}", register=2 * i, type="u32") for i in range(3)]  # type: ignore[arg-type]
+    meter = inline_meter("m", 1, points)
+    (request,) = plan_meter(meter)
+    decoder = ReplyDecoder()
+    poll = decoder.decoded_meter(meter, request, [0, 1, 0, 2, 0, 3], 7)
+    listed = decoder.decoded(meter, request, [0, 1, 0, 2, 0, 3], 7)
+    assert isinstance(poll, MeterPoll)
+    assert poll == listed and listed == poll and list(poll) == listed
+    assert poll[1] == listed[1] and poll[-1] == listed[-1] and poll[1:] == listed[1:]
+    assert len(poll) == 3 and poll != listed[:2] and poll != "m"
+    assert poll + listed == listed + poll == listed * 2
+    assert [r.value for r in poll] == [1.0, 2.0, 3.0] and {r.quality for r in poll} == {Quality.GOOD}

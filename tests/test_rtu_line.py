@@ -52,8 +52,8 @@ class Recorder:
     def __init__(self) -> None:
         self.batches: list[tuple[list[Reading], list]] = []  # type: ignore[type-arg]
 
-    async def __call__(self, readings: list[Reading], statuses: list) -> None:  # type: ignore[type-arg]
-        self.batches.append((readings, statuses))
+    async def __call__(self, polls: list[Sequence[Reading]], statuses: list) -> None:  # type: ignore[type-arg]
+        self.batches.append(([r for poll in polls for r in poll], statuses))
 
 
 def by_meter(readings: Sequence[Reading]) -> dict[str, list[Reading]]:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from buffer import polls, readings
 from buffer.polls import MAX_SPAN_MS, Layout
 from buffer.store import Store, StoreError
-from drivers.base import Quality, Reading
+from drivers.base import MeterPoll, Quality, Reading
 
 T0 = 1_800_000_000_000
 
@@ -242,3 +242,36 @@ def test_encoded_on_another_thread_commits_what_add_readings_would(tmp_path: Pat
         split.encode_readings([Reading("a", "p0", T0, "1.5")])  # type: ignore[arg-type]
     whole.close()
     split.close()
+
+
+LAYOUTS = [Layout(1, "a", ("p", "q", "r")), Layout(2, "a", ("p",)), Layout(3, "b", ("p", "q"))]  # "c" has none
+
+
+@st.composite
+def handed_over(draw: st.DrawFn) -> list[list[Reading] | MeterPoll]:
+    """What the pollers hand the store: a sequence per meter poll, MeterPolls among lists."""
+    out: list[list[Reading] | MeterPoll] = []
+    for t in range(draw(st.integers(1, 3))):
+        for meter in draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=4)):
+            pts = draw(st.sampled_from([("p", "q", "r"), ("p", "q"), ("p",)]))
+            ts = T0 + t * 1000
+            if draw(st.booleans()):
+                finite = st.floats(allow_nan=False, allow_infinity=False)
+                out.append(MeterPoll(meter, pts, ts, tuple(draw(finite) for _ in pts)))
+            else:
+                out.append([Reading(meter, p, ts + draw(st.sampled_from([0, 5])), draw(values), draw(qualities))
+                            for p in pts])
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(handed_over(), st.sets(st.sampled_from(range(len(LAYOUTS)))))
+def test_encode_polls_encodes_as_the_flat_readings_would(given_polls, guessed) -> None:
+    known = {lay.key: lay for lay in LAYOUTS}
+    guesses = {LAYOUTS[i].meter: LAYOUTS[i] for i in sorted(guessed)}  # stale or right guesses
+    latest_polls, latest_flat = dict(guesses), dict(guesses)
+    got = polls.encode_polls(given_polls, latest_polls, known)
+    want = polls.encode([r for p in given_polls for r in p], latest_flat, known)
+    assert got == want
+    # The guesses are a cache: they may differ in which layout they hold, never in what it is.
+    assert all(lay.meter == m and known[lay.key] is lay for m, lay in latest_polls.items())
