@@ -27,6 +27,7 @@ from agent.clock import ClockWatch
 from agent.config import Config
 from agent.forwarder import Forwarder
 from agent.heartbeat import Heartbeat
+from agent.malloc_tuning import keep_small_buffers_off_mmap
 from agent.poller import BusPoller
 from agent.sealer import ClockImplausible, Sealer
 from agent.signing import load_signer
@@ -321,4 +322,5 @@ class App:
 
 
 def run_agent(cfg: Config) -> int:
+    keep_small_buffers_off_mmap()
     return asyncio.run(App(cfg).run())
