@@ -103,8 +103,7 @@ class BusPoller:
 
     async def _poll_meter(self, meter: MeterConfig) -> tuple[Sequence[Reading], bool]:
         h = self.health[meter.name]
-        now = self._now_ms()
-        if not h.online and now < h.next_probe_ms:
+        if not h.online and (now := self._now_ms()) < h.next_probe_ms:
             return gaps(meter, now, Quality.OFFLINE), False
         try:
             rows = await self.driver.read(meter)

@@ -166,8 +166,14 @@ class RequestExecutor:
         if meter.unit in self.guard._until:  # nothing to wait out or flush otherwise
             await self.guard.clear(client, meter.unit)
         started = time.monotonic()
+        self.requests_sent += 1
         try:
-            reply = await self._send(client, call, meter, request, where)
+            try:
+                # Awaited here, not in a helper coroutine: each level of coroutines is walked on
+                # every resume, and this runs for every request on every bus.
+                reply: Any = await call(request.start, count=request.count, device_id=meter.unit)
+            except (ModbusException, OSError) as e:
+                raise self._failure(e, where) from None
             if getattr(reply, "retries", 0):
                 # pymodbus resent the request after a silence (each copy one timeout after the
                 # last): this reply may answer an earlier copy — same request, same data — and
@@ -184,36 +190,29 @@ class RequestExecutor:
                 )
             raise
 
-    async def _send(
-        self, client: ModbusBaseClient, call: Any, meter: MeterConfig, request: ReadRequest,
-        where: str,
-    ) -> Any:
-        self.requests_sent += 1
-        try:
-            reply: Any = await call(request.start, count=request.count, device_id=meter.unit)
-        except ConnectionException:
-            raise _RequestFailed(
+    def _failure(self, e: ModbusException | OSError, where: str) -> _RequestFailed:
+        """What a pymodbus exception raised by a request means for its points."""
+        if isinstance(e, ConnectionException):
+            return _RequestFailed(
                 f"connection lost reading {where} — {self.no_reply_hint}",
                 Quality.TIMEOUT, answered=False, link_down=True,
-            ) from None
-        except ModbusIOException as e:
+            )
+        if isinstance(e, ModbusIOException):
             self.timed_out = "No response" in str(e) or self.timed_out
             if "but received" in str(e):  # a reply from another unit or transaction
-                raise _RequestFailed(
+                return _RequestFailed(
                     f"mismatched reply to {where} — check for duplicate unit ids on the line",
                     Quality.CORRUPT, answered=True,
-                ) from None
-            raise _RequestFailed(
+                )
+            return _RequestFailed(
                 f"no reply after {self.bus.retries + 1} tries (timeout {self.bus.timeout:g} s) "
                 f"— {self.no_reply_hint}",
                 Quality.TIMEOUT, answered=False,
-            ) from None
-        except (ModbusException, OSError) as e:
-            raise _RequestFailed(
-                f"failed reading {where}: {e} — {self.no_reply_hint}",
-                Quality.TIMEOUT, answered=False, link_down=True,
-            ) from None
-        return reply
+            )
+        return _RequestFailed(
+            f"failed reading {where}: {e} — {self.no_reply_hint}",
+            Quality.TIMEOUT, answered=False, link_down=True,
+        )
 
     def _check(self, request: ReadRequest, where: str, reply: Any) -> tuple[list[int], int]:
         """The reply's registers, if the reply is an answer to this request."""

@@ -10,6 +10,7 @@ import functools
 import math
 import struct
 from collections.abc import Sequence
+from operator import add, mul
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import MeterPoll, Quality, Reading
@@ -25,24 +26,47 @@ _PointDecoder = tuple[str, Any, int, "PointConfig"]
 _GOOD = Quality.GOOD
 
 
+def _byte_order(type: str, order: str) -> str | None:
+    """struct's byte-order prefix for the orders that are plain big or little endian over the
+    whole value (ABCD, DCBA; and every order of a 16-bit type); None for word-swapped orders,
+    which go through codec.decode. Either gives exactly codec.decode's result."""
+    count = FORMATS[type][1]
+    if order == "ABCD" or (count == 1 and order == "CDAB"):
+        return ">"
+    if order == "DCBA" or (count == 1 and order == "BADC"):
+        return "<"
+    return None
+
+
 @functools.cache  # 8 types x 4 orders at most: one Struct each, not one per configured point
 def _unpacker(type: str, order: str) -> Any:
-    """struct's unpack_from for the orders that are plain big or little endian over the whole
-    value (ABCD, DCBA; and every order of a 16-bit type); None for word-swapped orders, which
-    go through codec.decode. Either gives exactly codec.decode's result."""
-    fmt, count = FORMATS[type]
-    if order == "ABCD" or (count == 1 and order == "CDAB"):
-        return struct.Struct(">" + fmt).unpack_from
-    if order == "DCBA" or (count == 1 and order == "BADC"):
-        return struct.Struct("<" + fmt).unpack_from
-    return None
+    """struct's unpack_from for one point (see _byte_order), or None."""
+    prefix = _byte_order(type, order)
+    return None if prefix is None else struct.Struct(prefix + FORMATS[type][0]).unpack_from
+
+
+def _whole_reply(points: Sequence[PointConfig], start: int) -> Any:
+    """One unpack_from for a whole reply: every point in one plain byte order, in address
+    order without overlaps (gaps are skipped as pad bytes); None otherwise."""
+    orders = {_byte_order(p.type, p.order) for p in points}
+    if len(orders) != 1 or None in orders:
+        return None
+    fmt, pos = [], 0
+    for p in points:
+        offset = 2 * (p.register - start)
+        if offset < pos:
+            return None
+        code, count = FORMATS[p.type]
+        fmt.append("x" * (offset - pos) + code)
+        pos = offset + 2 * count
+    return struct.Struct(orders.pop() + "".join(fmt)).unpack_from
 
 
 class _Entry:
     """What is known about one planned request: its decoders, and whether it reads exactly
     its meter's points in the meter's order (for the `points` list it was checked against)."""
 
-    __slots__ = ("covers", "names", "points", "request", "table")
+    __slots__ = ("covers", "names", "offsets", "points", "request", "scales", "table", "whole", "wire")
 
     def __init__(self, request: ReadRequest) -> None:
         self.request = request
@@ -51,6 +75,10 @@ class _Entry:
             for p in request.points
         ]
         self.names = tuple(p.name for p in request.points)
+        self.wire = struct.Struct(f">{request.count}H").pack
+        self.whole = _whole_reply(request.points, request.start)
+        self.scales = tuple(p.scale for p in request.points)
+        self.offsets = tuple(p.offset for p in request.points)
         self.points: list[PointConfig] | None = None
         self.covers = False
 
@@ -102,7 +130,6 @@ class ReplyDecoder:
                 append(Reading(name, pname, ts, None, Quality.INVALID))
         return out
 
-
     def decoded_meter(
         self, meter: MeterConfig, request: ReadRequest, registers: list[int], ts: int
     ) -> Sequence[Reading]:
@@ -110,17 +137,24 @@ class ReplyDecoder:
         covers_in_order): a MeterPoll when every value is a usable number, else the list."""
         entry = self._entry(request)
         try:
-            wire = struct.pack(f">{len(registers)}H", *registers)
-        except struct.error:
+            wire = entry.wire(*registers)
+        except struct.error:  # not 16-bit values, or not request.count of them
             return self.decoded(meter, request, registers, ts)
-        values = []
-        append = values.append
-        for _, unpack, byte_offset, point in entry.table:
-            if unpack is None:  # a word-swapped order
-                offset = point.register - request.start
-                append(apply_scale(decode(registers[offset:offset + point.count], point.type, point.order), point))
-            else:
-                append(unpack(wire, byte_offset)[0] * point.scale + point.offset)
+        values: Sequence[float]
+        listed: list[float]
+        if entry.whole is not None:  # the usual meter: one byte order throughout
+            # raw × scale + offset (apply_scale), point by point, in C
+            values = tuple(map(add, map(mul, entry.whole(wire), entry.scales), entry.offsets))
+        else:
+            values = listed = []
+            append = listed.append
+            for _, unpack, byte_offset, point in entry.table:
+                if unpack is None:  # a word-swapped order
+                    offset = point.register - request.start
+                    append(apply_scale(decode(registers[offset:offset + point.count], point.type, point.order),
+                                       point))
+                else:
+                    append(unpack(wire, byte_offset)[0] * point.scale + point.offset)
         total = sum(values)
         if total - total != 0.0:  # a NaN or an infinity somewhere (rare): gaps, point by point
             return self.decoded(meter, request, registers, ts)

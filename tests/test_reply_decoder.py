@@ -12,7 +12,7 @@ from agent.config import PointConfig
 from drivers.base import MeterPoll, Quality
 from drivers.codec import FORMATS, ORDERS
 from drivers.planner import plan_meter
-from drivers.reply_decoder import ReplyDecoder, decode_point
+from drivers.reply_decoder import ReplyDecoder, _whole_reply, decode_point
 from tests.rtu_sim import inline_meter
 
 TYPES = sorted(FORMATS)
@@ -97,3 +97,18 @@ def test_a_meter_poll_is_the_list_of_its_readings() -> None:
     assert len(poll) == 3 and poll != listed[:2] and poll != "m"
     assert poll + listed == listed + poll == listed * 2
     assert [r.value for r in poll] == [1.0, 2.0, 3.0] and {r.quality for r in poll} == {Quality.GOOD}
+
+
+def test_a_reply_in_one_byte_order_is_unpacked_whole() -> None:
+    """The usual meter (one plain byte order, gaps allowed) takes one unpack per reply;
+    word-swapped or mixed orders go point by point. Both read as `decoded` (above)."""
+    def whole(*specs: tuple[str, str, int]) -> bool:
+        points = [PointConfig(name=f"p{i}", register=r, type=t, order=o)  # type: ignore[arg-type]
+                  for i, (t, o, r) in enumerate(specs)]
+        (request,) = plan_meter(inline_meter("m", 1, points))
+        return _whole_reply(request.points, request.start) is not None
+
+    assert whole(("u32", "ABCD", 0), ("f32", "ABCD", 2), ("u16", "CDAB", 7))  # 16-bit CDAB is plain
+    assert whole(("u32", "DCBA", 0), ("s16", "BADC", 4))
+    assert not whole(("u32", "ABCD", 0), ("u32", "DCBA", 2))
+    assert not whole(("u32", "CDAB", 0))
