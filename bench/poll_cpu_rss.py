@@ -11,7 +11,9 @@ their own process. Two pollers read them every second, at the same time, for `--
   Mosquitto.
 
 It prints CPU time per transaction for both, the ratio, and the agent's steady RSS.
-Targets (issue 2): ratio ≤ 1.5, RSS ≤ 45 MiB.
+Targets (issue 2): ratio ≤ 1.5, RSS ≤ 45 MiB. `--tune-floor` gives the floor the glibc
+thresholds the agent sets for itself (agent/malloc_tuning.py), to show what that tuning is
+worth in the ratio.
 """
 
 from __future__ import annotations
@@ -159,8 +161,20 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
-def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path,
-              ports_file: Path, seal_interval: float) -> tuple[dict[str, Any], dict[str, float]]:
+def floor_environment(tuned: bool) -> dict[str, str]:
+    """The floor's environment; `tuned` gives it the glibc thresholds the agent sets itself at
+    start (agent/malloc_tuning.py), to see how much of the ratio that tuning makes."""
+    env = dict(os.environ)
+    if tuned:
+        from agent.malloc_tuning import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+        env["MALLOC_TRIM_THRESHOLD_"] = str(TRIM_THRESHOLD)
+    return env
+
+
+def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path, ports_file: Path,
+              seal_interval: float, tune_floor: bool) -> tuple[dict[str, Any], dict[str, float]]:
     """(the agent's figures, the floor's): the floor polls the same meters in another process
     during the agent's measured window, so both see the same machine (on a shared VM its
     speed drifts by ±20 % within minutes, which measured one after the other moved the ratio
@@ -211,7 +225,7 @@ heartbeat = 3600
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             floor_proc = subprocess.Popen([sys.executable, __file__, "--floor", "--seconds", str(seconds),
                                            "--ports-file", str(ports_file)], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True)
+                                          stderr=subprocess.PIPE, text=True, env=floor_environment(tune_floor))
             t0, cpu0 = time.time(), proc_cpu(proc.pid)
             threads0, written0 = thread_cpu(proc.pid), written_bytes(proc.pid)
             rss = []
@@ -249,6 +263,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=10)
     ap.add_argument("--seal-interval", type=float, default=5,
                     help="the agent's schedule.seal_interval (its default is 60; 5 puts 12 seals in a minute)")
+    ap.add_argument("--tune-floor", action="store_true",
+                    help="give the floor the glibc mmap/trim thresholds the agent sets itself")
     ap.add_argument("--serve-meters", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ports-file", help=argparse.SUPPRESS)
@@ -268,7 +284,7 @@ def main() -> None:
             while not ports_file.exists():
                 time.sleep(0.1)
             ports = json.loads(ports_file.read_text())
-            fl, ag = agent_run(ports, a.seconds, a.warmup, tmp, ports_file, a.seal_interval)
+            fl, ag = agent_run(ports, a.seconds, a.warmup, tmp, ports_file, a.seal_interval, a.tune_floor)
         finally:
             farm.terminate()
             farm.wait(10)
@@ -276,7 +292,9 @@ def main() -> None:
     a_us = ag["cpu_s"] / ag["transactions"] * 1e6
     print(f"meters {a.meters} x {POINTS} points, 1 s interval, sealing every {a.seal_interval:g} s, "
           f"{a.seconds:g} s measured")
-    print(f"pymodbus floor : {fl['transactions']:.0f} transactions, {fl['cpu_s']:.2f} s CPU, {f_us:.0f} µs/transaction"
+    tuned = " (tuned)" if a.tune_floor else ""
+    print(f"pymodbus floor{tuned} : {fl['transactions']:.0f} transactions, {fl['cpu_s']:.2f} s CPU, "
+          f"{f_us:.0f} µs/transaction"
           f" ({fl['user_s'] / fl['transactions'] * 1e6:.0f} user + {fl['sys_s'] / fl['transactions'] * 1e6:.0f} sys)")
     print(f"energy-agent   : {ag['transactions']:.0f} transactions, {ag['cpu_s']:.2f} s CPU, {a_us:.0f} µs/transaction")
     us = 1e6 / ag["transactions"]

@@ -148,6 +148,10 @@ MDWE_PROBE = textwrap.dedent(
     cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)  # libffi closure
     assert cb(1) == 2
     import agent.sdnotify, agent.watchdog, agent.config
+    from agent.malloc_tuning import keep_small_buffers_off_mmap
+    assert keep_small_buffers_off_mmap()
+    from agent.signing import Ed25519Signer  # the daemon signs through PyNaCl (libsodium)
+    Ed25519Signer(bytes(range(32))).sign(b"x")
     print("ok")
     """
 )
