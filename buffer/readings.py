@@ -109,9 +109,9 @@ class Readings:
 
     def encode_readings(self, rows: Sequence[Reading]) -> list[polls.Row]:
         """add_readings' first half, which needs nothing from the database: the poll rows of
-        `rows`. Safe on another thread than the store's (the agent runs it on the event loop,
-        where the readings were just made and are still in that core's cache; on the store
-        thread it cost ~2.5× as much). It only reads the layout cache and sets single entries
+        `rows`. Safe on another thread than the store's (the agent runs encode_polls, its
+        twin, on the event loop, where the readings were just made and are still in that
+        core's cache; on the store thread it cost ~2.5× as much). It only reads the layout cache and sets single entries
         of it; a guess made stale meanwhile falls back to looking the layout up."""
         try:
             return polls.encode(rows, self._latest, self._layout_keys)
