@@ -150,9 +150,7 @@ class ReplyDecoder:
             append = listed.append
             for _, unpack, byte_offset, point in entry.table:
                 if unpack is None:  # a word-swapped order
-                    offset = point.register - request.start
-                    append(apply_scale(decode(registers[offset:offset + point.count], point.type, point.order),
-                                       point))
+                    append(point_value(request, point, registers))
                 else:
                     append(unpack(wire, byte_offset)[0] * point.scale + point.offset)
         total = sum(values)
@@ -161,12 +159,16 @@ class ReplyDecoder:
         return MeterPoll(meter.name, entry.names, ts, tuple(values))
 
 
+def point_value(request: ReadRequest, point: PointConfig, registers: list[int]) -> float:
+    """The engineering value of one point of a reply, through codec.decode (any order)."""
+    offset = point.register - request.start
+    return apply_scale(decode(registers[offset : offset + point.count], point.type, point.order), point)
+
+
 def decode_point(
     meter: MeterConfig, request: ReadRequest, point: PointConfig, registers: list[int], ts: int
 ) -> Reading:
-    offset = point.register - request.start
-    raw = decode(registers[offset : offset + point.count], point.type, point.order)
-    value = apply_scale(raw, point)
+    value = point_value(request, point, registers)
     if not is_usable(value):
         return Reading(meter.name, point.name, ts, None, Quality.INVALID)
     return Reading(meter.name, point.name, ts, value, Quality.GOOD)
