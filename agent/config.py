@@ -57,6 +57,10 @@ class PlatformSection(Base, kw_only=True):
     mqtt_version: Literal["3.1.1", "5"] = "3.1.1"
     keepalive: Annotated[int, Meta(ge=5, le=3600)] = 60
     inflight: Annotated[int, Meta(ge=1, le=1000)] = 20
+    # The broker's largest packet (mosquitto's max_packet_size, a cloud broker's message limit).
+    # An envelope that would not fit is set aside instead of blocking the queue. MQTT 5 brokers
+    # announce theirs on connect; the smaller of the two applies.
+    max_packet_bytes: Annotated[int, Meta(ge=1024, le=268_435_460)] | None = None
     reconnect_min: Annotated[float, Meta(gt=0)] = 1.0
     reconnect_max: Annotated[float, Meta(gt=0)] = 60.0
     tls: bool = False

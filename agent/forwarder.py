@@ -35,12 +35,21 @@ class AckTimeout(Exception):
     """Sent, but no acknowledgement in time; resend the same bytes later."""
 
 
-class PlatformRejected(Exception):
-    """The platform refused this envelope for good: never resend it."""
+class Undeliverable(Exception):
+    """This envelope can never get through as things are: set it aside (a dead letter), do
+    not let it hold up the ones behind it."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class PlatformRejected(Undeliverable):
+    """The platform refused this envelope for good: never resend it."""
+
+
+class TooLarge(Undeliverable):
+    """The envelope is larger than the broker accepts (it would disconnect us every time)."""
 
 
 class Uplink(Protocol):
@@ -191,10 +200,15 @@ class Forwarder:
             exc = task.exception()
             if exc is None:
                 delivered.append(row.seq)
-            elif isinstance(exc, PlatformRejected):
+            elif isinstance(exc, Undeliverable):
                 self.rejected_total += 1
-                log.warning("envelope %s (seq %d) rejected by the platform, not resent: %s",
-                            row.id, row.seq, exc.reason)
+                if isinstance(exc, TooLarge):
+                    log.error("envelope %s (seq %d) set aside, not sent: %s — raise the broker's "
+                              "limit (and platform.max_packet_bytes), then `energy-agent resend %d`",
+                              row.id, row.seq, exc.reason, row.seq)
+                else:
+                    log.warning("envelope %s (seq %d) rejected by the platform, not resent: %s",
+                                row.id, row.seq, exc.reason)
                 await self._store(self.store.mark_rejected, self.destination, row.seq, exc.reason)
             elif isinstance(exc, (UplinkDown, AckTimeout)):
                 failure = failure or f"{row.id}: {type(exc).__name__}: {exc}"

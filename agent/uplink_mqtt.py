@@ -25,9 +25,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
-from agent.forwarder import AckTimeout, PlatformRejected, UplinkDown
+from agent.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
 
-__all__ = ["AckTimeout", "MqttUplink", "PlatformRejected", "UplinkDown"]
+__all__ = ["AckTimeout", "MqttUplink", "PlatformRejected", "TooLarge", "UplinkDown"]
 
 log = logging.getLogger("energy_agent.uplink.mqtt")
 
@@ -54,6 +54,7 @@ class MqttUplink:
         self._by_mid: dict[int, asyncio.Future[None]] = {}
         self._by_id: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._connect_failures = 0
+        self._broker_max: int | None = None  # MQTT 5 CONNACK's Maximum Packet Size
         self._started = False
         self._stopping = False
         self._client = self._make_client(will)
@@ -138,6 +139,13 @@ class MqttUplink:
     # -- state -------------------------------------------------------------------------------
 
     @property
+    def max_packet_bytes(self) -> int | None:
+        """The largest packet the broker takes: platform.max_packet_bytes, or what an MQTT 5
+        broker announced on connect, whichever is smaller; None when neither is known."""
+        limits = [n for n in (self.cfg.max_packet_bytes, self._broker_max) if n]
+        return min(limits) if limits else None
+
+    @property
     def connected(self) -> bool:
         return self._up.is_set()
 
@@ -180,6 +188,11 @@ class MqttUplink:
         """
         if not self.connected or self._loop is None:
             raise UplinkDown("not connected")
+        limit = self.max_packet_bytes
+        if limit is not None:
+            size = publish_packet_size(topic, payload, v5=self.cfg.mqtt_version == "5")
+            if size > limit:
+                raise TooLarge(f"{size} bytes as an MQTT packet, the broker takes at most {limit}")
         loop = self._loop
         acked: asyncio.Future[None] = loop.create_future()
         puback: asyncio.Future[None] = loop.create_future()
@@ -251,7 +264,7 @@ class MqttUplink:
                 loop.call_soon_threadsafe(fn, *args)
 
     def _on_connect(
-        self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _props: Any
+        self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         if rc.is_failure:
             self._call(self._log_refused, rc)
@@ -259,12 +272,15 @@ class MqttUplink:
         _forget_paho_outgoing(client)
         if self.platform_acks:
             client.subscribe(self.ack_topic, qos=1)  # connected once the SUBACK is in
-        self._call(self._connected, rc)
+        # MQTT 5: the broker's largest packet, if it has a limit (absent: none).
+        self._call(self._connected, rc, getattr(props, "MaximumPacketSize", None))
 
-    def _connected(self, rc: ReasonCode) -> None:
+    def _connected(self, rc: ReasonCode, broker_max: int | None = None) -> None:
+        self._broker_max = broker_max
         log.info(
-            "mqtt connected to %s:%d as %s (%s)",
+            "mqtt connected to %s:%d as %s (%s%s)",
             self.cfg.host, self.cfg.port, self.client_id, rc,
+            f"; packets up to {broker_max} bytes" if broker_max else "",
         )
         if not self.platform_acks:
             self._set_up()
@@ -359,3 +375,11 @@ def _forget_paho_outgoing(client: mqtt.Client) -> None:
     with lock:
         messages.clear()
         client._inflight_messages = 0
+
+
+def publish_packet_size(topic: str, payload: bytes, v5: bool) -> int:
+    """Bytes of the QoS 1 PUBLISH packet carrying `payload` to `topic` (MQTT 3.1.1 §3.3, 5.0
+    §3.3; we send no properties): fixed header, topic, packet id, payload."""
+    remaining = 2 + len(topic.encode("utf-8")) + 2 + (1 if v5 else 0) + len(payload)
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
+    return 1 + length_bytes + remaining

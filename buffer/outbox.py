@@ -239,6 +239,30 @@ class Outbox:
             self._add_counter(c, "rejected_envelopes", 1)
             self._advance(c, destination)
 
+    def requeue(self, destination: str, seqs: Iterable[int]) -> list[int]:
+        """Put dead letters back in `destination`'s queue, byte-identical (e.g. once the broker
+        takes larger packets); returns the seqs requeued. Only rejected envelopes still in the
+        outbox qualify, and never a corrupt one."""
+        w = self._watermark(destination)
+        with self.transaction() as c:
+            todo = [s for s in sorted({int(s) for s in seqs}) if c.execute(
+                "SELECT 1 FROM rejected r JOIN outbox o ON o.seq = r.seq"
+                " WHERE r.destination = ? AND r.seq = ? AND r.reason != ?",
+                (destination, s, CORRUPT_REASON)).fetchone()]
+            if not todo:
+                return []
+            low = todo[0] - 1
+            if low < w:
+                # The watermark has passed them: what lies between stays done, as marks.
+                c.execute("INSERT OR IGNORE INTO delivery_marks(destination, seq)"
+                          " SELECT ?, seq FROM outbox WHERE seq > ? AND seq <= ?", (destination, low, w))
+                c.execute("UPDATE delivery SET watermark = ? WHERE destination = ?", (low, destination))
+            c.executemany("DELETE FROM delivery_marks WHERE destination = ? AND seq = ?",
+                          [(destination, s) for s in todo])
+            c.executemany("DELETE FROM rejected WHERE destination = ? AND seq = ?",
+                          [(destination, s) for s in todo])
+        return todo
+
     def rejected(self, destination: str) -> list[tuple[int, str, int]]:
         """Dead letters for a destination: (seq, reason, when in ms), oldest first."""
         return [tuple(r) for r in self._all(

@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.cli import main
 from agent.config import PlatformSection
 from agent.forwarder import Forwarder
+from agent.signing import generate_key
 from agent.uplink_mqtt import MqttUplink
 from buffer.store import EnvelopeMeta, Store
 from hil.broker import Mosquitto, Subscriber
+from tests.test_reports import CONFIG
 
 E, G = "91370600780790663W", "gw-01"
 UP = f"energy/{E}/{G}/up"
@@ -38,13 +42,13 @@ class Rig:
     async def call(self, fn: Callable[..., _R], *args: Any) -> _R:
         return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
 
-    async def enqueue(self, n: int, kind: str = "readings", tag: str = "") -> list[str]:
+    async def enqueue(self, n: int, kind: str = "readings", tag: str = "", pad: int = 200) -> list[str]:
         def work() -> list[str]:
             ids = []
             for _ in range(n):
                 seq, _head = self.store.chain_head()
                 eid = f"{E}-{G}-{seq}{tag}"
-                payload = json.dumps({"v": 1, "id": eid, "seq": seq, "pad": "x" * 200}).encode()
+                payload = json.dumps({"v": 1, "id": eid, "seq": seq, "pad": "x" * pad}).encode()
                 meta = EnvelopeMeta(seq, eid, kind, f"{UP}/{kind}", int(time.time() * 1000))
                 self.store.enqueue(payload, meta)
                 ids.append(eid)
@@ -214,6 +218,56 @@ def test_platform_acks_rejects_and_timeouts(tmp_path: Path) -> None:
             asyncio.run(main())
         finally:
             p.close()
+
+
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+def test_an_envelope_too_large_for_the_broker_is_set_aside_then_resent_once_it_fits(
+        tmp_path: Path, version: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Mosquitto disconnects a client whose packet exceeds max_packet_size, so that envelope
+    would be retried — and the link dropped — forever, holding up everything behind it. An MQTT 5
+    broker announces its limit; for 3.1.1 it is platform.max_packet_bytes."""
+    limit = 4096
+    known = {} if version == "5" else {"max_packet_bytes": limit}
+
+    async def too_large() -> tuple[list[str], str]:
+        async with rig(tmp_path, platform(broker.port, mqtt_version=version, **known)) as r:
+            assert await r.uplink.wait_connected(5)
+            ids = await r.enqueue(3)
+            (big,) = await r.enqueue(1, tag="-big", pad=8000)
+            ids += await r.enqueue(3)
+            await r.wait_backlog_zero(10)
+            assert r.uplink.max_packet_bytes == limit
+            assert (r.forwarder.delivered_total, r.forwarder.rejected_total) == (6, 1)
+            assert r.forwarder.failures_total == 0, "the link must never have been dropped"
+            ((seq, reason, _),) = await r.call(r.store.rejected, "mqtt")
+            assert seq == 4 and f"the broker takes at most {limit}" in reason
+            return ids, big
+
+    with Mosquitto(extra_config=f"max_packet_size {limit}\n") as broker, Subscriber(broker.port, f"{UP}/#") as sub:
+        ids, big = asyncio.run(too_large())
+        sub.wait_for(6, 10)
+        time.sleep(0.3)
+        assert sorted(json.loads(p)["id"] for _, p in sub.snapshot()) == sorted(ids)
+
+    # The broker's limit raised: `energy-agent resend 4` queues it again, and it goes out as it was.
+    site = tmp_path / "agent.toml"
+    site.write_text(CONFIG.format(dir=tmp_path))
+    generate_key(tmp_path / "key.pem")
+    assert main(["resend", "-c", str(site)]) == 0
+    assert "seq 4 " in capsys.readouterr().out
+    assert main(["resend", "-c", str(site), "4", "5"]) == 1  # 5 was delivered: nothing to do
+    assert "seq 4: queued again" in capsys.readouterr().out
+    with Mosquitto() as broker, Subscriber(broker.port, f"{UP}/#") as sub:
+
+        async def resend() -> bytes:
+            async with rig(tmp_path, platform(broker.port)) as r:
+                await r.wait_backlog_zero(10)
+                assert r.forwarder.delivered_total == 1
+                return next(e.payload for e in await r.call(r.store.envelopes, "readings") if e.seq == 4)
+
+        stored = asyncio.run(resend())
+        ((_, payload),) = sub.wait_for(1, 10)
+        assert json.loads(payload)["id"] == big and payload == stored
 
 
 class Flaky:

@@ -170,6 +170,22 @@ def test_rejected_never_pending_again(store: Store) -> None:
     assert [r.seq for r in store.envelopes("readings")] == [1, 2, 3]  # kept
 
 
+def test_requeued_dead_letter_is_pending_again_alone(store: Store) -> None:
+    payloads = put(store, 5)
+    store.mark_delivered("mqtt", [1, 2])
+    store.mark_rejected("mqtt", 3, "too large")
+    store.mark_delivered("mqtt", [4, 5])
+    assert store.pending("mqtt", 10) == [] and store._watermark("mqtt") == 5
+    assert store.requeue("mqtt", [3, 4, 99]) == [3]  # 4 was delivered, 99 never existed
+    pending = store.pending("mqtt", 10)
+    assert [r.seq for r in pending] == [3] and pending[0].payload == payloads[2]  # byte-identical
+    assert store.backlog("mqtt")[0] == 1 and store.rejected("mqtt") == []
+    assert store.pending("https", 10)[0].seq == 1  # another destination is untouched
+    store.mark_delivered("mqtt", [3])
+    assert store.pending("mqtt", 10) == [] and store._watermark("mqtt") == 5
+    assert store.requeue("mqtt", [3]) == []  # delivered now: nothing to requeue
+
+
 def test_corrupt_payload_skipped_and_counted(store: Store, caplog: pytest.LogCaptureFixture
                                              ) -> None:
     put(store, 3)
@@ -185,6 +201,7 @@ def test_corrupt_payload_skipped_and_counted(store: Store, caplog: pytest.LogCap
     assert [r.seq for r in store.envelopes("readings")] == [1, 3]
     assert store.counters()["corrupt_envelopes"] == 1
     assert sum("E-G-2" in m for m in caplog.messages) == 1
+    assert store.requeue("mqtt", [2]) == []  # a corrupt envelope is never sent
     assert store.backlog("mqtt")[0] == 2
     store.mark_delivered("mqtt", [1, 3])
     assert store.backlog("mqtt") == (0, None)

@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ConfigError, PlatformSection
-from agent.uplink_mqtt import AckTimeout, MqttUplink, PlatformRejected, UplinkDown
+from agent.uplink_mqtt import AckTimeout, MqttUplink, PlatformRejected, UplinkDown, publish_packet_size
 from hil.broker import Mosquitto, Subscriber, TlsListener
 
 E, G = "91370600780790663W", "gw-01"
@@ -287,3 +287,13 @@ def test_missing_tls_files_are_a_config_error(tmp_path: Path) -> None:
         MqttUplink(cfg, E, G)
     (tmp_path / "pw").write_text("secret\n")
     MqttUplink(cfg, E, G)  # readable: fine
+
+
+def test_publish_packet_size_as_mqtt_counts_it() -> None:
+    # Fixed header byte, remaining length (a varint), topic length + topic, packet id, [v5: an
+    # empty property list], payload.
+    assert publish_packet_size("a/b", b"x" * 10, v5=False) == 1 + 1 + 2 + 3 + 2 + 10
+    assert publish_packet_size("a/b", b"x" * 10, v5=True) == 1 + 1 + 2 + 3 + 2 + 1 + 10
+    assert publish_packet_size("a/b", b"x" * 120, v5=False) == 1 + 1 + 127  # remaining 127: one byte
+    assert publish_packet_size("a/b", b"x" * 121, v5=False) == 1 + 2 + 128  # 128: two bytes
+    assert publish_packet_size("能/b", b"", v5=False) == 1 + 1 + 2 + 5 + 2  # the topic in UTF-8

@@ -80,7 +80,8 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
                         "the platform has not had today's data; check the link and the broker")
     for name in ("dropped_envelopes", "corrupt_envelopes", "rejected_envelopes", "corrupt_db_moved"):
         if counters.get(name):
-            warnings.append(f"{name.replace('_', ' ')}: {counters[name]}")
+            hint = " — `energy-agent resend` lists them" if name == "rejected_envelopes" else ""
+            warnings.append(f"{name.replace('_', ' ')}: {counters[name]}{hint}")
     return {
         "now_ms": now_ms, "store": str(cfg.db_path), "store_bytes": store.size_bytes(),
         "meters": meters,
