@@ -20,8 +20,12 @@ Order (DESIGN.md), each step only when the previous one was not enough:
    c. sealed raw readings accounting still needs (newer than `summarised_ts`) — the open
       day's reports lose samples (flagged, lower completeness), so this is logged as a warning
       and counted (`pruned_needed_readings`), but it loses no message already signed;
-4. over the budget, the very last resort: unsent envelopes oldest first — each one counted,
-   logged with its id and recorded as an event.
+4. over the budget, the very last resort: unsent envelopes — each one counted, logged with
+   its id and recorded as an event — in order of what they are worth to the enterprise:
+   heartbeats superseded by a newer one, then raw samples (the interval and daily reports
+   carry their substance), then the rest (the reports the regulation asks for, manual
+   entries, and the newest heartbeat, which tells the platform of the drops), each oldest
+   first.
 Unsealed readings are never deleted. Deletes run in batches of one transaction each.
 """
 
@@ -185,6 +189,11 @@ def _delete_done_envelopes(store: Store, before_ms: int | None, budget: int | No
     return total
 
 
+# Step 4's order (see the module docstring): 0 = first to go.
+_DROP_ORDER = ("CASE WHEN type = 'status' AND seq < (SELECT max(seq) FROM outbox WHERE type = 'status')"
+               " THEN 0 WHEN type = 'readings' THEN 1 ELSE 2 END")
+
+
 def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
     dropped: list[str] = []
     while store.used_bytes() > budget:
@@ -192,7 +201,7 @@ def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
             # One at a time, re-checking the budget: every unsent envelope dropped is data the
             # platform will never get, so drop no more than the budget needs.
             rows = c.execute("SELECT seq, id, type, period, created_ms FROM outbox"
-                             " ORDER BY seq LIMIT 1").fetchall()
+                             " ORDER BY " + _DROP_ORDER + ", seq LIMIT 1").fetchall()
             _delete_envelopes(c, [r[0] for r in rows])
             for seq, id_, type_, period, created in rows:
                 info = {"seq": seq, "id": id_, "type": type_, "period": period,

@@ -258,3 +258,26 @@ def test_budget_takes_needed_readings_only_before_unsent_envelopes(
     report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)
     assert report.over_budget and report.dropped_envelopes == len(unsent)
     assert reading_ids(store) == unsealed and outbox_seqs(store) == []
+
+
+def test_unsent_envelopes_go_by_worth_superseded_heartbeats_then_raw_samples(store: Store) -> None:
+    def put(type_: str) -> int:
+        seq, _ = store.chain_head()
+        store.enqueue(b"x" * 2000, EnvelopeMeta(seq, f"E-G-{seq}", type_, "t", NOW - DAY))
+        return seq
+
+    kinds = ["status", "readings", "daily", "status", "readings", "interval", "manual", "status", "readings"]
+    seqs = {seq: kind for seq, kind in ((put(k), k) for k in kinds)}
+    store.checkpoint()
+    want = ["status", "status", "readings", "readings", "readings", "daily", "interval", "manual", "status"]
+
+    def dropped() -> list[str]:
+        return [seqs[e[3]["seq"]] for e in store.events("envelope_dropped")]
+
+    prune(store, NOW, RAW_KEEP, HISTORY_KEEP, store.used_bytes() - 3 * 4096)  # a little over
+    assert 0 < len(dropped()) < len(want) and dropped() == want[:len(dropped())]
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)  # nothing fits: all go, in that order
+    assert dropped() == want
+    order = [e[3]["seq"] for e in store.events("envelope_dropped")]
+    assert order[-1] == max(s for s, k in seqs.items() if k == "status")  # the newest heartbeat last
+    assert report.over_budget and outbox_seqs(store) == []
