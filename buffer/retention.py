@@ -189,19 +189,26 @@ def _delete_done_envelopes(store: Store, before_ms: int | None, budget: int | No
     return total
 
 
-# Step 4's order (see the module docstring): 0 = first to go.
-_DROP_ORDER = ("CASE WHEN type = 'status' AND seq < (SELECT max(seq) FROM outbox WHERE type = 'status')"
-               " THEN 0 WHEN type = 'readings' THEN 1 ELSE 2 END")
+# Step 4's order (see the module docstring), as filters on the outbox read in seq order; the
+# unary + keeps SQLite walking the table by seq (stopping at the first match) instead of the
+# (type, period) index and a sort.
+_DROP_CLASSES = (
+    " WHERE +type = 'status' AND seq < :newest_status",  # heartbeats a newer one supersedes
+    " WHERE +type = 'readings'",
+    "",  # the rest: reports, manual entries, the newest heartbeat
+)
 
 
 def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
     dropped: list[str] = []
-    while store.used_bytes() > budget:
+    newest = store.conn.execute("SELECT max(seq) FROM outbox WHERE type = 'status'").fetchone()[0]
+    classes = list(_DROP_CLASSES)
+    while store.used_bytes() > budget and classes:
         with store.transaction() as c:
             # One at a time, re-checking the budget: every unsent envelope dropped is data the
             # platform will never get, so drop no more than the budget needs.
-            rows = c.execute("SELECT seq, id, type, period, created_ms FROM outbox"
-                             " ORDER BY " + _DROP_ORDER + ", seq LIMIT 1").fetchall()
+            rows = c.execute("SELECT seq, id, type, period, created_ms FROM outbox" + classes[0]
+                             + " ORDER BY seq LIMIT 1", {"newest_status": newest or 0}).fetchall()
             _delete_envelopes(c, [r[0] for r in rows])
             for seq, id_, type_, period, created in rows:
                 info = {"seq": seq, "id": id_, "type": type_, "period": period,
@@ -218,7 +225,7 @@ def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
                       id_, seq, type_)
             dropped.append(id_)
         if not rows:
-            break
+            classes.pop(0)  # none of this class left (none is sealed during a pass)
     return dropped
 
 
