@@ -243,8 +243,11 @@ class Outbox:
         """Put dead letters back in `destination`'s queue, byte-identical (e.g. once the broker
         takes larger packets); returns the seqs requeued. Only rejected envelopes still in the
         outbox qualify, and never a corrupt one."""
-        w = self._watermark(destination)
+        self._watermark(destination)  # an unknown destination raises here
         with self.transaction() as c:
+            # Read under the write lock: the daemon may have moved the watermark meanwhile, and
+            # a stale one would leave seqs between the two without their done marks (resent).
+            w = c.execute("SELECT watermark FROM delivery WHERE destination = ?", (destination,)).fetchone()[0]
             todo = [s for s in sorted({int(s) for s in seqs}) if c.execute(
                 "SELECT 1 FROM rejected r JOIN outbox o ON o.seq = r.seq"
                 " WHERE r.destination = ? AND r.seq = ? AND r.reason != ?",
