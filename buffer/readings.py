@@ -109,18 +109,16 @@ class Readings:
 
     def encode_readings(self, rows: Sequence[Reading]) -> list[polls.Row]:
         """add_readings' first half, which needs nothing from the database: the poll rows of
-        `rows`. Safe on another thread than the store's (the agent runs encode_polls, its
-        twin, on the event loop, where the readings were just made and are still in that
-        core's cache; on the store thread it cost ~2.5× as much). It only reads the layout cache and sets single entries
-        of it; a guess made stale meanwhile falls back to looking the layout up."""
-        try:
-            return polls.encode(rows, self._latest, self._layout_keys)
-        except BadReading as e:
-            raise StoreError(f"store {self.path}: {e}") from e
+        `rows` (many meters' readings, each meter's points consecutive)."""
+        return self.encode_polls([rows])
 
     def encode_polls(self, polls_: Sequence[Sequence[Reading]]) -> list[polls.Row]:
-        """encode_readings for samples given one sequence per meter poll (what the pollers
-        hand over): a MeterPoll of a known layout becomes its row without a Reading made."""
+        """encode_readings for samples given one sequence per meter poll (what the pollers hand
+        over): a MeterPoll of a known layout becomes its row without a Reading made. Safe on
+        another thread than the store's (the agent runs it on the event loop, where the
+        readings were just made and are still in that core's cache; on the store thread it
+        cost ~2.5x as much). It only reads the layout cache and sets single entries of it; a
+        guess made stale meanwhile falls back to looking the layout up."""
         try:
             return polls.encode_polls(polls_, self._latest, self._layout_keys)
         except BadReading as e:
