@@ -12,7 +12,7 @@ their own process. Two pollers read them every second, at the same time, for `--
 
 It prints CPU time per transaction for both, the ratio, and the agent's steady RSS.
 Targets (issue 2): ratio ≤ 1.5, RSS ≤ 45 MiB. `--tune-floor` gives the floor the glibc
-thresholds the agent sets for itself (agent/malloc_tuning.py), to show what that tuning is
+thresholds the agent sets for itself (agent/runtime/malloc_tuning.py), to show what that tuning is
 worth in the ratio.
 """
 
@@ -163,10 +163,10 @@ def unit_environment() -> dict[str, str]:
 
 def floor_environment(tuned: bool) -> dict[str, str]:
     """The floor's environment; `tuned` gives it the glibc thresholds the agent sets itself at
-    start (agent/malloc_tuning.py), to see how much of the ratio that tuning makes."""
+    start (agent/runtime/malloc_tuning.py), to see how much of the ratio that tuning makes."""
     env = dict(os.environ)
     if tuned:
-        from agent.malloc_tuning import MMAP_THRESHOLD, TRIM_THRESHOLD
+        from agent.runtime.malloc_tuning import MMAP_THRESHOLD, TRIM_THRESHOLD
 
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
         env["MALLOC_TRIM_THRESHOLD_"] = str(TRIM_THRESHOLD)
@@ -179,7 +179,7 @@ def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path, ports_
     during the agent's measured window, so both see the same machine (on a shared VM its
     speed drifts by ±20 % within minutes, which measured one after the other moved the ratio
     by as much)."""
-    from agent.signing import generate_key
+    from agent.protocol.signing import generate_key
     from hil.broker import Mosquitto
 
     generate_key(tmp / "k.pem")

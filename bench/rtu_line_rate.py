@@ -34,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import BusConfig, MeterConfig, PointConfig
 from drivers.codec import encode
 from drivers.modbus_rtu import ModbusRtuDriver
+from drivers.model import BusConfig, MeterConfig, PointConfig
 from drivers.planner import plan_meter
 from drivers.timing import request_seconds
 from hil.serial_pair import serial_pair

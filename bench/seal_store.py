@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from agent.config import load_config
-from agent.sealer import Sealer
-from agent.signing import generate_key, load_signer
+from agent.protocol.sealer import Sealer
+from agent.protocol.signing import generate_key, load_signer
 from buffer.store import Store
 from drivers.base import Reading
 

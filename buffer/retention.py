@@ -5,7 +5,7 @@ time; the counters and reports count samples (points), as before.
 
 Two cursors say what the rest of the agent is done with:
 - `sealed_rowid` (the sealer): poll rows up to this id are in the outbox (or need not be);
-- `summarised_ts` (agent/reports.py): accounting will not read a reading older than this ms
+- `summarised_ts` (agent/accounting/reports.py): accounting will not read a reading older than this ms
   timestamp again — it is the start of the first period not yet sealed as a report, less the
   lookback an unseeded period reads. Absent (no reported points, or reports never ran): no
   reading is held back for accounting.

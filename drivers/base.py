@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 import msgspec
 
 if TYPE_CHECKING:
-    from agent.config import MeterConfig
+    from drivers.model import MeterConfig
 
 
 class Quality(IntEnum):

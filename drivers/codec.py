@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.config import PointConfig
+    from drivers.model import PointConfig
 
 # type -> (struct format character, number of registers)
 FORMATS: dict[str, tuple[str, int]] = {

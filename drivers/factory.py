@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.config import BusConfig
     from drivers.base import Driver
+    from drivers.model import BusConfig
 
 
 def open_driver(bus: BusConfig) -> Driver:

@@ -29,7 +29,7 @@ from drivers.reply_decoder import ReplyDecoder
 if TYPE_CHECKING:
     from pymodbus.client.base import ModbusBaseClient
 
-    from agent.config import BusConfig, MeterConfig
+    from drivers.model import BusConfig, MeterConfig
 
 log = logging.getLogger("drivers.modbus")
 

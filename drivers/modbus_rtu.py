@@ -19,7 +19,7 @@ from drivers.modbus import ModbusDriver
 if TYPE_CHECKING:
     from pymodbus.client.base import ModbusBaseClient
 
-    from agent.config import BusConfig
+    from drivers.model import BusConfig
 
 
 class ModbusRtuDriver(ModbusDriver):

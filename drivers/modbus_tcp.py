@@ -9,7 +9,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from drivers.modbus import ModbusDriver
 
 if TYPE_CHECKING:
-    from agent.config import BusConfig
+    from drivers.model import BusConfig
 
 
 class ModbusTcpDriver(ModbusDriver):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from agent.config import MeterConfig, PointConfig
+from drivers.model import MeterConfig, PointConfig
 
 MODBUS_MAX_REGISTERS = 125  # a read holding/input registers reply carries at most 250 bytes
 

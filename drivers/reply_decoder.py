@@ -17,7 +17,7 @@ from drivers.base import MeterPoll, Quality, Reading
 from drivers.codec import FORMATS, apply_scale, decode, is_usable
 
 if TYPE_CHECKING:
-    from agent.config import MeterConfig, PointConfig
+    from drivers.model import MeterConfig, PointConfig
     from drivers.planner import ReadRequest
 
 # (name, unpack_from or None, byte offset, point): how to decode one point of a request's reply.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from drivers.planner import plan_meter
 
 if TYPE_CHECKING:
-    from agent.config import BusConfig, MeterConfig
+    from drivers.model import BusConfig, MeterConfig
 
 REQUEST_BYTES = 8  # unit, function, start (2), count (2), CRC (2)
 REPLY_OVERHEAD_BYTES = 5  # unit, function, byte count, CRC (2)

@@ -29,7 +29,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from agent.config import PointConfig
+from drivers.model import PointConfig
 from hil.broker import Mosquitto
 from hil.fault_proxy import FaultProxy
 from hil.observer import Observer

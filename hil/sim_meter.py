@@ -27,8 +27,9 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from agent.config import PointConfig, load_profile
 from drivers.codec import encode
+from drivers.model import PointConfig
+from drivers.profiles import load_profile
 
 log = logging.getLogger(__name__)
 

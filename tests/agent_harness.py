@@ -17,7 +17,7 @@ from typing import Any
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.signing import generate_key
+from agent.protocol.signing import generate_key
 from drivers.codec import encode
 from hil.broker import free_port, port_open
 
@@ -216,7 +216,7 @@ class AgentProcess:
 def public_key_of(key_file: Path) -> tuple[str, bytes]:
     from cryptography.hazmat.primitives import serialization
 
-    from agent.signing import key_id_for
+    from agent.protocol.signing import key_id_for
 
     key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -21,9 +21,10 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.config import BusConfig, MeterConfig, PointConfig, load_profile
 from drivers.codec import encode
+from drivers.model import BusConfig, MeterConfig, PointConfig
 from drivers.planner import plan_reads
+from drivers.profiles import load_profile
 from hil.serial_pair import serial_pair
 from hil.serial_relay import SerialRelay
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.envelope import format_value
+from agent.protocol.envelope import format_value
 from buffer.store import Store
 from hil.broker import Mosquitto, Subscriber
 from tests.agent_harness import (

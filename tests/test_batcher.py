@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agent.batcher import CommitBatcher
+from agent.runtime.batcher import CommitBatcher
 from buffer.store import MeterStatus
 from drivers.base import Reading
 

@@ -1,4 +1,4 @@
-"""agent.canonical against the rfc8785 package (Trail of Bits) as an independent oracle."""
+"""agent.protocol.canonical against the rfc8785 package (Trail of Bits) as an independent oracle."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.canonical import MAX_SAFE_INTEGER, _plain, _reference, canonical, canonical_string
+from agent.protocol.canonical import MAX_SAFE_INTEGER, _plain, _reference, canonical, canonical_string
 
 ints = st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
 # Hypothesis text() never yields lone surrogates, so every string is valid UTF-8. Bias towards

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.clock import ClockWatch
 from agent.config import load_config
-from agent.sealer import BUILD_DATE_MS, ClockImplausible, Sealer
-from agent.signing import load_signer
+from agent.protocol.sealer import BUILD_DATE_MS, ClockImplausible, Sealer
+from agent.protocol.signing import load_signer
+from agent.runtime.clock import ClockWatch
 from buffer.store import Store
 from drivers.base import Reading
 from tests.agent_harness import write_site

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from agent.coal import CoalError, coefficients, steam_coefficient
-from agent.statistics import energy_summary
+from agent.accounting.coal import CoalError, coefficients, steam_coefficient
+from agent.accounting.statistics import energy_summary
 
 D = Decimal
 

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.client import ModbusTcpClient
 
-from agent.config import PointConfig
 from drivers.codec import FORMATS, ORDERS, apply_scale, decode, encode, register_count
+from drivers.model import PointConfig
 
 DT = ModbusTcpClient.DATATYPE
 PYMODBUS_TYPE = {

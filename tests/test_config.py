@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, MeterConfig, load_config
+from agent.config import ConfigError, load_config
+from drivers.model import MeterConfig
 
 GOOD = """
 [agent]

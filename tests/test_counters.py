@@ -9,8 +9,8 @@ from decimal import Decimal
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from agent import counters
-from agent.counters import Replacement, Sample, close_periods
+from agent.accounting import counters
+from agent.accounting.counters import Replacement, Sample, close_periods
 
 D = Decimal
 DAY = 86_400_000

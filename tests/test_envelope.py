@@ -1,4 +1,4 @@
-"""Envelopes built by agent.envelope, checked by the independent tests/verifier.py, and the
+"""Envelopes built by agent.protocol.envelope, checked by the independent tests/verifier.py, and the
 worked example in docs/protocol.md regenerated and compared block by block.
 
 `python tests/test_envelope.py` prints the worked-example blocks (to refresh the doc after an
@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `python tests/test_envelope.py` finds agent/
 
-from agent.canonical import canonical  # noqa: E402
-from agent.envelope import (  # noqa: E402
+from agent.protocol.canonical import canonical  # noqa: E402
+from agent.protocol.envelope import (  # noqa: E402
     GENESIS_PREV,
     ack_topic,
     build_envelope,
@@ -34,7 +34,7 @@ from agent.envelope import (  # noqa: E402
     topic_for,
     will_topic,
 )
-from agent.signing import (  # noqa: E402
+from agent.protocol.signing import (  # noqa: E402
     Ed25519Signer,
     key_id_for,
     public_key_base64,

@@ -19,9 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.cli import main
 from agent.config import PlatformSection
-from agent.forwarder import Forwarder
-from agent.signing import generate_key
-from agent.uplink_mqtt import MqttUplink
+from agent.protocol.signing import generate_key
+from agent.uplink.forwarder import Forwarder
+from agent.uplink.mqtt import MqttUplink
 from buffer.store import EnvelopeMeta, Store
 from hil.broker import Mosquitto, Subscriber
 from tests.test_reports import CONFIG
@@ -32,7 +32,7 @@ _R = TypeVar("_R")
 
 
 class Rig:
-    """Store on its own SQLite thread, uplink, forwarder task: what agent/app.py wires."""
+    """Store on its own SQLite thread, uplink, forwarder task: what agent/runtime/app.py wires."""
 
     def __init__(self, db: ThreadPoolExecutor, store: Store, uplink: MqttUplink,
                  forwarder: Forwarder, task: asyncio.Task[None], stop: asyncio.Event) -> None:

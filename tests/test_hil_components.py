@@ -8,8 +8,8 @@ import time
 import pytest
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
-from agent.config import PointConfig
 from drivers.codec import apply_scale, decode
+from drivers.model import PointConfig
 from hil.serial_pair import serial_pair
 from hil.sim_meter import ModbusTcpServer, SimMeter
 from hil.sim_rtu import RtuLine, crc16
@@ -147,7 +147,7 @@ E, G = "91370600780790663W", "gw-hil"
 def _signer() -> object:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from agent.signing import Ed25519Signer
+    from agent.protocol.signing import Ed25519Signer
 
     return Ed25519Signer.from_private_key(Ed25519PrivateKey.generate())
 
@@ -156,7 +156,7 @@ def _chain(signer: object, n: int, tag: str = "") -> list[bytes]:
     """n readings envelopes built by the agent's own envelope code (the sim must accept them)."""
     from datetime import UTC, datetime
 
-    from agent.envelope import build_envelope, sha256_hex
+    from agent.protocol.envelope import build_envelope, sha256_hex
 
     out, prev = [], "0" * 64
     for seq in range(1, n + 1):
@@ -347,7 +347,7 @@ def test_fault_proxy_pass_delay_blackhole_cut_flap() -> None:
 def test_report_counts_lost_wrong_and_duplicated_samples(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
-    from agent.envelope import build_envelope, sha256_hex
+    from agent.protocol.envelope import build_envelope, sha256_hex
     from hil.observer import Observer
     from hil.platform_sim import PlatformSim
     from hil.report import build_report, judge

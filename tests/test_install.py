@@ -172,7 +172,7 @@ def test_real_venv(tmp_path: Path) -> None:
     assert stat.S_IMODE(venv.stat().st_mode) == next(
         e.mode for e in documented_layout() if e.venv)
     check = subprocess.run(
-        [str(venv / "bin/python"), "-c", "import agent.sdnotify, agent.watchdog, agent.cli"],
+        [str(venv / "bin/python"), "-c", "import agent.runtime.sdnotify, agent.runtime.watchdog, agent.cli"],
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
     )
     assert check.returncode == 0, check.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from agent.signing import (
+from agent.protocol.signing import (
     Ed25519Signer,
     KeyFileError,
     generate_key,

@@ -1,4 +1,4 @@
-"""agent/malloc_tuning.py: after it, a socket read's 256 KiB buffer no longer gets a mapping
+"""agent/runtime/malloc_tuning.py: after it, a socket read's 256 KiB buffer no longer gets a mapping
 of its own from glibc (each one was an mmap, a page fault, an mremap and a munmap)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import ctypes, socket
-from agent.malloc_tuning import keep_small_buffers_off_mmap
+from agent.runtime.malloc_tuning import keep_small_buffers_off_mmap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",

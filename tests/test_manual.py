@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agent.accounting.manual import ManualError, manual_body
 from agent.cli import main
-from agent.manual import ManualError, manual_body
-from agent.signing import generate_key
+from agent.protocol.signing import generate_key
 from buffer.store import Store
 from tests.test_reports import CONFIG, _every_minute, ms
 

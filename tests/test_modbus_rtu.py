@@ -14,11 +14,11 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.config import BusConfig, MeterConfig, PointConfig
 from drivers.base import MeterError, Quality
 from drivers.codec import encode
 from drivers.factory import open_driver
 from drivers.modbus_rtu import ModbusRtuDriver
+from drivers.model import BusConfig, MeterConfig, PointConfig
 from hil.serial_pair import serial_pair
 
 # Energy meter-like maps: a u32 energy counter scaled by 0.01 kWh and a few f32 quantities.

@@ -18,11 +18,11 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.config import BusConfig, MeterConfig, PointConfig
 from drivers.base import MeterError, Quality
 from drivers.codec import FORMATS, ORDERS, encode
 from drivers.factory import open_driver
 from drivers.modbus_tcp import ModbusTcpDriver
+from drivers.model import BusConfig, MeterConfig, PointConfig
 
 VALUES: dict[str, int | float] = {
     "u16": 54321,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import REGISTERS, BusConfig, MeterConfig, PointConfig
+from drivers.model import REGISTERS, BusConfig, MeterConfig, PointConfig
 from drivers.planner import ReadRequest, describe_plan, plan_reads
 from drivers.timing import (
     TCP_REQUEST_SECONDS,

@@ -18,12 +18,12 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.config import BusConfig, MeterConfig, PointConfig
-from agent.poller import BusPoller
+from agent.runtime.poller import BusPoller
 from buffer.store import MeterStatus
 from drivers.base import Quality, Reading
 from drivers.codec import encode
 from drivers.modbus_tcp import ModbusTcpDriver
+from drivers.model import BusConfig, MeterConfig, PointConfig
 from hil.broker import free_port
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it logs every refused request

@@ -15,9 +15,10 @@ import struct
 
 import pytest
 
-from agent.config import PointConfig, profile_names
 from drivers.base import Quality, Reading
 from drivers.modbus_rtu import ModbusRtuDriver
+from drivers.model import PointConfig
+from drivers.profiles import profile_names
 from tests.rtu_sim import device_for, profile_meter, rtu_bus, serial_meters, typical_value
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import REGISTERS, load_profile
+from drivers.model import REGISTERS
+from drivers.profiles import load_profile
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
 PROFILES = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))

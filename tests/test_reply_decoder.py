@@ -8,9 +8,9 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import PointConfig
 from drivers.base import MeterPoll, Quality
 from drivers.codec import FORMATS, ORDERS
+from drivers.model import PointConfig
 from drivers.planner import plan_meter
 from drivers.reply_decoder import ReplyDecoder, _whole_reply, decode_point
 from tests.rtu_sim import inline_meter

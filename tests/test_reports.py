@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agent.accounting.reports import LOOKBACK_MS, Reporter, completeness
 from agent.config import load_config
-from agent.reports import LOOKBACK_MS, Reporter, completeness
-from agent.sealer import Sealer
-from agent.signing import generate_key, load_signer
+from agent.protocol.sealer import Sealer
+from agent.protocol.signing import generate_key, load_signer
 from buffer.retention import SUMMARISED_CURSOR, prune
 from buffer.store import Store
 from drivers.base import Quality, Reading

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import pytest
 from pymodbus.constants import ExcCodes
 
-from agent.config import BusConfig, PointConfig
-from agent.poller import BusPoller
+from agent.runtime.poller import BusPoller
 from drivers.base import MeterError, Quality, Reading
 from drivers.modbus_rtu import ModbusRtuDriver
+from drivers.model import BusConfig, PointConfig
 from tests.rtu_sim import Switch, device_for, inline_meter, profile_meter, rtu_bus, rtu_line
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it prints every bad frame

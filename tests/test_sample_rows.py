@@ -1,4 +1,4 @@
-"""The sealer's fast path (agent/sample_rows.py) writes exactly the bytes the plain path wrote:
+"""The sealer's fast path (agent/protocol/sample_rows.py) writes exactly the bytes the plain path wrote:
 canonical() of [meter, point, ts, format_value(value, decimals), quality] per sample; and
 readings envelopes hold whole poll rows, at most `batch` samples each."""
 
@@ -12,12 +12,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from agent.canonical import MAX_SAFE_INTEGER, canonical
 from agent.config import load_config
-from agent.envelope import format_value
-from agent.sample_rows import RowRenderer, body_json
-from agent.sealer import SEALED_CURSOR, Sealer
-from agent.signing import load_signer
+from agent.protocol.canonical import MAX_SAFE_INTEGER, canonical
+from agent.protocol.envelope import format_value
+from agent.protocol.sample_rows import RowRenderer, body_json
+from agent.protocol.sealer import SEALED_CURSOR, Sealer
+from agent.protocol.signing import load_signer
 from buffer import polls
 from buffer.polls import Layout
 from buffer.store import Store

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import sdnotify
+from agent.runtime import sdnotify
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_from_a_real_child_process(systemd_socket: socket.socket) -> None:
     # The way systemd really uses it: a separate process inherits NOTIFY_SOCKET.
     repo = Path(__file__).resolve().parent.parent
-    code = "from agent import sdnotify; import sys; sys.exit(0 if sdnotify.ready('up') else 1)"
+    code = "from agent.runtime import sdnotify; import sys; sys.exit(0 if sdnotify.ready('up') else 1)"
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=repo, env=dict(os.environ), timeout=30, check=False
     )

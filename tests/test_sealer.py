@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
-from agent.sealer import Sealer
-from agent.signing import generate_key, load_signer
+from agent.protocol.sealer import Sealer
+from agent.protocol.signing import generate_key, load_signer
 from buffer.store import EnvelopeMeta, SeqConflict, Store, StoreError
 from tests.test_reports import CONFIG
 from tests.verifier import ChainVerifier
@@ -31,9 +31,9 @@ ENTERPRISE, GATEWAY = "91370600780790663W", "gw-01"
 CHILD = """
 import random, sys, time
 from agent.config import load_config
-from agent.manual import manual_body, seal_manual
-from agent.sealer import Sealer
-from agent.signing import load_signer
+from agent.accounting.manual import manual_body, seal_manual
+from agent.protocol.sealer import Sealer
+from agent.protocol.signing import load_signer
 from buffer.store import Store
 
 cfg = load_config(sys.argv[1])

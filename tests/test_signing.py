@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.signing import Ed25519Signer, KeyFileError, _pkcs8_seed, generate_key, load_signer
+from agent.protocol.signing import Ed25519Signer, KeyFileError, _pkcs8_seed, generate_key, load_signer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,8 +93,8 @@ def test_the_daemons_key_path_never_loads_cryptography(tmp_path: Path) -> None:
     # MiB resident (issue 2, RSS): loading the key and signing go through PyNaCl.
     generate_key(tmp_path / "k")
     code = (
-        "import sys; import agent.app, agent.reports, drivers.modbus_tcp, drivers.modbus_rtu\n"
-        "from agent.signing import load_signer\n"
+        "import sys; import agent.runtime.app, agent.accounting.reports, drivers.modbus_tcp, drivers.modbus_rtu\n"
+        "from agent.protocol.signing import load_signer\n"
         f"s = load_signer({str(tmp_path / 'k')!r}); s.sign(b'x')\n"
         "print(sorted(m for m in sys.modules if m.startswith('cryptography')))\n"
     )

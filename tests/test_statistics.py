@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import statistics
-from agent.coal import coefficients
-from agent.statistics import Item, completeness_of, item_dict, month_body
+from agent.accounting import statistics
+from agent.accounting.coal import coefficients
+from agent.accounting.statistics import Item, completeness_of, item_dict, month_body
 
 TZ = ZoneInfo("Asia/Shanghai")
 ELEC = Item("main", "kwh", "00-00-0000-020201-10", "electricity", "kWh", "counter", 2, None)

@@ -15,9 +15,9 @@ import pytest
 import sqlite_utils
 
 from agent.config import load_config
-from agent.envelope import format_value
-from agent.sealer import Sealer
-from agent.signing import load_signer
+from agent.protocol.envelope import format_value
+from agent.protocol.sealer import Sealer
+from agent.protocol.signing import load_signer
 from buffer import migrate, schema
 from buffer.store import Store, StoreError
 from drivers.base import Quality, Reading

@@ -147,10 +147,10 @@ MDWE_PROBE = textwrap.dedent(
     assert port.read(2) == b"ab"
     cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)  # libffi closure
     assert cb(1) == 2
-    import agent.sdnotify, agent.watchdog, agent.config
-    from agent.malloc_tuning import keep_small_buffers_off_mmap
+    import agent.runtime.sdnotify, agent.runtime.watchdog, agent.config
+    from agent.runtime.malloc_tuning import keep_small_buffers_off_mmap
     assert keep_small_buffers_off_mmap()
-    from agent.signing import Ed25519Signer  # the daemon signs through PyNaCl (libsodium)
+    from agent.protocol.signing import Ed25519Signer  # the daemon signs through PyNaCl (libsodium)
     Ed25519Signer(bytes(range(32))).sign(b"x")
     print("ok")
     """
@@ -174,7 +174,7 @@ def test_dependencies_work_without_writable_executable_memory() -> None:
 UNIT_ENV_PROBE = textwrap.dedent(
     """
     import sys, traceback
-    import agent.app, agent.reports, drivers.modbus_tcp, drivers.modbus_rtu
+    import agent.runtime.app, agent.accounting.reports, drivers.modbus_tcp, drivers.modbus_rtu
     def f():
         return 1 / 0
     try:

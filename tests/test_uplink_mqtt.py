@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ConfigError, PlatformSection
-from agent.uplink_mqtt import AckTimeout, MqttUplink, PlatformRejected, UplinkDown, publish_packet_size
+from agent.uplink.mqtt import AckTimeout, MqttUplink, PlatformRejected, UplinkDown, publish_packet_size
 from hil.broker import Mosquitto, Subscriber, TlsListener
 
 E, G = "91370600780790663W", "gw-01"

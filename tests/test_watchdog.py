@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.watchdog import Watchdog
+from agent.runtime.watchdog import Watchdog
 
 INTERVAL = 0.2  # WatchdogSec of the test: feeds every 0.1 s
 PERIOD = 0.05  # bus poll period: allowed lateness = max(0.1, 0.4) = 0.4 s
@@ -121,7 +121,7 @@ def test_wedged_bus_stops_the_feed_and_recovery_resumes_it(
         for t in [*buses, collector]:
             t.cancel()
 
-    caplog.set_level(logging.INFO, logger="agent.watchdog")
+    caplog.set_level(logging.INFO, logger="agent.runtime.watchdog")
     asyncio.run(scenario())
 
 
@@ -181,7 +181,7 @@ def test_blocked_event_loop_sends_nothing(
         await asyncio.wait_for(runner, 1.0)
         collector.cancel()
 
-    caplog.set_level(logging.INFO, logger="agent.watchdog")
+    caplog.set_level(logging.INFO, logger="agent.runtime.watchdog")
     asyncio.run(scenario())
 
 

@@ -1,6 +1,6 @@
 """An independent verifier of wire format v1, written from docs/protocol.md alone.
 
-It deliberately does not import agent.canonical or agent.envelope: it uses json, the rfc8785
+It deliberately does not import agent.protocol.canonical or agent.protocol.envelope: it uses json, the rfc8785
 package and cryptography directly, so a bug in the agent's own encoder cannot hide itself by
 being shared with the check. Used by the test suite and the HIL platform simulator.
 

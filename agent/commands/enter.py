@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.manual import ManualError, manual_body, seal_manual
-    from agent.sealer import Sealer
-    from agent.signing import KeyFileError, load_signer
+    from agent.accounting.manual import ManualError, manual_body, seal_manual
+    from agent.protocol.sealer import Sealer
+    from agent.protocol.signing import KeyFileError, load_signer
     from buffer.store import Store, StoreError
 
     cfg = load_or_exit(args.config)

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.reports import Reporter
+    from agent.accounting.reports import Reporter
     from buffer.store import Store, StoreError
 
     cfg = load_or_exit(args.config)
@@ -66,8 +66,8 @@ def export_rows(rep: Any, store: Any, *, day: str | None, month: str | None,
                 now_ms: int) -> Iterator[dict[str, Any]]:
     """CSV rows: the period's own report, its parts (intervals of a day, days of a month), the
     manual entries for it, then tce per variety and the total."""
-    from agent import statistics
-    from agent.manual import manual_entries
+    from agent.accounting import statistics
+    from agent.accounting.manual import manual_entries
 
     today = statistics.local_day(now_ms, rep.tz)
     if day is not None:
@@ -111,7 +111,7 @@ def _report(store: Any, type_: str, period: str, compute: Any) -> tuple[str, str
 
 
 def _intervals(rep: Any, store: Any, grid: list[int], now_ms: int) -> list[Any]:
-    from agent import statistics
+    from agent.accounting import statistics
 
     labels = [statistics.interval_label(s, rep.tz) for s in grid[:-1]]
     sealed = {r.period: r for r in store.envelopes("interval", labels[0], labels[-1])}

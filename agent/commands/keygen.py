@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.signing import KeyFileError, generate_key, public_key_base64, public_key_pem
+    from agent.protocol.signing import KeyFileError, generate_key, public_key_base64, public_key_pem
 
     key_id_override = None
     if args.config:

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _probe(cfg, name: str) -> int:  # type: ignore[no-untyped-def]
-    from agent.envelope import format_value
+    from agent.protocol.envelope import format_value
     from drivers.base import MeterError, Quality
     from drivers.factory import open_driver
     from drivers.planner import plan_reads

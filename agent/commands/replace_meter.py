@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.manual import ManualError, parse_time, record_replacement, replacement_event
+    from agent.accounting.manual import ManualError, parse_time, record_replacement, replacement_event
     from buffer.store import Store, StoreError
 
     cfg = load_or_exit(args.config)

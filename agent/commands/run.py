@@ -19,8 +19,8 @@ def run(args: argparse.Namespace) -> int:
     faulthandler.enable()
     cfg = load_or_exit(args.config)
     logging.getLogger().setLevel(cfg.agent.log_level.upper())
-    from agent.app import run_agent
-    from agent.signing import KeyFileError
+    from agent.protocol.signing import KeyFileError
+    from agent.runtime.app import run_agent
 
     try:
         return run_agent(cfg)

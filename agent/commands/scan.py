@@ -29,8 +29,8 @@ import msgspec
 from agent.commands._common import add_config_argument, load_or_exit
 
 if TYPE_CHECKING:
-    from agent.config import BusConfig, MeterConfig, PointConfig
     from drivers.base import Driver
+    from drivers.model import BusConfig, MeterConfig, PointConfig
 
 EX_PORT_BUSY = 2
 BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.config import profile_names
+    from drivers.profiles import profile_names
 
     cfg = load_or_exit(args.config)
     names = [b.name for b in cfg.bus]
@@ -155,7 +155,8 @@ def serial_settings(bus: BusConfig, bauds: str | None, parities: str | None) -> 
 
 def probes_for(profiles: list[str]) -> list[Probe]:
     """Each profile's probe point; profiles probing the same register the same way share it."""
-    from agent.config import ConfigError, load_profile, profile_names
+    from agent.config import ConfigError
+    from drivers.profiles import load_profile, profile_names
 
     probes: list[Probe] = []
     for name in profiles:
@@ -280,7 +281,7 @@ async def probe_unit(
 def _probe_meter(bus: BusConfig, name: str, unit: int, point: PointConfig) -> MeterConfig:
     """A one-point meter. Its name is unique per unit and probe: the driver caches read plans
     by meter name."""
-    from agent.config import MeterConfig
+    from drivers.model import MeterConfig
 
     m = MeterConfig(name=name, bus=bus.name, unit=unit)
     m.points = [point]

@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
-    from agent.reports import completeness
-    from agent.statistics import local_day
+    from agent.accounting.reports import completeness
+    from agent.accounting.statistics import local_day
 
     statuses = {s.meter: s for s in store.meter_statuses()}
     today = completeness(store, cfg, local_day(now_ms, cfg.tz), now_ms)

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
-from agent.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
+from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
 
 __all__ = ["AckTimeout", "MqttUplink", "PlatformRejected", "TooLarge", "UplinkDown"]
 

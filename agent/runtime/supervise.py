@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from buffer.store import StoreError
 
-log = logging.getLogger("agent.supervise")
+log = logging.getLogger("agent.runtime.supervise")
 
 
 async def supervise(

@@ -13,11 +13,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from agent.config import BusConfig, MeterConfig
 from buffer.store import MeterStatus
 from drivers.base import Driver, MeterError, MeterPoll, Quality, Reading
+from drivers.model import BusConfig, MeterConfig
 
-log = logging.getLogger("agent.poller")
+log = logging.getLogger("agent.runtime.poller")
 
 STATUS_EVERY_MS = 60_000
 

@@ -53,7 +53,7 @@ def canonical(obj: Any) -> bytes:
 
 def canonical_string(s: str) -> str:
     """The JCS form of one string, quotes included, as text (for writers that splice strings
-    into canonical JSON they build themselves, like agent/sample_rows.py)."""
+    into canonical JSON they build themselves, like agent/protocol/sample_rows.py)."""
     return _string(s, "")
 
 

@@ -21,25 +21,25 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExe
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from agent import sdnotify
-from agent.batcher import CommitBatcher
-from agent.clock import ClockWatch
 from agent.config import Config
-from agent.forwarder import Forwarder
-from agent.heartbeat import Heartbeat
-from agent.malloc_tuning import keep_small_buffers_off_mmap
-from agent.poller import BusPoller
-from agent.sealer import ClockImplausible, Sealer
-from agent.signing import load_signer
-from agent.supervise import supervise
-from agent.uplink_mqtt import MqttUplink
-from agent.watchdog import Watchdog
+from agent.protocol.sealer import ClockImplausible, Sealer
+from agent.protocol.signing import load_signer
+from agent.runtime import sdnotify
+from agent.runtime.batcher import CommitBatcher
+from agent.runtime.clock import ClockWatch
+from agent.runtime.heartbeat import Heartbeat
+from agent.runtime.malloc_tuning import keep_small_buffers_off_mmap
+from agent.runtime.poller import BusPoller
+from agent.runtime.supervise import supervise
+from agent.runtime.watchdog import Watchdog
+from agent.uplink.forwarder import Forwarder
+from agent.uplink.mqtt import MqttUplink
 from buffer.retention import prune
 from buffer.store import MeterStatus, Store, StoreError
 from drivers.base import Reading
 from drivers.factory import open_driver
 
-log = logging.getLogger("agent.app")
+log = logging.getLogger("agent.runtime.app")
 T = TypeVar("T")
 DAY_MS = 86_400_000
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest generation
@@ -208,7 +208,7 @@ class App:
 
     def _reporter(self) -> Any:
         try:
-            from agent.reports import Reporter
+            from agent.accounting.reports import Reporter
         except ImportError:  # accounting not installed in this build
             return None
         return Reporter(self.cfg, self.store, self.sealer)

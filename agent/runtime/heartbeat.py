@@ -9,17 +9,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.canonical import canonical
 from agent.config import Config
-from agent.envelope import will_topic
-from agent.signing import Signer
+from agent.protocol.canonical import canonical
+from agent.protocol.envelope import will_topic
+from agent.protocol.signing import Signer
 from buffer.store import Store
 
 if TYPE_CHECKING:
-    from agent.clock import ClockWatch
-    from agent.forwarder import Forwarder
-    from agent.poller import BusPoller
-    from agent.sealer import Sealer
+    from agent.protocol.sealer import Sealer
+    from agent.runtime.clock import ClockWatch
+    from agent.runtime.poller import BusPoller
+    from agent.uplink.forwarder import Forwarder
 
 
 class Heartbeat:

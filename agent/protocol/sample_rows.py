@@ -23,8 +23,8 @@ import re
 import struct
 from collections.abc import Callable, Sequence
 
-from agent.canonical import MAX_SAFE_INTEGER, canonical, canonical_string
-from agent.envelope import format_value
+from agent.protocol.canonical import MAX_SAFE_INTEGER, canonical, canonical_string
+from agent.protocol.envelope import format_value
 from buffer.polls import MAX_SPAN_MS, decode
 
 # A value field is the only string preceded by a digit and a comma (the sample's ts): a name

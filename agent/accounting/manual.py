@@ -19,10 +19,10 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent import statistics
-from agent.coal import format_decimal
+from agent.accounting import statistics
+from agent.accounting.coal import format_decimal
 from agent.config import DATA_CODE, Config
-from agent.sealer import Sealer
+from agent.protocol.sealer import Sealer
 from buffer.store import Store
 
 DECIMAL = re.compile(r"^-?\d{1,15}(\.\d{1,9})?$")
@@ -98,7 +98,7 @@ def parse_time(text: str, tz: ZoneInfo) -> int:
 
 def replacement_event(cfg: Config, meter: str, point: str, old_final: str, new_initial: str,
                       at_ms: int) -> dict[str, Any]:
-    """The event data `energy-agent replace-meter` records (read by agent/reports.py)."""
+    """The event data `energy-agent replace-meter` records (read by agent/accounting/reports.py)."""
     try:
         m = cfg.meter_named(meter)
     except StopIteration:

@@ -1,6 +1,6 @@
 """Interval, daily and monthly values as envelope bodies: calendars, completeness, totals.
 
-Pure functions over already-fetched data; agent/reports.py does the store reading and sealing.
+Pure functions over already-fetched data; agent/accounting/reports.py does the store reading and sealing.
 Values travel as decimal strings and are summed as Decimal, so a month is exactly the sum of its
 days (DOMAIN.md §4: daily and monthly figures must agree within 5 % — here they agree exactly).
 
@@ -19,9 +19,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent.coal import CoalError, Coefficients, format_decimal
+from agent.accounting.coal import CoalError, Coefficients, format_decimal
+from agent.accounting.counters import modulus_for
 from agent.config import Config
-from agent.counters import modulus_for
 
 STAT_INTERVAL, STAT_DAY, STAT_MONTH = 0, 1, 2
 INPUT_METER, INPUT_MANUAL = 4, 5

@@ -1,16 +1,61 @@
-"""msgspec's validation messages, rewritten as `key.path: expected …, got …`.
+"""Decoding a TOML file into validated structs, with every mistake as one line.
 
-Kept apart from the schema: this is presentation, and it reads the schema's type hints to
-name the allowed values of a Literal (`expected one of u16,s16,…`).
+`decode_toml` reads a file (a meter profile, the agent's config) and converts it with msgspec;
+msgspec's validation messages are rewritten as `key.path: expected …, got …`, reading the
+structs' type hints to name the allowed values of a Literal (`expected one of u16,s16,…`).
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
 import typing
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
+import msgspec
 from msgspec import Struct
+
+_T = TypeVar("_T")
+
+
+class ConfigError(Exception):
+    """One or more configuration mistakes, each already one self-contained line."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def decode_toml(path: Path, kind: type[_T], check_raw: Callable[[Path, dict[str, Any]], None] | None = None) -> _T:
+    """Read `path` as TOML and convert it to `kind`. Raises ConfigError naming file and key."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read: {e}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    if check_raw is not None:
+        check_raw(path, raw)
+    _share_strings(raw, {})
+    try:
+        return msgspec.convert(raw, kind, strict=True)
+    except msgspec.ValidationError as e:
+        raise ConfigError([f"{path}: {explain(str(e), kind)}"]) from None
+
+
+def _share_strings(node: Any, seen: dict[str, str]) -> None:
+    """Make equal string values one object: the TOML parser gives every meter its own "p0",
+    "kWh" …, and the config keeps them for the life of the process."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(value, str):
+            node[key] = seen.setdefault(value, value)
+        elif isinstance(value, dict | list):
+            _share_strings(value, seen)
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 

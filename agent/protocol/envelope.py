@@ -16,8 +16,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from agent.canonical import MAX_SAFE_INTEGER, canonical
-from agent.signing import Signer
+from agent.protocol.canonical import MAX_SAFE_INTEGER, canonical
+from agent.protocol.signing import Signer
 
 VERSION = 1
 ENVELOPE_TYPES = ("readings", "interval", "daily", "monthly", "manual", "status")
@@ -117,7 +117,7 @@ def build_envelope(
     """Seal and sign one envelope; return its wire bytes (canonical JSON, `sig` included).
 
     The body is given either as `body` (canonicalised here) or, by a writer that produces
-    canonical JSON itself (the sealer's readings, agent/sample_rows.py), as `body_json`: the
+    canonical JSON itself (the sealer's readings, agent/protocol/sample_rows.py), as `body_json`: the
     RFC 8785 bytes of the body object, spliced in unchecked.
     """
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SAFE_INTEGER:

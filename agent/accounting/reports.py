@@ -1,5 +1,5 @@
 """Seals interval, daily and monthly reports when they are due: the I/O shell around
-agent/counters.py and agent/statistics.py.
+agent/accounting/counters.py and agent/accounting/statistics.py.
 
 `Reporter.seal_due(now_ms)` runs on the store's thread (the app calls it every minute and at
 start-up) and is idempotent: it seals every period that has ended, is ready and is not sealed
@@ -32,18 +32,18 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from agent import counters, statistics
-from agent.coal import coefficients
+from agent.accounting import counters, statistics
+from agent.accounting.coal import coefficients
+from agent.accounting.counters import Replacement, Sample
+from agent.accounting.manual import REPLACEMENT_EVENT
+from agent.accounting.statistics import STAT_DAY, STAT_INTERVAL, Item
 from agent.config import Config
-from agent.counters import Replacement, Sample
-from agent.manual import REPLACEMENT_EVENT
-from agent.sealer import Sealer
-from agent.statistics import STAT_DAY, STAT_INTERVAL, Item
+from agent.protocol.sealer import Sealer
 from buffer.retention import SUMMARISED_CURSOR
 from buffer.store import Store
 from drivers.base import Quality, Reading
 
-log = logging.getLogger("agent.reports")
+log = logging.getLogger("agent.accounting.reports")
 
 CATCHUP_DAYS = 40
 INTERVAL_CATCHUP_DAYS = 2

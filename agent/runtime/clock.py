@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
-log = logging.getLogger("agent.clock")
+log = logging.getLogger("agent.runtime.clock")
 
 STEP_S = 2.0  # slewing moves the clock by at most ~0.5 ms/s; anything this large is a step
 

@@ -13,18 +13,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from agent.config import (
-    DATA_CODE,
-    Config,
-    ConfigError,
-    MeterConfig,
-    PointConfig,
-    Profile,
-    ProfileInfo,
-    load_profile,
-    profile_names,
-)
-from agent.credit_code import credit_code_problem
+from agent.config.credit_code import credit_code_problem
+from agent.config.schema import DATA_CODE, Config
+from drivers.model import MeterConfig, PointConfig, Profile, ProfileInfo
+from drivers.profiles import load_profile, profile_names
+from drivers.validation import ConfigError
 
 
 def check(cfg: Config, path: Path, errors: list[str]) -> None:

@@ -40,7 +40,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from agent import sdnotify
+from agent.runtime import sdnotify
 
 __all__ = ["DISARMED_TICK", "Watchdog"]
 

@@ -16,12 +16,12 @@ from functools import partial
 from typing import Any
 
 from agent.config import Config
-from agent.envelope import build_envelope, envelope_id, topic_for
-from agent.sample_rows import RowRenderer, body_json
-from agent.signing import Signer
+from agent.protocol.envelope import build_envelope, envelope_id, topic_for
+from agent.protocol.sample_rows import RowRenderer, body_json
+from agent.protocol.signing import Signer
 from buffer.store import EnvelopeBuilder, EnvelopeMeta, Store
 
-log = logging.getLogger("agent.sealer")
+log = logging.getLogger("agent.protocol.sealer")
 
 SEALED_CURSOR = "sealed_rowid"
 # No gateway can truthfully read a meter before this build existed; a clock behind it booted

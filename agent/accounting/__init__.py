@@ -1,0 +1,1 @@
+"""Energy accounting: counters, interval/daily/monthly statistics, standard coal, manual entries."""

@@ -1,0 +1,107 @@
+"""The agent's configuration file format: one TOML file, its sections as structs.
+
+The meter model (buses, meters, points) belongs to the drivers (drivers/model.py); this file
+composes it with the agent's own sections. Loading and cross-checks are in load.py/checks.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+from msgspec import Meta, Struct
+
+from drivers.model import BusConfig, MeterConfig, Name
+
+EX_CONFIG = 78
+DATA_CODE = re.compile(r"^\d{2}-\d{2}-\d{4}-\d{6}-\d{2}$")
+
+
+class Base(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class AgentSection(Base, kw_only=True):
+    gateway: Name
+    enterprise: str  # unified social credit code, 18 characters
+    timezone: str = "Asia/Shanghai"
+    data_dir: str = "/var/lib/energy-agent"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class PlatformSection(Base, kw_only=True):
+    host: str
+    port: Annotated[int, Meta(ge=1, le=65535)] = 1883
+    client_id: str | None = None  # default: energy-agent-{enterprise}-{gateway}
+    topic_prefix: str = "energy"
+    ack: Literal["broker", "platform"] = "broker"
+    ack_timeout: Annotated[float, Meta(gt=0)] = 60.0  # seconds before a platform-ack resend
+    mqtt_version: Literal["3.1.1", "5"] = "3.1.1"
+    keepalive: Annotated[int, Meta(ge=5, le=3600)] = 60
+    inflight: Annotated[int, Meta(ge=1, le=1000)] = 20
+    # The broker's largest packet (mosquitto's max_packet_size, a cloud broker's message limit).
+    # An envelope that would not fit is set aside instead of blocking the queue. MQTT 5 brokers
+    # announce theirs on connect; the smaller of the two applies.
+    max_packet_bytes: Annotated[int, Meta(ge=1024, le=268_435_460)] | None = None
+    reconnect_min: Annotated[float, Meta(gt=0)] = 1.0
+    reconnect_max: Annotated[float, Meta(gt=0)] = 60.0
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    send_raw: bool = True  # also upload every raw sample, not only interval statistics
+
+
+class SigningSection(Base, kw_only=True):
+    key_file: str
+    key_id: str | None = None  # default: derived from the public key
+
+
+class ScheduleSection(Base, kw_only=True):
+    poll_interval: Annotated[float, Meta(gt=0, le=3600)] = 60.0  # seconds, aligned to the clock
+    seal_interval: Annotated[float, Meta(gt=0, le=3600)] = 60.0  # how often samples are sealed
+    interval_minutes: Literal[15, 30, 60] = 15
+    daily_seal_at: Annotated[str, Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "00:05"
+    heartbeat: Annotated[float, Meta(gt=0)] = 300.0  # seconds between status envelopes
+
+
+class StorageSection(Base, kw_only=True):
+    raw_keep_days: Annotated[float, Meta(gt=0)] = 31.0  # raw samples, once sealed
+    # Interval, daily and monthly envelopes: the regulation asks for at least 6 months.
+    history_keep_days: Annotated[float, Meta(ge=183)] = 190.0
+    budget_mb: Annotated[float, Meta(gt=0)] = 1024.0  # the store's size limit on disk
+    on_full: Literal["drop-oldest"] = "drop-oldest"  # what happens to unsent data when full
+    retention_interval: Annotated[float, Meta(ge=1)] = 3600.0  # seconds between pruning passes
+
+
+class Config(Base, kw_only=True):
+    agent: AgentSection
+    platform: PlatformSection
+    signing: SigningSection
+    schedule: ScheduleSection = msgspec.field(default_factory=ScheduleSection)
+    storage: StorageSection = msgspec.field(default_factory=StorageSection)
+    bus: list[BusConfig] = []
+    meter: list[MeterConfig] = []
+    coefficients: dict[str, float] = {}  # energy variety -> kgce per unit (overrides GB/T 2589)
+    # Where this config was loaded from; not a TOML key.
+    source: str = ""
+    warnings: list[str] = []
+
+    def bus_named(self, name: str) -> BusConfig:
+        return next(b for b in self.bus if b.name == name)
+
+    def meter_named(self, name: str) -> MeterConfig:
+        return next(m for m in self.meter if m.name == name)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.agent.timezone)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.agent.data_dir) / "agent.db"

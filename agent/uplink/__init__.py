@@ -1,0 +1,1 @@
+"""Delivery: the forwarder and one module per destination kind."""
