@@ -8,3 +8,4 @@ MQTT = "mqtt"
 SEALED_CURSOR = "sealed_rowid"  # last polls.id the sealer has put into an envelope
 SUMMARISED_CURSOR = "summarised_ts"  # accounting will not read a reading older than this ms
 INDEXED_CURSOR = "indexed_poll_id"  # last polls.id entered in poll_index
+CHAIN_RECORD_CURSOR = "chain_record_event"  # last `chain_reset` event sealed as a `chain` envelope

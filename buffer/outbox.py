@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from buffer.highwater import Mark, write_mark
 from buffer.schema import StoreError
 from buffer.state import add_counter_in, set_cursor_in
 
@@ -83,7 +84,8 @@ class Outbox:
                     f"store {self._store.path}: envelope {meta.id} has seq {meta.seq}, expected {next_seq}"
                     " — two sealers, or a chain_head() read before another enqueue"
                 )
-            self._append(c, payload, meta, cursor)
+            head = self._append(c, payload, meta, cursor)
+        self._raise_mark(Mark(meta.seq, head))
         return meta.seq
 
     def enqueue_built(self, build: EnvelopeBuilder,
@@ -110,7 +112,16 @@ class Outbox:
                 prev = self._append(c, payload, meta, cursor)
                 seqs.append(int(seq))
                 seq += 1
+        # After the commit (buffer/highwater.py says why), before anything can publish them.
+        self._raise_mark(Mark(int(seq) - 1, str(prev)))
         return seqs
+
+    def _raise_mark(self, mark: Mark) -> None:
+        try:
+            write_mark(self._store.path, mark)
+        except OSError as e:
+            raise StoreError(f"store {self._store.path}: cannot write the chain's high-water mark:"
+                             f" {e.strerror}") from e
 
     def _append(self, c: sqlite3.Connection, payload: bytes, meta: EnvelopeMeta,
                 cursor: tuple[str, int] | None) -> str:

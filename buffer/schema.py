@@ -6,7 +6,8 @@ Migrations run in a child process (`python -m buffer.migrate PATH`, buffer/migra
 when the file is behind: they are written with sqlite-utils, whose import would otherwise stay
 in the daemon's memory for the life of the process.
 A file that fails its integrity check is moved aside (never deleted) and a fresh one started;
-what could be read from it (the envelope chain head) is salvaged so `seq` never repeats.
+what can still be read from it is salvaged (buffer/salvage.py): the chain head, so `seq` never
+repeats, and every whole envelope not yet delivered everywhere, to be sent byte-identical.
 """
 
 from __future__ import annotations
@@ -150,8 +151,11 @@ class Salvage:
 
     moved_to: str
     reason: str
-    next_seq: int | None
-    head: str | None
+    next_seq: int | None  # the first seq the fresh store uses
+    head: str | None  # the old chain's head, when it could be read
+    salvaged: int = 0  # envelopes imported for delivery
+    lost: tuple[tuple[int, int], ...] = ()  # seq ranges that could not be read, maybe unsent
+    store_seq: int = 0  # highest seq found in the old file
 
 
 class SchemaError(Exception):
@@ -259,27 +263,7 @@ def migrate(path: Path, conn: sqlite3.Connection) -> int:
     return found
 
 
-def salvage_chain(conn: sqlite3.Connection) -> tuple[int | None, str | None]:
-    """Best effort: the next seq and chain head of a damaged file (None when unreadable)."""
-    next_seq: int | None = None
-    head: str | None = None
-    try:
-        row = conn.execute("SELECT next_seq, head FROM chain WHERE id = 1").fetchone()
-        if row:
-            next_seq, head = int(row[0]), str(row[1])
-    except sqlite3.Error:
-        pass
-    try:
-        row = conn.execute("SELECT max(seq) FROM outbox").fetchone()
-        if row and row[0] is not None:
-            next_seq = max(next_seq or 0, int(row[0]) + 1)
-    except sqlite3.Error:
-        pass
-    return next_seq, head
-
-
-def move_aside(path: Path, reason: str, conn: sqlite3.Connection | None) -> Salvage:
-    next_seq, head = salvage_chain(conn) if conn is not None else (None, None)
+def move_aside(path: Path, reason: str, conn: sqlite3.Connection | None) -> Path:
     if conn is not None:
         conn.close()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -296,7 +280,7 @@ def move_aside(path: Path, reason: str, conn: sqlite3.Connection | None) -> Salv
             side.rename(target.with_name(target.name + suffix))
     log.error("store %s is corrupt (%s): moved aside to %s, starting a fresh store",
               path, reason, target.name)
-    return Salvage(str(target), reason, next_seq, head)
+    return target
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
@@ -316,10 +300,11 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed), check and migrate; a corrupt file is moved aside first."""
+def open_database(path: Path) -> tuple[sqlite3.Connection, Salvage | None]:
+    """Open (creating if needed), check and migrate; a corrupt file is moved aside first and
+    what it still holds salvaged (then returned, else None)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    salvage: Salvage | None = None
+    moved: Path | None = None
     conn: sqlite3.Connection | None = None
     try:
         conn = connect(path)
@@ -332,7 +317,7 @@ def open_database(path: Path) -> sqlite3.Connection:
             raise
         problem = str(e)
     if problem is not None:
-        salvage = move_aside(path, problem, conn)
+        moved = move_aside(path, problem, conn)
         conn = connect(path)
         configure(conn)
     assert conn is not None
@@ -341,19 +326,32 @@ def open_database(path: Path) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
-    if salvage is not None:
-        record_salvage(conn, salvage)
-    return conn
+    salvage = None if moved is None else record_salvage(conn, path, moved, problem or "")
+    return conn, salvage
 
 
-def record_salvage(conn: sqlite3.Connection, salvage: Salvage) -> None:
-    """Resume the chain in the fresh file and leave a record status can report."""
+def record_salvage(conn: sqlite3.Connection, path: Path, moved: Path, reason: str) -> Salvage:
+    """Import what the moved-aside file still holds, resume the chain above it (and above the
+    high-water mark), and leave a record status can report."""
+    from buffer import salvage as salvaging
+    from buffer.highwater import read_mark
+
+    found = salvaging.read_moved(moved)
+    mark = read_mark(path)
+    next_seq = max(found.next_seq or 0, found.high_seq + 1) if found.high_seq or found.next_seq else None
+    head = found.head or found.high_head
+    if mark is not None and (next_seq is None or mark.seq >= next_seq):
+        next_seq, head = mark.seq + 1, mark.head
+    salvage = Salvage(str(moved), reason, next_seq, head, len(found.rows), tuple(found.lost),
+                      found.high_seq)
     seq = resume_seq(salvage)
     now = int(time.time() * 1000)
     info = json.dumps({"moved_to": salvage.moved_to, "reason": salvage.reason, "at_ms": now,
-                       "resumed_seq": seq}, sort_keys=True)
+                       "resumed_seq": seq, "salvaged": salvage.salvaged,
+                       "lost": [list(r) for r in salvage.lost]}, sort_keys=True)
     conn.execute("BEGIN IMMEDIATE")  # autocommit connection: one explicit transaction
     try:
+        salvaging.import_rows(conn, found)
         conn.execute("UPDATE chain SET next_seq = ?, head = ? WHERE id = 1",
                      (seq, salvage.head or ZERO_HASH))
         conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('corrupt_db_moved', ?)",
@@ -366,7 +364,10 @@ def record_salvage(conn: sqlite3.Connection, salvage: Salvage) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-    log.error("fresh store started after corruption; envelope seq resumes at %d", seq)
+    lost = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in salvage.lost[:10]) or "none"
+    log.error("fresh store started after corruption: %d unsent envelope(s) salvaged for delivery, "
+              "unreadable seqs: %s; envelope seq resumes at %d", salvage.salvaged, lost, seq)
+    return salvage
 
 
 def resume_seq(salvage: Salvage) -> int:

@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from buffer import names, schema
+from buffer import highwater, names, schema
 from buffer.outbox import EnvelopeBuilder, EnvelopeMeta, Outbox, OutboxRow
 from buffer.readings import Readings
 from buffer.schema import StoreError
@@ -45,7 +45,7 @@ class Store:
             if readonly:
                 self._conn = schema.open_readonly(self.path)
             else:
-                self._conn = schema.open_database(self.path)
+                self._conn, salvage = schema.open_database(self.path)
         except schema.SchemaError as e:
             raise StoreError(f"store {self.path}: {e}") from e
         except (sqlite3.Error, OSError) as e:
@@ -59,6 +59,9 @@ class Store:
         self.state = State(self)
         self.outbox = Outbox(self)
         self.readings = Readings(self)
+        # Whatever took the store back in time (a lost WAL, a restored backup, a salvage), the
+        # chain continues above every seq ever sealed (buffer/highwater.py).
+        self.chain_reset = None if readonly else highwater.reconcile(self, salvage)
 
     def close(self) -> None:
         self._conn.close()

@@ -1,7 +1,7 @@
 """`python -m hil`: run a scenario, or run the platform simulator on its own.
 
     python -m hil run hil/scenarios/normal-hour.toml [--short] [--workdir DIR]
-    python -m hil platform --port 1883 --pubkey BASE64 [--db platform.db] [--no-ack]
+    python -m hil platform --port 1883 --gateway E/G=BASE64 [--db platform.db] [--no-ack]
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     plat = sub.add_parser("platform", help="run the platform simulator against a broker")
     plat.add_argument("--host", default="127.0.0.1")
     plat.add_argument("--port", type=int, required=True)
-    plat.add_argument("--pubkey", action="append", default=[],
-                      help="a gateway's raw Ed25519 public key, base64 (repeatable)")
+    plat.add_argument("--gateway", action="append", default=[], metavar="E/G=BASE64",
+                      help="register a raw Ed25519 public key (base64) for gateway G of "
+                           "enterprise E; repeatable, one key set per gateway")
     plat.add_argument("--db", default="platform.db")
     plat.add_argument("--prefix", default="energy")
     plat.add_argument("--no-ack", action="store_true", help="never send platform acks")
@@ -56,13 +57,19 @@ def _run(args: argparse.Namespace) -> int:
 def _platform(args: argparse.Namespace) -> int:
     from hil.platform_sim import PlatformSim, key_id
 
-    keys = {key_id(raw): raw for raw in (base64.b64decode(k) for k in args.pubkey)}
+    keys: dict[tuple[str, str], dict[str, bytes]] = {}
+    for item in args.gateway:
+        who, _, b64 = item.partition("=")
+        enterprise, _, gateway = who.partition("/")
+        raw = base64.b64decode(b64)
+        keys.setdefault((enterprise, gateway), {})[key_id(raw)] = raw
     sim = PlatformSim(args.port, keys, args.db, prefix=args.prefix, ack=not args.no_ack,
                       host=args.host).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    print(f"platform sim on {args.host}:{args.port}, keys {', '.join(keys) or 'none'}, "
+    print(f"platform sim on {args.host}:{args.port}, gateways {len(keys)}, ack key "
+          f"{base64.b64encode(sim.ack_public_raw).decode()} (kid {sim.ack_kid}), "
           f"storing into {args.db}", file=sys.stderr)
     done.wait()
     c = sim.counters

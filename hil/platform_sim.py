@@ -4,14 +4,17 @@ Written from docs/protocol.md alone (it imports nothing from `agent`), so it che
 agent against the contract rather than against itself. It subscribes on a real broker to
 `{prefix}/+/+/up/#` with a persistent session and, for every message:
 
-1. parses it; checks `v`, the integer/string-only rule, `alg`, `kid` (a registered key);
+1. parses it; checks `v`, the integer/string-only rule, `alg`, `kid` (a key registered for
+   that very gateway: each gateway has its own key set);
 2. verifies the Ed25519 signature over the JCS canonical JSON without `sig`;
 3. checks `id == E-G-seq` and that the wire bytes are canonical;
 4. de-duplicates by id (a resend must be byte-identical, else it is rejected as a conflict);
 5. checks `prev` against the stored predecessor (and the successor's `prev` when a late
    predecessor arrives); a missing predecessor is a gap, not a rejection;
 6. stores what it accepted in its own SQLite and, with `ack=True`, publishes
-   `{"v":1,"acks":[{"id":…,"result":…}]}` on `{prefix}/{E}/{G}/down/ack`.
+   an ack signed with the platform's own key (`ack_seed`) on `{prefix}/{E}/{G}/down/ack`:
+   `{"acks":[{"id":…,"result":…,"sha256":…}],"alg":…,"enterprise":…,"gateway":…,"kid":…,
+   "sig":…,"v":1}`, canonical, the signature over the form without `sig`.
 
 Controls (thread-safe, from the rig's timeline): `ack`, `reject_next(n)`, `go_away()` /
 `come_back()`. Run in-process (`PlatformSim(...).start()`) or `python -m hil platform`.
@@ -34,7 +37,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,9 @@ log = logging.getLogger(__name__)
 FIELDS = {"v", "id", "seq", "type", "enterprise", "gateway", "created", "prev", "body", "alg",
           "kid", "sig"}
 ZERO_PREV = "0" * 64
-TYPES = {"readings", "interval", "daily", "monthly", "manual", "status"}
+TYPES = {"readings", "interval", "daily", "monthly", "manual", "status", "chain"}
+# The platform's ack key when none is given: TEST ONLY, publicly known (docs/protocol.md).
+TEST_ACK_SEED = hashlib.sha256(b"energy-agent platform ack example key - TEST ONLY").digest()
 VALUE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 CREATED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -55,6 +60,8 @@ CREATE TABLE IF NOT EXISTS sample (
     envelope TEXT, meter TEXT, point TEXT, ts INTEGER, value TEXT, quality INTEGER);
 CREATE TABLE IF NOT EXISTS rejection (
     id TEXT, topic TEXT, reason TEXT, received_ms INTEGER, wire BLOB);
+CREATE TABLE IF NOT EXISTS explained (
+    enterprise TEXT, gateway TEXT, first INTEGER, last INTEGER, record TEXT);
 """
 
 
@@ -106,14 +113,21 @@ class PlatformSim:
     def __init__(
         self,
         broker_port: int,
-        public_keys: dict[str, bytes],
+        gateway_keys: dict[tuple[str, str], dict[str, bytes]],
         db_path: str | Path,
         prefix: str = "energy",
         ack: bool = True,
         host: str = "127.0.0.1",
         client_id: str = "platform-sim",
+        ack_seed: bytes = TEST_ACK_SEED,
     ) -> None:
-        self.keys = {kid: Ed25519PublicKey.from_public_bytes(raw) for kid, raw in public_keys.items()}
+        """`gateway_keys`: (enterprise, gateway) -> {kid: raw public key}, the keys registered
+        for that gateway only; `ack_seed`: the 32-byte seed of the platform's ack key."""
+        self.keys = {gw: {kid: Ed25519PublicKey.from_public_bytes(raw) for kid, raw in ks.items()}
+                     for gw, ks in gateway_keys.items()}
+        self.ack_key = Ed25519PrivateKey.from_private_bytes(ack_seed)
+        self.ack_public_raw = self.ack_key.public_key().public_bytes_raw()
+        self.ack_kid = key_id(self.ack_public_raw)
         self.prefix, self.ack = prefix, ack
         self.host, self.port = host, broker_port
         self.counters = Counters()
@@ -182,16 +196,24 @@ class PlatformSim:
             log.exception("platform sim: handling %s failed", msg.topic)
             return
         if self.ack and env_id and where:
-            self._send_ack(where, env_id, result)
+            self._send_ack(where, env_id, result, hashlib.sha256(payload).hexdigest())
 
-    def _send_ack(self, where: tuple[str, str], env_id: str, result: tuple[str, str]) -> None:
+    def _send_ack(self, where: tuple[str, str], env_id: str, result: tuple[str, str],
+                  digest: str) -> None:
         outcome, reason = result
-        item = {"id": env_id, "result": outcome}
+        item = {"id": env_id, "result": outcome, "sha256": digest}
         if reason:
             item["reason"] = reason
         topic = f"{self.prefix}/{where[0]}/{where[1]}/down/ack"
-        self.client.publish(topic, json.dumps({"v": 1, "acks": [item]}), qos=1)
+        self.client.publish(topic, self.signed_ack(where, [item]), qos=1)
         self.counters.acks_sent += 1
+
+    def signed_ack(self, where: tuple[str, str], items: list[dict[str, str]]) -> bytes:
+        """An ack message for gateway `where` = (E, G), signed with the platform's ack key."""
+        doc: dict[str, Any] = {"v": 1, "enterprise": where[0], "gateway": where[1],
+                               "acks": items, "alg": "ed25519", "kid": self.ack_kid}
+        doc["sig"] = base64.b64encode(self.ack_key.sign(canonical(doc))).decode("ascii")
+        return canonical(doc)
 
     # -- verification ----------------------------------------------------------------------
 
@@ -246,9 +268,9 @@ class PlatformSim:
             raise Rejected("created or prev not in the exact form")
         if env["alg"] != "ed25519":
             raise Rejected(f"unsupported alg {env['alg']!r}")
-        key = self.keys.get(env["kid"])
+        key = self.keys.get((env["enterprise"], env["gateway"]), {}).get(env["kid"])
         if key is None:
-            raise Rejected(f"unknown kid {env['kid']!r}")
+            raise Rejected(f"unknown kid {env['kid']!r} for gateway {env['gateway']!r}")
         unsigned = {k: v for k, v in env.items() if k != "sig"}
         try:
             signed = canonical(unsigned)
@@ -269,6 +291,8 @@ class PlatformSim:
             raise Rejected(f"topic {topic!r} is not {want!r}")
         if env["type"] == "readings":
             _check_readings(env["body"])
+        if env["type"] == "chain":
+            _check_chain(env["body"], env["seq"])
         if self._reject_next > 0:
             self._reject_next -= 1
             raise Rejected("told to reject")
@@ -304,6 +328,11 @@ class PlatformSim:
             (env["id"], e, g, seq, env["type"], env["created"], _now_ms(), digest, env["prev"],
              payload),
         )
+        if env["type"] == "chain":
+            # The gateway's signed account of seqs it no longer has (docs/protocol.md).
+            for first, last in env["body"]["lost"]:
+                self.db.execute("INSERT INTO explained VALUES (?,?,?,?,?)",
+                                (e, g, first, last, env["body"]["reason"]))
         if env["type"] == "readings":
             samples = env["body"].get("samples", []) if isinstance(env["body"], dict) else []
             self.db.executemany(
@@ -328,14 +357,20 @@ class PlatformSim:
             rows = self.db.execute(
                 "SELECT seq, sha256, prev FROM envelope WHERE enterprise=? AND gateway=? "
                 "ORDER BY seq", (enterprise, gateway)).fetchall()
+            ranges = self.db.execute(
+                "SELECT first, last FROM explained WHERE enterprise=? AND gateway=?",
+                (enterprise, gateway)).fetchall()
         seqs = [r[0] for r in rows]
         top = seqs[-1] if seqs else 0
-        missing = sorted(set(range(1, top + 1)) - set(seqs))
+        # A gap the gateway's signed `chain` record accounts for is explained, not missing.
+        explained = {s for first, last in ranges for s in range(first, min(last, top) + 1)}
+        absent = set(range(1, top + 1)) - set(seqs)
+        missing = sorted(absent - explained)
         by_seq = {r[0]: r for r in rows}
         broken = [s for s, _sha, prev in rows
                   if s > 1 and s - 1 in by_seq and by_seq[s - 1][1] != prev]
         return {"envelopes": len(rows), "max_seq": top, "missing": missing, "broken": broken,
-                "intact": not missing and not broken}
+                "explained": sorted(absent & explained), "intact": not missing and not broken}
 
     def samples(self) -> list[tuple[str, str, str, int, str, int]]:
         """(envelope id, meter, point, ts, value, quality) of every accepted readings sample."""
@@ -364,6 +399,17 @@ def _check_readings(body: Any) -> None:
             raise Rejected(f"readings body: samples[{i}] value {s[3]!r} with quality {s[4]}")
         if s[3].startswith("-") and not s[3].strip("-0."):
             raise Rejected(f"readings body: samples[{i}] is a negative zero")
+
+
+def _check_chain(body: Any, seq: int) -> None:
+    """docs/protocol.md "chain": why the chain restarted and which seqs are gone for good."""
+    keys = {"reason", "previous_seq", "previous_head", "store_seq", "lost", "salvaged"}
+    if not isinstance(body, dict) or set(body) != keys:
+        raise Rejected(f"chain body: expected exactly {sorted(keys)}")
+    if not isinstance(body["lost"], list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) for x in r)
+            and 1 <= r[0] <= r[1] < seq for r in body["lost"]):
+        raise Rejected("chain body: lost must be [[first, last], …] below the record's seq")
 
 
 def _now_ms() -> int:

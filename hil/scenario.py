@@ -13,6 +13,7 @@ The scenario file format is described in docs/hil.md.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -124,7 +125,8 @@ class Rig:
         await asyncio.to_thread(self._keygen, key_file)
         raw = _public_key(key_file)
         self.platform = await asyncio.to_thread(
-            PlatformSim(self.broker.port, {key_id(raw): raw}, self.work / "platform.db").start)
+            PlatformSim(self.broker.port, {(ENTERPRISE, GATEWAY): {key_id(raw): raw}},
+                        self.work / "platform.db").start)
         self.stack.callback(self.platform.stop)
         self.config_file = self.work / "agent.toml"
         self.config_file.write_text(self._agent_config(key_file, buses), encoding="utf-8")
@@ -173,7 +175,8 @@ class Rig:
                       "data_dir": str(self.work / "agent"), "log_level": "info"},
             "platform": {"host": "127.0.0.1", "port": self.proxy.port, "ack": "platform",
                          "ack_timeout": 5.0, "keepalive": 5, "reconnect_min": 0.2,
-                         "reconnect_max": 2.0},
+                         "reconnect_max": 2.0,
+                         "ack_keys": [base64.b64encode(self.platform.ack_public_raw).decode()]},
             "signing": {"key_file": str(key_file)},
             "schedule": {"poll_interval": 1.0, "seal_interval": 2.0, "heartbeat": 10.0},
         }

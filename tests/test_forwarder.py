@@ -24,6 +24,7 @@ from agent.uplink.forwarder import Forwarder
 from agent.uplink.mqtt import MqttUplink
 from buffer.store import EnvelopeMeta, Store
 from hil.broker import Mosquitto, Subscriber
+from tests.platform_acks import ACK_KEY, ack_for
 from tests.test_reports import CONFIG
 
 E, G = "91370600780790663W", "gw-01"
@@ -90,6 +91,8 @@ def platform(port: int, **kw: Any) -> PlatformSection:
     base: dict[str, Any] = dict(
         host="127.0.0.1", port=port, reconnect_min=0.1, reconnect_max=0.5, keepalive=10
     )
+    if kw.get("ack") == "platform":
+        base["ack_keys"] = [ACK_KEY]
     base.update(kw)
     return PlatformSection(**base)
 
@@ -183,10 +186,11 @@ class Platform:
         if self.lose > 0:
             self.lose -= 1
             return
-        ack: dict[str, str] = {"id": eid, "result": "accepted"}
         if eid.endswith("bad"):
-            ack = {"id": eid, "result": "rejected", "reason": "bad signature"}
-        c.publish(f"energy/{E}/{G}/down/ack", json.dumps({"v": 1, "acks": [ack]}), qos=1)
+            ack = ack_for(msg.payload, eid, "rejected", "bad signature")
+        else:
+            ack = ack_for(msg.payload, eid)
+        c.publish(f"energy/{E}/{G}/down/ack", ack, qos=1)
 
     def close(self) -> None:
         self.c.disconnect()

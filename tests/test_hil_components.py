@@ -188,7 +188,7 @@ def test_platform_sim_verifies_dedups_acks_and_stores(tmp_path) -> None:  # type
     envs = _chain(signer, 5)
     up = f"energy/{E}/{G}/up/readings"
     with Mosquitto() as broker, Subscriber(broker.port, f"energy/{E}/{G}/down/ack") as acks:
-        sim = PlatformSim(broker.port, {signer.key_id: signer.public_key_raw},  # type: ignore[attr-defined]
+        sim = PlatformSim(broker.port, {(E, G): {signer.key_id: signer.public_key_raw}},  # type: ignore[attr-defined]
                           tmp_path / "platform.db").start()
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-agent")
         pub.connect("127.0.0.1", broker.port)
@@ -212,7 +212,7 @@ def test_platform_sim_verifies_dedups_acks_and_stores(tmp_path) -> None:  # type
             sim.come_back()
             _until(lambda: sim.counters.accepted == 4)
             assert sim.chain(E, G) == {"envelopes": 4, "max_seq": 4, "missing": [], "broken": [],
-                                       "intact": True}
+                                       "explained": [], "intact": True}
             assert sim.counters.gaps_seen == 1  # seq 4 came before seq 3
 
             sim.reject_next(1)
@@ -235,7 +235,7 @@ def test_platform_sim_rejects_a_broken_chain_and_unknown_keys(tmp_path) -> None:
     from hil.platform_sim import PlatformSim
 
     signer, stranger = _signer(), _signer()
-    sim = PlatformSim(1, {signer.key_id: signer.public_key_raw}, tmp_path / "p.db")  # type: ignore[attr-defined]
+    sim = PlatformSim(1, {(E, G): {signer.key_id: signer.public_key_raw}}, tmp_path / "p.db")  # type: ignore[attr-defined]
     envs = _chain(signer, 2)
     topic = f"energy/{E}/{G}/up/readings"
     assert sim.accept(topic, envs[0])[0] == ("accepted", "")
@@ -267,7 +267,7 @@ def test_platform_sim_accepts_the_protocol_worked_example(tmp_path) -> None:  # 
         return m.group(1)
 
     raw = base64.b64decode(block("public-key"))
-    sim = PlatformSim(1, {block("kid"): raw}, tmp_path / "p.db")
+    sim = PlatformSim(1, {("91370600780790663W", "gw-01"): {block("kid"): raw}}, tmp_path / "p.db")
     wire = block("wire-bytes").encode()
     topic = "energy/91370600780790663W/gw-01/up/readings"
     assert sim.accept(topic, wire)[0] == ("accepted", "")
@@ -361,7 +361,7 @@ def test_report_counts_lost_wrong_and_duplicated_samples(tmp_path) -> None:  # t
         [["m", "energy", t, good, 0], ["m", "volts", t, "", 1]],
         [["m", "energy", t + 1000, bad, 0], ["m", "energy", t, good, 0]],  # wrong; duplicate
     ]
-    sim = PlatformSim(1, {signer.key_id: signer.public_key_raw}, tmp_path / "p.db")  # type: ignore[attr-defined]
+    sim = PlatformSim(1, {(E, G): {signer.key_id: signer.public_key_raw}}, tmp_path / "p.db")  # type: ignore[attr-defined]
     prev = "0" * 64
     for seq, samples in enumerate(bodies, 1):
         wire = build_envelope(seq=seq, prev=prev, type="readings", enterprise=E, gateway=G,

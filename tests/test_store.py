@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from buffer import schema
+from buffer.names import MQTT
 from buffer.outbox import SeqConflict
 from buffer.store import EnvelopeMeta, MeterStatus, OutboxRow, Store, StoreError
 from drivers.base import Quality, Reading
@@ -315,7 +316,7 @@ def test_newer_schema_refused_not_moved(tmp_path: Path) -> None:
 def test_corrupt_database_moved_aside(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     s = Store(path)
-    put(s, 4)
+    payloads = put(s, 4)
     s.readings.add_readings([Reading("m", "e", T0, 1.0)])
     s.close()
     with open(path, "r+b") as f:
@@ -327,10 +328,11 @@ def test_corrupt_database_moved_aside(tmp_path: Path) -> None:
     assert s.state.counters()["corrupt_db_moved"] == 1
     state = s.state.get("corrupt_db_moved")
     assert state is not None and moved[0].name in state
-    assert [e[1] for e in s.state.events()] == ["corrupt_db_moved"]
-    seq, head = s.outbox.chain_head()
-    assert head == Store.ZERO_HASH
-    assert seq > 4  # seq never repeats even though the old chain head was unreadable
+    assert [e[1] for e in s.state.events()] == ["corrupt_db_moved", "chain_reset"]
+    # Nothing in the file is readable, but the high-water mark beside it knows the chain: the
+    # seq never repeats and the next envelope links to the last one ever sealed.
+    assert s.outbox.chain_head() == (5, hashlib.sha256(payloads[-1]).hexdigest())
+    assert s.chain_reset is not None and s.chain_reset["lost"] == [[1, 4]]
     s.close()
 
 
@@ -349,6 +351,12 @@ def test_damaged_page_salvages_chain_head(tmp_path: Path) -> None:
     s = Store(path)
     assert s.state.counters()["corrupt_db_moved"] == 1
     assert s.outbox.chain_head() == (4, hashlib.sha256(payloads[-1]).hexdigest())
+    # The unsent envelopes come across byte-identical, under their own seqs.
+    assert [r.payload for r in s.outbox.pending(MQTT, 10)] == payloads
+    assert s.chain_reset is not None and s.chain_reset["salvaged"] == 3 and s.chain_reset["lost"] == []
+    # The unsent envelopes come across byte-identical, under their own seqs.
+    assert [r.payload for r in s.outbox.pending(MQTT, 10)] == payloads
+    assert s.chain_reset is not None and s.chain_reset["salvaged"] == 3 and s.chain_reset["lost"] == []
     s.close()
 
 

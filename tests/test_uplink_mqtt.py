@@ -15,8 +15,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ConfigError, PlatformSection
+from agent.protocol.acks import Ack
 from agent.uplink.mqtt import AckTimeout, MqttUplink, PlatformRejected, UplinkDown, publish_packet_size
 from hil.broker import Mosquitto, Subscriber, TlsListener
+from tests.platform_acks import ACK_KEY, ack_for
 
 E, G = "91370600780790663W", "gw-01"
 UP = f"energy/{E}/{G}/up"
@@ -26,6 +28,10 @@ def platform(port: int, **kw: object) -> PlatformSection:
     base: dict[str, object] = dict(
         host="127.0.0.1", port=port, reconnect_min=0.1, reconnect_max=0.5, keepalive=10
     )
+    if kw.get("ack") == "platform":
+        base["ack_keys"] = [ACK_KEY]
+    if kw.get("ack") == "platform":
+        base["ack_keys"] = [ACK_KEY]
     base.update(kw)
     return PlatformSection(**base)  # type: ignore[arg-type]
 
@@ -150,11 +156,12 @@ class Responder:
         if "silent" in eid:
             return
         if "bad" in eid:
-            ack = {"id": eid, "result": "rejected", "reason": "signature invalid"}
+            ack = ack_for(msg.payload, eid, "rejected", "signature invalid",
+                          others=(Ack("someone-else", "accepted", "0" * 64, ""),))
         else:
-            ack = {"id": eid, "result": "duplicate" if "dup" in eid else "accepted"}
-        acks = [{"id": "someone-else", "result": "accepted"}, ack]
-        c.publish(f"energy/{E}/{G}/down/ack", json.dumps({"v": 1, "acks": acks}), qos=1)
+            ack = ack_for(msg.payload, eid, "duplicate" if "dup" in eid else "accepted",
+                          others=(Ack("someone-else", "accepted", "0" * 64, ""),))
+        c.publish(f"energy/{E}/{G}/down/ack", ack, qos=1)
 
     def close(self) -> None:
         self.c.disconnect()

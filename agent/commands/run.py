@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     faulthandler.enable()
     cfg = load_or_exit(args.config)
     logging.getLogger().setLevel(cfg.agent.log_level.upper())
+    from agent.config import ConfigError
     from agent.protocol.signing import KeyFileError
     from agent.runtime.app import run_agent
 
@@ -26,4 +27,8 @@ def run(args: argparse.Namespace) -> int:
         return run_agent(cfg)
     except KeyFileError as e:
         logging.getLogger("agent").error("%s", e)
+        return 78
+    except ConfigError as e:  # found only once the daemon sets up (key files, TLS material)
+        for line in e.lines:
+            logging.getLogger("agent").error("%s", line)
         return 78

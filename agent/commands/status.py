@@ -83,7 +83,18 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
         if counters.get(name):
             hint = " — `energy-agent resend` lists them" if name == "rejected_envelopes" else ""
             warnings.append(f"{name.replace('_', ' ')}: {counters[name]}{hint}")
+    from agent.runtime.heartbeat import last_chain_reset
+
+    reset = last_chain_reset(store, 0)
+    if reset is not None:
+        lost = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in reset["lost"][:10]) or "none"
+        warnings.append(
+            f"chain reset {_age(now_ms - reset['at'])} ago ({reset['reason']}): the store ended at "
+            f"seq {reset['store_seq']}, seqs ever sealed reached {reset['previous_seq']}; resumed at "
+            f"seq {reset['resumed_seq']}; {reset['salvaged']} envelope(s) salvaged; seqs no longer "
+            f"held (told to the platform in a signed `chain` envelope): {lost}")
     return {
+        "chain_reset": reset,
         "now_ms": now_ms, "store": str(cfg.db_path), "store_bytes": store.size_bytes(),
         "meters": meters,
         "backlog": {"pending": pending, "oldest_ms": oldest},

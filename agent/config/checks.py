@@ -43,6 +43,16 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
         err("platform.cert_file", "cert_file and key_file go together (TLS client certificate)")
     if (p.ca_file or p.cert_file) and not p.tls:
         err("platform.tls", "expected true when ca_file or cert_file is set")
+    if p.ack == "platform":
+        from agent.protocol.acks import AckKeyError, load_ack_keys
+
+        if not p.ack_keys:
+            err("platform.ack_keys", 'required with ack = "platform": the platform\'s ack public '
+                "key(s), so a forged ack cannot make the agent forget data")
+        try:
+            load_ack_keys(p.ack_keys)
+        except AckKeyError as e:
+            errors.append(f"{path}: {e}")
     if "#" in p.topic_prefix or "+" in p.topic_prefix or p.topic_prefix.endswith("/"):
         err("platform.topic_prefix", f"expected an MQTT topic without wildcards, got {p.topic_prefix!r}")
 

@@ -39,6 +39,9 @@ class PlatformSection(Base, kw_only=True):
     topic_prefix: str = "energy"
     ack: Literal["broker", "platform"] = "broker"
     ack_timeout: Annotated[float, Meta(gt=0)] = 60.0  # seconds before a platform-ack resend
+    # The platform's Ed25519 ack public keys (ack = "platform" needs one): each the base64 of
+    # the raw 32 bytes, or an absolute path to a file holding it (base64 or PEM).
+    ack_keys: list[str] = []
     mqtt_version: Literal["3.1.1", "5"] = "3.1.1"
     keepalive: Annotated[int, Meta(ge=5, le=3600)] = 60
     inflight: Annotated[int, Meta(ge=1, le=1000)] = 20

@@ -19,7 +19,7 @@ from agent.config import Config
 from agent.protocol.envelope import build_envelope, envelope_id, topic_for
 from agent.protocol.sample_rows import RowRenderer, body_json
 from agent.protocol.signing import Signer
-from buffer.names import SEALED_CURSOR
+from buffer.names import CHAIN_RECORD_CURSOR, SEALED_CURSOR
 from buffer.store import EnvelopeBuilder, EnvelopeMeta, Store
 
 log = logging.getLogger("agent.protocol.sealer")
@@ -118,6 +118,21 @@ class Sealer:
         for seq in seqs:
             log.debug("sealed %s (%s)", envelope_id(a.enterprise, a.gateway, seq), type)
         return seqs
+
+    def seal_chain_records(self) -> int:
+        """Sign every `chain_reset` the store recorded (buffer/highwater.py) and not yet sealed
+        as a `chain` envelope: the platform's explanation of seqs this gateway no longer has.
+        The cursor moves in the envelope's own transaction, so each is sealed exactly once."""
+        after = self.store.state.cursor(CHAIN_RECORD_CURSOR)
+        made = 0
+        for eid, _kind, _ts, data in self.store.state.events("chain_reset"):
+            if eid <= after:
+                continue
+            body = {k: data[k] for k in ("reason", "previous_seq", "previous_head", "store_seq",
+                                         "lost", "salvaged")}
+            self.seal("chain", body, cursor=(CHAIN_RECORD_CURSOR, eid))
+            made += 1
+        return made
 
     def seal_readings(self) -> int:
         """Seal every committed sample not yet sealed; returns how many envelopes were made."""

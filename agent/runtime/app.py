@@ -297,7 +297,8 @@ class App:
         if step is not None:
             now = int(time.time() * 1000)
             self.store.state.add_event("clock", now, {"step_ms": int(step * 1000), "at_ms": now})
-        made = self.sealer.seal_readings()
+        made = self.sealer.seal_chain_records()  # first: it explains the seqs that follow
+        made += self.sealer.seal_readings()
         if self.reporter is not None:
             made += len(self.reporter.seal_due(int(time.time() * 1000)))
         return made

@@ -23,6 +23,20 @@ if TYPE_CHECKING:
     from agent.uplink.forwarder import Forwarder
 
 
+RESET_REPORT_MS = 7 * 86_400_000  # a chain reset is repeated in heartbeats for a week
+
+
+def last_chain_reset(store: Store, since_ms: int) -> dict[str, Any] | None:
+    """The newest `chain_reset` (buffer/highwater.py) since `since_ms`, as a status member."""
+    events = store.state.events("chain_reset", since_ms=since_ms)
+    if not events:
+        return None
+    _id, _kind, ts, d = events[-1]
+    return {"at": ts, "reason": str(d["reason"]), "previous_seq": int(d["previous_seq"]),
+            "store_seq": int(d["store_seq"]), "resumed_seq": int(d["resumed_seq"]),
+            "salvaged": int(d["salvaged"]), "lost": [[int(a), int(b)] for a, b in d["lost"]]}
+
+
 class Heartbeat:
     def __init__(self, cfg: Config, store: Store, signer: Signer) -> None:
         self.cfg = cfg
@@ -81,6 +95,13 @@ class Heartbeat:
             "counters": {k: int(v) for k, v in sorted(self.store.state.counters().items())},
             "overruns": dict(sorted(self.overruns.items())),
         }
+        if self.forwarder is not None:
+            acks_ignored = getattr(self.forwarder.uplink, "acks_ignored", None)
+            if acks_ignored is not None:
+                body["uplink"]["acks_ignored"] = int(acks_ignored)
+        reset = last_chain_reset(self.store, int(time.time() * 1000) - RESET_REPORT_MS)
+        if reset is not None:
+            body["chain_reset"] = reset
         return body
 
     def _uplink(self) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import hashlib
 import logging
 import ssl
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
+from agent.protocol.acks import MAX_ACK_BYTES, AckKeyError, AckRefused, load_ack_keys, parse_acks, printable
 from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
 from buffer.names import MQTT
 
 __all__ = ["AckTimeout", "MqttUplink", "PlatformRejected", "TooLarge", "UplinkDown"]
 
 log = logging.getLogger("energy_agent.uplink.mqtt")
+IGNORED_LOG_EVERY = 60.0  # seconds: ignored acks are counted always, logged at most this often
 
 
 class MqttUplink:
@@ -49,6 +52,12 @@ class MqttUplink:
         self.client_id = cfg.client_id or f"energy-agent-{enterprise}-{gateway}"
         self.ack_topic = f"{cfg.topic_prefix}/{enterprise}/{gateway}/down/ack"
         self.platform_acks = cfg.ack == "platform"
+        self.enterprise, self.gateway = enterprise, gateway
+        self.ack_keys = self._ack_keys() if self.platform_acks else {}
+        self.acks_ignored = 0  # ack messages or entries that changed nothing (forged, stray, late)
+        self._ignored_logged_at = -IGNORED_LOG_EVERY
+        self._ignored_since_log = 0
+        self._digests: dict[str, str] = {}  # envelope id in flight -> SHA-256 of its bytes
         self.connection_changed = asyncio.Event()  # set on every connect/disconnect
         self._up = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -61,6 +70,16 @@ class MqttUplink:
         self._client = self._make_client(will)
 
     # -- setup -------------------------------------------------------------------------------
+
+    def _ack_keys(self) -> dict[str, Any]:
+        if not self.cfg.ack_keys:
+            raise ConfigError(['platform.ack_keys: required with ack = "platform" — the '
+                               "platform's ack public key(s), so a forged ack cannot make the "
+                               "agent forget data (docs/protocol.md, Acknowledgements)"])
+        try:
+            return load_ack_keys(self.cfg.ack_keys)
+        except AckKeyError as e:
+            raise ConfigError([str(e)]) from None
 
     def _make_client(self, will: tuple[str, bytes] | None) -> mqtt.Client:
         cfg = self.cfg
@@ -175,6 +194,7 @@ class MqttUplink:
                 fut.set_exception(err)
         self._by_mid.clear()
         self._by_id.clear()
+        self._digests.clear()
 
     def _all_waiters(self) -> list[asyncio.Future[None]]:
         return [*self._by_mid.values(), *(f for fs in self._by_id.values() for f in fs)]
@@ -200,6 +220,9 @@ class MqttUplink:
         mid: int | None = None
         if self.platform_acks:
             self._by_id[envelope_id].append(acked)
+            # An ack must name these exact bytes: one for another envelope under this id
+            # (a replayed old ack, a seq reused by a restored store) changes nothing.
+            self._digests[envelope_id] = hashlib.sha256(payload).hexdigest()
         try:
             info = self._client.publish(topic, payload, qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -224,6 +247,7 @@ class MqttUplink:
                     waiters.remove(acked)
                 if not waiters:
                     del self._by_id[envelope_id]
+                    self._digests.pop(envelope_id, None)
             for fut in (acked, puback):
                 if not fut.done():
                     fut.cancel()
@@ -337,31 +361,53 @@ class MqttUplink:
             self._settle_puback(fut, rc, f"mid {mid}")
 
     def _on_message(self, _client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._call(self._platform_acks, bytes(msg.payload))
+        # Network thread: refuse an oversized payload before copying it (paho already holds
+        # it; a copy would double the peak), and parse nothing here.
+        size = len(msg.payload)
+        if size > MAX_ACK_BYTES:
+            self._call(self._ignore, msg.topic, f"{size} bytes, more than the {MAX_ACK_BYTES} an ack may have")
+            return
+        self._call(self._platform_acks, msg.topic, bytes(msg.payload))
 
-    def _platform_acks(self, payload: bytes) -> None:
+    def _platform_acks(self, topic: str, payload: bytes) -> None:
+        if topic != self.ack_topic:
+            self._ignore(topic, "not our ack topic")
+            return
         try:
-            doc = json.loads(payload)
-            acks = doc["acks"] if isinstance(doc, dict) and doc.get("v") == 1 else None
-            if not isinstance(acks, list):
-                raise ValueError("expected {\"v\": 1, \"acks\": [...]}")
-        except (ValueError, KeyError) as e:
-            log.warning("mqtt ack on %s ignored: %s", self.ack_topic, e)
+            acks = parse_acks(payload, self.ack_keys, self.enterprise, self.gateway)
+        except AckRefused as e:
+            self._ignore(topic, str(e))
             return
         for ack in acks:
-            if not isinstance(ack, dict) or not isinstance(ack.get("id"), str):
-                log.warning("mqtt ack entry ignored: %r", ack)
+            waiters = self._by_id.get(ack.id)
+            if not waiters:
+                self._ignore(topic, f"ack for {printable(ack.id, 100)}, which is not in flight")
                 continue
-            eid, result = ack["id"], ack.get("result")
-            for fut in self._by_id.pop(eid, []):
+            if self._digests.get(ack.id) != ack.sha256:
+                self._ignore(topic, f"ack for {printable(ack.id, 100)} names other bytes (sha256 "
+                             f"{ack.sha256[:16]}…)")
+                continue
+            del self._by_id[ack.id]
+            self._digests.pop(ack.id, None)
+            for fut in waiters:
                 if fut.done():
                     continue
-                if result in ("accepted", "duplicate"):
-                    fut.set_result(None)
-                elif result == "rejected":
-                    fut.set_exception(PlatformRejected(str(ack.get("reason") or "no reason")))
+                if ack.result == "rejected":
+                    fut.set_exception(PlatformRejected(ack.reason or "no reason"))
                 else:
-                    log.warning("mqtt ack for %s has unknown result %r", eid, result)
+                    fut.set_result(None)
+
+    def _ignore(self, topic: str, why: str) -> None:
+        """Count an ack that changed nothing; log at most one line a minute (it may be a flood)."""
+        self.acks_ignored += 1
+        self._ignored_since_log += 1
+        now = time.monotonic()
+        if now - self._ignored_logged_at >= IGNORED_LOG_EVERY:
+            more = self._ignored_since_log - 1
+            log.warning("mqtt ack on %s ignored: %s%s", printable(topic, 120), why,
+                        f" (and {more} more since the last such line)" if more else "")
+            self._ignored_logged_at = now
+            self._ignored_since_log = 0
 
 
 def _forget_paho_outgoing(client: mqtt.Client) -> None:
