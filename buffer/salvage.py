@@ -9,11 +9,14 @@ not be read is reported as seq ranges.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 log = logging.getLogger("buffer.salvage")
@@ -37,7 +40,9 @@ class Found:
     unreadable: int = 0
 
 
-def read_moved(path: Path) -> Found:
+def read_moved(path: Path, topic_of: Callable[[str], str] | None = None) -> Found:
+    """`topic_of(type)`: where an envelope of `type` is published, for envelopes whose payload
+    survived but whose outbox row did not (else the topic of any readable row is the model)."""
     found = Found()
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
@@ -45,13 +50,18 @@ def read_moved(path: Path) -> Found:
         log.error("salvage: cannot open %s: %s", path, e)
         return found
     try:
-        _read(conn, found)
+        # A table whose root page lies past a truncated end makes the whole schema "malformed";
+        # with writable_schema SQLite loads the schema anyway and the other tables stay readable.
+        # (Read-only connection: nothing can be written through it.)
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA writable_schema = ON")
+        _read(conn, found, topic_of)
     finally:
         conn.close()
     return found
 
 
-def _read(conn: sqlite3.Connection, found: Found) -> None:
+def _read(conn: sqlite3.Connection, found: Found, topic_of: Callable[[str], str] | None) -> None:
     row = _one(conn, "SELECT next_seq, head FROM chain WHERE id = 1")
     if row is not None:
         found.next_seq, found.head = int(row[0]), str(row[1])
@@ -78,6 +88,10 @@ def _read(conn: sqlite3.Connection, found: Found) -> None:
         data = _one(conn, "SELECT payload FROM payloads WHERE seq = ?", (seq,))
         whole = meta is not None and data is not None and \
             hashlib.sha256(bytes(data[0])).digest() == bytes(meta[6])  # type: ignore[arg-type]
+        if meta is None and data is not None:
+            topic_of = topic_of or _topic_model(conn)
+            meta = _meta_from_payload(seq, bytes(data[0]), topic_of)  # type: ignore[arg-type]
+            whole = meta is not None
         if whole:
             if seq == top:
                 found.high_head = hashlib.sha256(bytes(data[0])).hexdigest()  # type: ignore[arg-type]
@@ -92,6 +106,34 @@ def _read(conn: sqlite3.Connection, found: Found) -> None:
     if tail_from <= top:
         found.lost.append((tail_from, top))
     found.unreadable = len(bad) + max(0, top - tail_from + 1)
+
+
+def _topic_model(conn: sqlite3.Connection) -> Callable[[str], str] | None:
+    """Topics are {prefix}/{E}/{G}/up/{type}: any readable row shows the first four levels."""
+    for (topic,) in _scan(conn, "SELECT topic FROM outbox"):
+        base = str(topic).rsplit("/", 1)[0]
+        return lambda type_: f"{base}/{type_}"
+    return None
+
+
+def _meta_from_payload(seq: int, payload: bytes,
+                       topic_of: Callable[[str], str] | None) -> tuple[object, ...] | None:
+    """An outbox row rebuilt from the envelope itself, when only its payload could be read.
+    There is no stored checksum to compare with: the envelope must parse, name this seq, and
+    be in canonical form (the platform verifies its signature, as for any envelope)."""
+    if topic_of is None or len(payload) > 64 * 1024 * 1024:
+        return None
+    try:
+        env = json.loads(payload)
+        ok = isinstance(env, dict) and env.get("seq") == seq and isinstance(env.get("id"), str) \
+            and isinstance(env.get("type"), str) and isinstance(env.get("created"), str)
+        created = datetime.fromisoformat(env["created"]) if ok else None
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None
+    if created is None or not env["type"].isalpha():
+        return None
+    return (seq, env["id"], env["type"], topic_of(env["type"]), int(created.timestamp() * 1000),
+            None, hashlib.sha256(payload).digest())
 
 
 def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:

@@ -300,7 +300,8 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def open_database(path: Path) -> tuple[sqlite3.Connection, Salvage | None]:
+def open_database(path: Path, topic_of: Callable[[str], str] | None = None,
+                  ) -> tuple[sqlite3.Connection, Salvage | None]:
     """Open (creating if needed), check and migrate; a corrupt file is moved aside first and
     what it still holds salvaged (then returned, else None)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,17 +327,18 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, Salvage | None]:
     except BaseException:
         conn.close()
         raise
-    salvage = None if moved is None else record_salvage(conn, path, moved, problem or "")
+    salvage = None if moved is None else record_salvage(conn, path, moved, problem or "", topic_of)
     return conn, salvage
 
 
-def record_salvage(conn: sqlite3.Connection, path: Path, moved: Path, reason: str) -> Salvage:
+def record_salvage(conn: sqlite3.Connection, path: Path, moved: Path, reason: str,
+                   topic_of: Callable[[str], str] | None = None) -> Salvage:
     """Import what the moved-aside file still holds, resume the chain above it (and above the
     high-water mark), and leave a record status can report."""
     from buffer import salvage as salvaging
     from buffer.highwater import read_mark
 
-    found = salvaging.read_moved(moved)
+    found = salvaging.read_moved(moved, topic_of)
     mark = read_mark(path)
     next_seq = max(found.next_seq or 0, found.high_seq + 1) if found.high_seq or found.next_seq else None
     head = found.head or found.high_head

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,11 @@ class Store:
     ZERO_HASH = schema.ZERO_HASH
 
     def __init__(self, path: str | Path, destinations: Sequence[str] = (names.MQTT,),
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, topic_of: Callable[[str], str] | None = None) -> None:
         """Open (create, migrate, check) the store. `readonly` is for inspecting the store of
-        a running agent (status, export): no migration, no repair, and every write fails."""
+        a running agent (status, export): no migration, no repair, and every write fails.
+        `topic_of(type)` names an envelope type's topic, for salvaging a corrupt store
+        (buffer/salvage.py)."""
         self.path = Path(path)
         self.readonly = readonly
         self.destinations: tuple[str, ...] = tuple(destinations)
@@ -45,7 +47,7 @@ class Store:
             if readonly:
                 self._conn = schema.open_readonly(self.path)
             else:
-                self._conn, salvage = schema.open_database(self.path)
+                self._conn, salvage = schema.open_database(self.path, topic_of)
         except schema.SchemaError as e:
             raise StoreError(f"store {self.path}: {e}") from e
         except (sqlite3.Error, OSError) as e:

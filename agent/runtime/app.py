@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -22,6 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agent.config import Config
+from agent.protocol.envelope import topic_for
 from agent.protocol.sealer import ClockImplausible, Sealer
 from agent.protocol.signing import load_signer
 from agent.runtime import sdnotify
@@ -74,7 +76,8 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
-        self.store = await self.in_db(Store, cfg.db_path, (MQTT,))
+        self.store = await self.in_db(Store, cfg.db_path, (MQTT,), False, functools.partial(
+            topic_for, cfg.platform.topic_prefix, cfg.agent.enterprise, cfg.agent.gateway))
         self.sealer = Sealer(cfg, self.store, signer)
         self.reporter = self._reporter()
         self.heartbeat = Heartbeat(cfg, self.store, signer)
