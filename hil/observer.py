@@ -63,6 +63,9 @@ class Observer:
     dropped: dict[int, str] = field(default_factory=dict)  # seq -> type, `envelope_dropped` events
     rowid: dict[tuple[str, str, int], int] = field(default_factory=dict)  # sample -> polls.id
     cpu: list[tuple[float, float]] = field(default_factory=list)  # (time, agent CPU s so far)
+    # Samples seen committed whose rows a store fault then destroyed (WAL lost, older copy
+    # restored, store replaced after corruption): rewind() collects them.
+    destroyed: set[tuple[str, str, int]] = field(default_factory=set)
     _last_id: int = 0
     _layouts: dict[int, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # id -> meter, points
     _last_seq: int = 0
@@ -130,6 +133,25 @@ class Observer:
             info = json.loads(data)
             self.dropped[int(info["seq"])] = str(info["type"])
             self._last_event = eid
+
+    def rewind(self, fresh: bool = False) -> None:
+        """The store was taken back in time (or replaced: `fresh`) while the agent was down:
+        read from where it now ends, and note the samples seen committed that it lost."""
+        max_id = max_seq = max_event = 0
+        if not fresh and self.agent_db.exists():
+            try:
+                db = sqlite3.connect(f"file:{self.agent_db}?mode=ro", uri=True, timeout=2)
+                try:
+                    max_id = db.execute("SELECT coalesce(max(id), 0) FROM polls").fetchone()[0]
+                    max_seq = db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
+                    max_event = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                pass
+        self.destroyed |= {k for k, rid in self.rowid.items() if rid > max_id}
+        self._last_id, self._last_seq, self._last_event = max_id, max_seq, max_event
+        self._layouts.clear()
 
     @property
     def outbox_pending(self) -> int:

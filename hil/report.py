@@ -64,6 +64,7 @@ class Report:
     dropped_placed_by_rowid: int = 0  # of those, not read from the outbox before the drop
     dropped_counter: int = 0
     dropped_reported: int | None = None
+    destroyed: int = 0  # samples whose only copy an injected store fault destroyed, never sent
     show_dropped: bool = False
     fault_s: float = 0.0  # seconds under a fault
     fault_cpu_s: float = 0.0  # agent CPU time during those
@@ -98,10 +99,14 @@ class Report:
             f"  duplicated          {self.duplicated}",
             f"  unexpected          {self.unexpected}",
             f"  wrong value         {self.wrong}",
+            *([f"  destroyed by fault  {self.destroyed}   (committed, then the injected store "
+               "fault took the only copy before it was sent)"] if self.destroyed else []),
             f"  gap samples         {self.gaps}   (quality ≠ 0: no reply, offline, …)",
             f"  envelopes rejected  {self.rejected}",
             f"  chain               {c.get('envelopes', 0)} envelopes, seq 1..{c.get('max_seq', 0)}, "
             f"missing {len(c.get('missing', []))}, broken {len(c.get('broken', []))}"
+            + (f", {len(c['explained'])} explained by the gateway's signed chain records"
+               if c.get("explained") else "")
             + (f" (+{len(c['dropped'])} dropped by policy, links across them checked"
                f" {c.get('links_checked', 0)}/{c.get('links_to_check', 0)})" if c.get("dropped") else "")
             + f" → {'intact' if c.get('intact') else 'NOT INTACT'}",
@@ -191,7 +196,10 @@ def build_report(
     rep.dropped_samples = len(dropped_keys)
     rep.dropped_counter = int(obs.agent_counters.get("dropped_envelopes", 0))
     rep.dropped_reported = reported_drops(obs.platform, enterprise, gateway)
-    lost = [k for k in expected if k not in received and k not in dropped_keys]
+    destroyed = {k for k in obs.destroyed if k in expected and k not in received}
+    rep.destroyed = len(destroyed)
+    lost = [k for k in expected if k not in received and k not in dropped_keys
+            and k not in destroyed]
     rep.lost = len(lost)
     rep.examples += [f"lost: {k}" for k in lost[:3]]
     rep.duplicated = sum(1 for k in in_cut if received[k] > 1)
@@ -335,7 +343,7 @@ def chain_with_drops(obs: Observer, enterprise: str, gateway: str) -> dict[str, 
 
 def judge(rep: Report, expect: dict[str, Any]) -> None:
     """Fill rep.failures from the scenario's [expect] table (defaults: nothing lost)."""
-    for key in ("lost", "wrong", "duplicated", "unexpected", "rejected"):
+    for key in ("lost", "wrong", "duplicated", "unexpected", "rejected", "destroyed"):
         limit = int(expect.get(key, 0))
         if getattr(rep, key) > limit:
             rep.failures.append(f"{key} {getattr(rep, key)} > {limit}")

@@ -15,10 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import random
+import re
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,6 +35,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from drivers.model import PointConfig
+from hil.attacker import AckForger
 from hil.broker import Mosquitto
 from hil.fault_proxy import FaultProxy
 from hil.observer import Observer
@@ -112,6 +117,7 @@ class Rig:
     restores_ms: list[int] = field(default_factory=list)
     faults_ms: list[tuple[int, int]] = field(default_factory=list)  # (start, end) windows
     fault_open_ms: int | None = None
+    forger: AckForger | None = None
 
     async def start(self) -> None:
         self.stack = contextlib.AsyncExitStack()
@@ -261,8 +267,68 @@ class Rig:
             self.kill_agent()
             await asyncio.sleep(float(e.get("down", 0)))
             self.start_agent()
+        elif target == "attacker":
+            if verb == "forge":
+                self.forger = AckForger(self.broker.port, ENTERPRISE, GATEWAY).start()
+                self.stack.callback(self.forger.stop)
+            else:
+                self.forger.stop()
+        elif target == "store":
+            await asyncio.to_thread(self._store_fault, verb)
         else:
             raise ValueError(f"unknown event {what!r}")
+
+    def _store_fault(self, verb: str) -> None:
+        """`store.backup`: an online copy (like `sqlite3 agent.db .backup`); `store.lose_wal`,
+        `store.restore` (that copy), `store.truncate` (to half), `store.flip` (64 bytes of a
+        page holding envelopes): kill -9, damage, start again."""
+        db = self.work / "agent" / "agent.db"
+        backup = self.work / "backup.db"
+        if verb == "backup":
+            src, dst = sqlite3.connect(db), sqlite3.connect(backup)
+            try:
+                src.backup(dst)
+            finally:
+                src.close()
+                dst.close()
+            return
+        self.observer.poll()  # what was committed up to the kill
+        self.kill_agent()
+        if verb in ("truncate", "flip"):  # what is committed, in the main file
+            conn = sqlite3.connect(db)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
+        for suffix in ("-wal", "-shm"):
+            db.with_name(db.name + suffix).unlink(missing_ok=True)
+        if verb == "restore":
+            shutil.copyfile(backup, db)
+        elif verb == "truncate":
+            with open(db, "r+b") as f:
+                f.truncate(db.stat().st_size // 2)
+        elif verb == "flip":
+            data = db.read_bytes()
+            seqs = sorted({int(m) for m in re.findall(rb'"seq":(\d+),', data)})
+            middle = seqs[len(seqs) // 2] if seqs else 0  # a page holding unsent envelopes
+            at = max(data.find(b'"seq":%d,' % middle), 0) // 4096 * 4096
+            with open(db, "r+b") as f:
+                f.seek(at)
+                f.write(bytes(b ^ 0xFF for b in data[at:at + 64]))
+        elif verb != "lose_wal":
+            raise ValueError(f"unknown event store.{verb}")
+        if verb not in ("truncate", "flip"):
+            self.observer.rewind()
+            self.start_agent()
+            return
+        # Rewind only once the agent has moved the damaged file aside: until then the observer
+        # would read the old file's row ids and skip the fresh store's first rows.
+        moved = len(list(db.parent.glob("agent.db.corrupt-*[0-9Z]")))
+        self.start_agent()
+        deadline = time.monotonic() + 20
+        while len(list(db.parent.glob("agent.db.corrupt-*[0-9Z]"))) == moved:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the agent did not move the damaged store aside")
+            time.sleep(0.05)
+        self.observer.rewind(fresh=True)
 
     async def restore_all(self) -> None:
         """End every fault so the backlog can drain before the books are closed."""
@@ -321,6 +387,19 @@ async def run_scenario(scn: Scenario, work: Path | None = None,
             ENTERPRISE, GATEWAY, rig.faults_ms)
         rep.kills, rep.kills_during_backlog = rig.kills, rig.kills_during_backlog
         rep.show_dropped = "min_dropped_envelopes" in scn.expect
+        with rig.platform._lock:
+            records = rig.platform.db.execute(
+                "SELECT seq, wire FROM envelope WHERE type = 'chain' ORDER BY seq").fetchall()
+        for seq, wire in records:
+            body = json.loads(wire)["body"]
+            rep.notes.append(f"signed chain record seq {seq}: {body['reason']}, store ended at "
+                             f"{body['store_seq']}, highest sealed {body['previous_seq']}, "
+                             f"salvaged {body['salvaged']}, no longer held {body['lost']}")
+        if rig.forger is not None:
+            log_text = (work / "agent.log").read_text(errors="replace")
+            rep.notes.append(f"forged acks published {rig.forger.sent}; agent log lines about "
+                             f"ignored acks {log_text.count('ignored: ')}; agent delivered only "
+                             "what the platform acked")
         rep.notes.append(f"work dir {work} (agent.log, agent.toml, platform.db)")
         judge(rep, scn.expect)
         return rep
@@ -350,7 +429,8 @@ async def _drain(rig: Rig, cutoff_ms: int, timeout: float, on_tick: Any) -> None
             rig.platform.samples)}
         dropped = await asyncio.to_thread(dropped_samples, obs, obs.committed) \
             if obs.dropped else set()
-        if all(k in received or k in dropped for k in obs.committed if k[2] <= cutoff_ms):
+        if all(k in received or k in dropped or k in obs.destroyed
+               for k in obs.committed if k[2] <= cutoff_ms):
             told = await asyncio.to_thread(reported_drops, rig.platform, ENTERPRISE, GATEWAY)
             if not obs.dropped or (told or 0) >= obs.agent_counters.get("dropped_envelopes", 0):
                 return

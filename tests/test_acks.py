@@ -290,3 +290,35 @@ def test_a_50_mb_ack_leaves_the_agents_rss_where_it_was(tmp_path: Path) -> None:
             if agent.alive():
                 agent.kill()
             meter.stop()
+
+
+def test_the_protocol_docs_ack_example_is_what_the_code_makes() -> None:
+    from agent.protocol.signing import public_key_pem
+
+    doc = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
+
+    def block(name: str) -> str:
+        m = re.search(rf"<!-- ack-example:{name} -->\n```\n(.*?)\n```", doc, re.S)
+        assert m, name
+        return m.group(1)
+
+    seed = hashlib.sha256(b"energy-agent platform ack example key - TEST ONLY").digest()
+    key = Ed25519Signer(seed)
+    assert block("seed") == seed.hex()
+    assert block("public-key") == base64.b64encode(key.public_key_raw).decode()
+    assert block("public-key-pem") == public_key_pem(key.public_key_raw).strip()
+    assert block("kid") == key.key_id
+    # It acknowledges the envelope of the protocol's worked example, by its wire bytes' hash.
+    m = re.search(r"<!-- example:next-prev -->\n```\n(.*?)\n```", doc, re.S)
+    assert m
+    wire = sign_acks([Ack("91370600780790663W-gw-01-1", "accepted", m.group(1), "")], key,
+                     "91370600780790663W", "gw-01")
+    assert block("wire-bytes") == wire.decode()
+    signed_doc = json.loads(wire)
+    sig = signed_doc.pop("sig")
+    from agent.protocol.canonical import canonical
+
+    assert block("signed-bytes") == canonical(signed_doc).decode()
+    assert block("sig") == sig
+    keys = load_ack_keys([block("public-key")])
+    assert parse_acks(wire, keys, "91370600780790663W", "gw-01")[0].result == "accepted"

@@ -152,7 +152,7 @@ def _signer() -> object:
     return Ed25519Signer.from_private_key(Ed25519PrivateKey.generate())
 
 
-def _chain(signer: object, n: int, tag: str = "") -> list[bytes]:
+def _chain(signer: object, n: int, tag: str = "", gateway: str = G) -> list[bytes]:
     """n readings envelopes built by the agent's own envelope code (the sim must accept them)."""
     from datetime import UTC, datetime
 
@@ -161,7 +161,7 @@ def _chain(signer: object, n: int, tag: str = "") -> list[bytes]:
     out, prev = [], "0" * 64
     for seq in range(1, n + 1):
         body = {"samples": [["m", "energy" + tag, 1_700_000_000_000 + seq, f"{seq}.00", 0]]}
-        wire = build_envelope(seq=seq, prev=prev, type="readings", enterprise=E, gateway=G,
+        wire = build_envelope(seq=seq, prev=prev, type="readings", enterprise=E, gateway=gateway,
                               created=datetime.now(UTC), body=body, signer=signer)  # type: ignore[arg-type]
         out.append(wire)
         prev = sha256_hex(wire)
@@ -249,6 +249,27 @@ def test_platform_sim_rejects_a_broken_chain_and_unknown_keys(tmp_path) -> None:
     assert sim.accept(topic, _chain(signer, 1, tag="y")[0])[0][1].startswith("resend differs")
     assert sim.accept(topic, b'{"v":1}')[0][0] == "rejected"
     assert sim.counters.chain_breaks == 1 and sim.counters.accepted == 2
+    sim.db.close()
+
+
+def test_platform_sim_keeps_a_key_set_per_gateway(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Issue 13: the simulator accepted any registered gateway's key for every gateway, so a
+    # gateway (or its stolen key) could sign for its neighbour.
+    from hil.platform_sim import PlatformSim
+
+    one, two = _signer(), _signer()
+    sim = PlatformSim(1, {(E, G): {one.key_id: one.public_key_raw},  # type: ignore[attr-defined]
+                          (E, "gw-02"): {two.key_id: two.public_key_raw}},  # type: ignore[attr-defined]
+                      tmp_path / "p.db")
+    assert sim.accept(f"energy/{E}/{G}/up/readings", _chain(one, 1)[0])[0] == ("accepted", "")
+    assert sim.accept(f"energy/{E}/gw-02/up/readings",
+                      _chain(two, 1, gateway="gw-02")[0])[0] == ("accepted", "")
+    forged = _chain(one, 2, gateway="gw-02")[1]  # gw-01's valid key, signing as gw-02
+    outcome = sim.accept(f"energy/{E}/gw-02/up/readings", forged)[0]
+    assert outcome[0] == "rejected" and outcome[1].startswith("unknown kid"), outcome
+    unregistered = _chain(one, 1, gateway="gw-03")[0]
+    assert sim.accept(f"energy/{E}/gw-03/up/readings", unregistered)[0][1].startswith("unknown kid")
+    assert sim.chain(E, "gw-02")["envelopes"] == 1
     sim.db.close()
 
 
