@@ -203,6 +203,9 @@ def test_a_corrupt_store_sends_every_readable_unsent_envelope(tmp_path: Path,
         if damage is flip_64_bytes:
             assert 20 in lost, reset  # type: ignore[index]
         s.sim.come_back()
+        # The next heartbeat carries the same account (status body `chain_reset`).
+        assert wait_until(lambda: _told(s.sim), 30), agent.log_text()
+        assert _told(s.sim)[-1]["lost"] == reset["lost"]  # type: ignore[index]
         settle(s, agent)
         got = _wires(s.sim)
         readable = {seq for seq in before if seq not in lost}
@@ -216,3 +219,10 @@ def test_a_corrupt_store_sends_every_readable_unsent_envelope(tmp_path: Path,
 def _wires(sim: PlatformSim) -> dict[int, bytes]:
     with sim._lock:
         return {s: bytes(w) for s, w in sim.db.execute("SELECT seq, wire FROM envelope")}
+
+
+def _told(sim: PlatformSim) -> list[dict[str, object]]:
+    with sim._lock:
+        beats = [json.loads(w)["body"] for (w,) in sim.db.execute(
+            "SELECT wire FROM envelope WHERE type = 'status' ORDER BY seq")]
+    return [b["chain_reset"] for b in beats if "chain_reset" in b]
