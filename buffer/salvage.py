@@ -104,7 +104,10 @@ def _read(conn: sqlite3.Connection, found: Found, topic_of: Callable[[str], str]
     tail_from = max(max(seqs, default=0), floor) + 1
     found.lost = ranges(bad)
     if tail_from <= top:
-        found.lost.append((tail_from, top))
+        if found.lost and found.lost[-1][1] + 1 == tail_from:
+            found.lost[-1] = (found.lost[-1][0], top)
+        else:
+            found.lost.append((tail_from, top))
     found.unreadable = len(bad) + max(0, top - tail_from + 1)
 
 

@@ -179,7 +179,7 @@ def test_a_corrupt_store_sends_every_readable_unsent_envelope(tmp_path: Path,
                                                               damage: Callable[[Path], None]) -> None:
     # Enough envelopes that the first half of the file holds some of them (the schema alone
     # takes 27 pages, and a table's leaves come after its root).
-    with site(tmp_path, poll=0.25, seal=0.25) as s:
+    with site(tmp_path, poll=0.1, seal=0.1) as s:
         s.sim.go_away()  # nothing is delivered: every envelope is unsent
         agent = s.start()
         assert wait_until(lambda: len(outbox_seqs(s.cfg)) >= 150, 90), agent.log_text()
