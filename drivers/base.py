@@ -100,6 +100,16 @@ class MeterError(Exception):
         self.busy = busy
 
 
+class BusFault(MeterError):
+    """The bus itself failed (cannot open the port or connect to the endpoint, or the port
+    refuses the line settings): every meter on it fails alike, so it is one condition of the
+    bus, not one per meter. The message names the bus, not a meter."""
+
+    def __init__(self, bus: str, detail: str, quality: Quality = Quality.TIMEOUT) -> None:
+        super().__init__(f"bus {bus}: {detail}", quality)
+        self.detail = detail  # without the bus's name: a meter's health record carries it
+
+
 class Driver(Protocol):
     """One bus (a serial line or a TCP endpoint). The caller reads one meter at a time.
 

@@ -16,14 +16,15 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.base import MeterError, Quality, Reading
+from drivers.base import BusFault, MeterError, Quality, Reading
 from drivers.line_guard import LineGuard, discard_input
-from drivers.planner import ReadRequest, plan_meter
+from drivers.planner import ReadRequest, describe_plan, plan_meter, split_request
 from drivers.reply_decoder import ReplyDecoder
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("drivers.modbus")
 
 BUSY = 6  # Modbus exception "server device busy": retry later, not a fault
+# "Illegal data address" / "illegal data value": the meter refuses part of what was asked.
+REFUSED = (2, 3)
 EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",
@@ -69,9 +72,11 @@ class _RequestFailed(Exception):
     """One request produced no usable registers. `answered`: the meter did reply."""
 
     def __init__(
-        self, what: str, quality: Quality, answered: bool, busy: bool = False, link_down: bool = False
+        self, what: str, quality: Quality, answered: bool, busy: bool = False,
+        link_down: bool = False, code: int | None = None,
     ) -> None:
         super().__init__(what)
+        self.code = code  # the Modbus exception code, if the meter answered with one
         self.what = what
         self.quality = quality
         self.answered = answered
@@ -90,33 +95,67 @@ class RequestExecutor:
         self.timed_out = False  # a request went unanswered since the driver last looked
         # Why requests failed in each meter's last read, one line each (without the meter label).
         self.failures: dict[str, list[str]] = {}
+        # Meters whose last read found refused points (splitting refused requests as needed):
+        # (requests that worked or failed otherwise, refused point -> why). The driver takes
+        # each entry away.
+        self.split: dict[str, tuple[list[ReadRequest], dict[str, str]]] = {}
         self._decoder = ReplyDecoder()
 
     async def read(
-        self, client: ModbusBaseClient, meter: MeterConfig, plan: list[ReadRequest]
+        self, client: ModbusBaseClient, meter: MeterConfig, plan: list[ReadRequest],
+        refused: Mapping[str, str] | None = None,
     ) -> Sequence[Reading]:
         """One Reading per point of the meter, in the meter's point order.
 
+        `refused`: points known to be refused (name -> why), not asked for; they are
+        EXCEPTION gaps. A request of several points refused with exception 2 or 3 is split in
+        two and each half asked at once, again and again, until the points the meter refuses
+        are found; `split[meter.name]` then holds the requests that worked and the refused
+        points, for the driver to read by from now on.
+
         Raises MeterError when the meter did not answer at all (TIMEOUT), answered every
-        request with "busy" (busy=True), or refused every request with another exception
-        (EXCEPTION, carrying the first refusals' reasons). A request that failed while others
-        succeeded gives gaps for its own points only; `failures[meter.name]` says why.
+        request with "busy" (busy=True), or refused every point (EXCEPTION, carrying the first
+        refusals' reasons). A request that failed while others succeeded gives gaps for its
+        own points only; `failures[meter.name]` says why.
         """
         got: dict[str, Reading] = {}
         answered = False
         failures: list[_RequestFailed] = []
         self.failures[meter.name] = whys = []
-        link_down = False
-        for i, request in enumerate(plan):
+        refused = dict(refused or {})
+        known = len(refused)
+        if refused:
+            ts = now_ms()
+            for name in refused:
+                got[name] = Reading(meter.name, name, ts, None, Quality.EXCEPTION)
+            whys.extend(dict.fromkeys(refused.values()))
+        link_down = split = False
+        kept: list[ReadRequest] = []  # what is worth asking again next poll
+        todo = deque(plan)
+        sent = 0
+        while todo:
+            request = todo.popleft()
             if link_down:
                 # Nothing more can get through this cycle; the driver reconnects next read.
                 self._gaps(got, meter, request, Quality.TIMEOUT)
+                kept.append(request)
                 continue
-            if i and meter.pause_ms:
+            if sent and meter.pause_ms:
                 await asyncio.sleep(meter.pause_ms / 1000)
+            sent += 1
             try:
                 registers, ts = await self._execute(client, meter, request)
             except _RequestFailed as failure:
+                if failure.code in REFUSED and len(request.points) > 1:
+                    # Which of its points does the meter refuse? Ask each half, now.
+                    split = True
+                    todo.extendleft(reversed(split_request(request)))
+                    answered = True
+                    continue
+                if failure.code in REFUSED:
+                    refused[request.points[0].name] = failure.what
+                else:
+                    kept.append(request)
                 whys.append(failure.what)
                 if not answered and not failure.answered:
                     # A silent meter costs one request's timeout per cycle, not one per request.
@@ -125,29 +164,30 @@ class RequestExecutor:
                 link_down = failure.link_down
                 failures.append(failure)
                 self._gaps(got, meter, request, failure.quality)
-                # Busy is routine (the meter is retried next cycle), not worth a warning.
-                log.log(logging.DEBUG if failure.busy else logging.WARNING,
-                        "%s: %s; its %d points are gaps", meter_label(meter), failure.what,
-                        len(request.points))
                 continue
             answered = True
-            if len(plan) == 1 and self._decoder.covers_in_order(request, meter):
+            kept.append(request)
+            if len(plan) == 1 and not split and not refused and self._decoder.covers_in_order(request, meter):
                 # The common case (one request covering the meter in point order): decoded
                 # straight into the result, no per-point look-up.
                 return self._decoder.decoded_meter(meter, request, registers, ts)
             for reading in self._decoder.decoded(meter, request, registers, ts):
                 got[reading.point] = reading
-        if plan and len(failures) == len(plan):
-            if all(f.busy for f in failures):
-                raise MeterError(
-                    f"{meter_label(meter)}: busy (exception 6) on every request — retried next cycle",
-                    Quality.EXCEPTION,
-                    busy=True,
-                )
-            if all(f.quality == Quality.EXCEPTION for f in failures):
-                # Refused throughout: a configuration problem (register map, function, unit id);
-                # the reason must reach the meter's health record, not only this log.
-                raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION)
+        if split or len(refused) > known:
+            self.split[meter.name] = (kept, {n: refused[n] for n in sorted(refused)})
+        if not kept and refused:
+            # Refused throughout: a configuration problem (register map, function, unit id).
+            raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION)
+        if kept and len(failures) == sent and all(f.busy for f in failures):
+            raise MeterError(
+                f"{meter_label(meter)}: busy (exception 6) on every request — retried next cycle",
+                Quality.EXCEPTION,
+                busy=True,
+            )
+        if sent and len(failures) == sent and all(f.quality == Quality.EXCEPTION for f in failures):
+            # Refused throughout: a configuration problem (register map, function, unit id);
+            # the reason must reach the meter's health record.
+            raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION)
         ts = now_ms()
         return [
             got.get(p.name) or Reading(meter.name, p.name, ts, None, Quality.CORRUPT)
@@ -235,7 +275,7 @@ class RequestExecutor:
             )
             raise _RequestFailed(
                 f"exception {code} ({name}) reading {where} — {hint}",
-                Quality.EXCEPTION, answered=True, busy=code == BUSY,
+                Quality.EXCEPTION, answered=True, busy=code == BUSY, code=code,
             )
         registers: list[int] = getattr(reply, "registers", None) or []
         if len(registers) != request.count:
@@ -256,6 +296,21 @@ class RequestExecutor:
             got[point.name] = Reading(meter.name, point.name, ts, None, quality)
 
 
+class Refinement:
+    """How a meter that refuses some of its points is read: the requests that work, and the
+    refused points with why; until `retry_at` (driver clock), when its plan is tried again."""
+
+    __slots__ = ("plan", "refused", "retry_at")
+
+    def __init__(self, plan: list[ReadRequest], refused: dict[str, str], retry_at: float) -> None:
+        self.plan = plan
+        self.refused = refused
+        self.retry_at = retry_at
+
+    def describe(self) -> list[str]:
+        return [*describe_plan(self.plan), *(f"refused {name}: {why}" for name, why in self.refused.items())]
+
+
 class ModbusDriver(ABC):
     """One Modbus bus. Requests never overlap; the connection opens on the first read."""
 
@@ -268,6 +323,10 @@ class ModbusDriver(ABC):
         self._lock = asyncio.Lock()
         self._client: ModbusBaseClient | None = None
         self._plans: dict[str, tuple[tuple[Any, ...], list[ReadRequest]]] = {}
+        # Meters that refuse some of their points: what is read instead of the planned
+        # requests, until the configured plan is tried again (bus.offline_cooldown later).
+        self._refined: dict[str, Refinement] = {}
+        self.clock = time.monotonic  # for the refinements' retry times (tests move it)
         # The guard outlives clients: a converter forwards a late reply to the next connection.
         self.guard = LineGuard(bus.timeout)
         self._executor = RequestExecutor(bus, self.no_reply_hint(), self.guard)
@@ -297,6 +356,16 @@ class ModbusDriver(ABC):
     def connect_hint(self) -> str:
         """What to check when the bus cannot be opened."""
 
+    def refused_setting_hint(self, e: Exception) -> str:
+        """One line for a port that refuses the bus's serial settings (termios.error)."""
+        b = self.bus
+        return (
+            f"{b.device} refuses the serial setting {b.baud} {b.data_bits}{b.parity}{b.stop_bits} "
+            f"({e.args[-1] if e.args else e}) — the adapter or its driver cannot do parity "
+            f"{b.parity} or {b.stop_bits} stop bit(s) at {b.baud} baud; try parity N (and "
+            "stop_bits = 2 if the meters expect 11-bit characters) or another adapter"
+        )
+
     def plan(self, meter: MeterConfig) -> list[ReadRequest]:
         """The meter's read plan, computed once and reused while its points are unchanged."""
         key = (id(meter.points), len(meter.points), meter.max_registers, meter.max_gap)
@@ -306,15 +375,33 @@ class ModbusDriver(ABC):
             self._plans[meter.name] = cached
         return cached[1]
 
+    def read_plan(self, meter: str) -> list[str] | None:
+        """How the meter is read when that differs from its configured plan (some of its points
+        are refused): the requests in check-config's form, then each refused point and why."""
+        r = self._refined.get(meter)
+        return None if r is None else r.describe()
+
     async def read(self, meter: MeterConfig) -> Sequence[Reading]:
         async with self._lock:
             # A failed connect sends no request: no request reasons from an older read remain.
             self._executor.failures.pop(meter.name, None)
             client = await self._connected(meter)
             self._executor.timed_out = False
+            plan, refused = self.plan(meter), None
+            refined = self._refined.get(meter.name)
+            if refined is not None and self.clock() < refined.retry_at:
+                plan, refused = refined.plan, refined.refused
             try:
-                return await self._executor.read(client, meter, self.plan(meter))
+                return await self._executor.read(client, meter, plan, refused)
             finally:
+                found = self._executor.split.pop(meter.name, None)
+                if found is not None:
+                    self._refined[meter.name] = Refinement(
+                        *found, self.clock() + self.bus.offline_cooldown)
+                elif refined is not None and refused is None and not self._executor.failures.get(meter.name):
+                    # The configured plan was read again without a refusal: the meter was
+                    # reconfigured (or replaced); read it as planned from now on.
+                    del self._refined[meter.name]
                 if not client.connected or (
                     self._executor.timed_out and self.reconnect_after_silence
                 ):
@@ -334,17 +421,22 @@ class ModbusDriver(ABC):
         except (ModbusException, OSError) as e:
             log.debug("bus %s: connect to %s failed: %s", self.bus.name, self.endpoint(), e)
             ok = False
+        except Exception as e:
+            # termios.error (not an OSError): the port exists but refuses a line setting.
+            client.close()
+            if type(e).__name__ != "error" or type(e).__module__ != "termios":
+                raise
+            raise BusFault(self.bus.name, self.refused_setting_hint(e)) from None
         if not ok:
             client.close()
-            raise MeterError(
-                f"{meter_label(meter)}: cannot connect to {self.endpoint()} — {self.connect_hint()}",
-                Quality.TIMEOUT,
-            )
+            raise BusFault(self.bus.name, f"cannot connect to {self.endpoint()} — {self.connect_hint()}")
         # Whatever reached a serial port before we owned it answers nothing we will ask.
         discard_input(client)
         self._client = client
         self.connects += 1
-        log.info("bus %s: connected to %s", self.bus.name, self.endpoint())
+        # A TCP bus reconnects after every silence: only its first connection is news.
+        log.log(logging.INFO if self.connects == 1 else logging.DEBUG,
+                "bus %s: connected to %s", self.bus.name, self.endpoint())
         if meter.connect_pause_ms:
             # Some meters drop the first request that arrives right after a connect.
             await asyncio.sleep(meter.connect_pause_ms / 1000)
