@@ -38,6 +38,7 @@ class CountingMeter:
         self.unit = unit
         self.t0 = time.time()
         self.requests = 0
+        self.last_request = 0.0  # when the last request arrived (time.time())
         self.stall_s = 0.0  # > 0: hold every reply this long (a wedged meter or gateway)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | None = None
@@ -49,6 +50,7 @@ class CountingMeter:
     async def _action(self, fc: int, start: int, address: int, count: int,
                       registers: list[int], values: Any) -> None:
         self.requests += 1
+        self.last_request = time.time()
         if self.stall_s:
             await asyncio.sleep(self.stall_s)
         regs = encode(self.energy_raw(time.time()), "u32", "ABCD")

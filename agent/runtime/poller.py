@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.runtime.conditions import Conditions
@@ -90,10 +90,16 @@ class BusPoller:
         self._failing: dict[str, tuple[str, ...]] = {}  # meter -> its points failing now
         self._watch: set[str] = set()  # meters with a condition going on or a refined plan
 
-    def restore(self, statuses: Sequence[MeterStatus]) -> None:
+    def restore(self, statuses: Sequence[MeterStatus],
+                plans: Mapping[str, list[str] | None] | None = None) -> None:
         """Carry health across restarts: error counts, last-good times, and the offline state
         — an offline meter stays offline (no new line) and is probed in the first cycle, after
-        the healthy meters, instead of costing `offline_after` more failed cycles."""
+        the healthy meters, instead of costing `offline_after` more failed cycles. `plans`: the
+        read plans saved by the last run, so one that no longer applies is cleared."""
+        for name, plan in (plans or {}).items():
+            if name in self.health and plan:
+                self._plans[name] = plan
+                self._watch.add(name)
         for s in statuses:
             h = self.health.get(s.meter)
             if h is not None:
