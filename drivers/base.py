@@ -94,10 +94,12 @@ class MeterError(Exception):
     which is retried later rather than counted towards taking the meter offline.
     """
 
-    def __init__(self, message: str, quality: Quality = Quality.TIMEOUT, busy: bool = False):
+    def __init__(self, message: str, quality: Quality = Quality.TIMEOUT, busy: bool = False,
+                 code: int | None = None):
         super().__init__(message)
         self.quality = quality
         self.busy = busy
+        self.code = code  # the Modbus exception code the meter answered with, if it did
 
 
 class BusFault(MeterError):

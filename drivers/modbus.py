@@ -175,19 +175,23 @@ class RequestExecutor:
                 got[reading.point] = reading
         if split or len(refused) > known:
             self.split[meter.name] = (kept, {n: refused[n] for n in sorted(refused)})
+        codes = [f.code for f in failures if f.code is not None]
         if not kept and refused:
             # Refused throughout: a configuration problem (register map, function, unit id).
-            raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION)
+            raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION,
+                             code=codes[0] if codes else None)
         if kept and len(failures) == sent and all(f.busy for f in failures):
             raise MeterError(
                 f"{meter_label(meter)}: busy (exception 6) on every request — retried next cycle",
                 Quality.EXCEPTION,
                 busy=True,
+                code=BUSY,
             )
         if sent and len(failures) == sent and all(f.quality == Quality.EXCEPTION for f in failures):
             # Refused throughout: a configuration problem (register map, function, unit id);
             # the reason must reach the meter's health record.
-            raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION)
+            raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION,
+                             code=codes[0] if codes else None)
         ts = now_ms()
         return [
             got.get(p.name) or Reading(meter.name, p.name, ts, None, Quality.CORRUPT)
