@@ -167,7 +167,9 @@ class Reporter:
     def _seal(self, type_: str, body: dict[str, Any], period: str) -> int:
         assert self.sealer is not None
         seq = self.sealer.seal(type_, body, period=period)
-        log.info("sealed %s report %s (seq %d)", type_, period, seq)
+        # Interval reports come 96 a day: not worth a line each on a gateway's flash.
+        log.log(logging.DEBUG if type_ == "interval" else logging.INFO,
+                "sealed %s report %s (seq %d)", type_, period, seq)
         return seq
 
     # -- computing bodies (also used by `energy-agent export`) ----------------------------------
