@@ -27,7 +27,7 @@ from agent.protocol.signing import load_signer
 from agent.runtime import sdnotify
 from agent.runtime.batcher import CommitBatcher
 from agent.runtime.clock import ClockWatch
-from agent.runtime.conditions import Conditions
+from agent.runtime.conditions import Conditions, Overruns
 from agent.runtime.heartbeat import Heartbeat
 from agent.runtime.malloc_tuning import keep_small_buffers_off_mmap
 from agent.runtime.poller import BusPoller
@@ -45,7 +45,6 @@ log = logging.getLogger("agent.runtime.app")
 T = TypeVar("T")
 DAY_MS = 86_400_000
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest generation
-OVERRUN_OVER_AFTER = 10  # ticks on time in a row before a bus counts as no longer overrunning
 
 
 def aligned_start(interval: float, now: float | None = None) -> datetime:
@@ -66,7 +65,7 @@ class App:
         self.polls_running: set[asyncio.Task[Any]] = set()
         self.cycles: dict[str, asyncio.Task[None]] = {}  # each bus's latest poll cycle
         self.first_poll_done = False
-        self.conditions = Conditions(log)
+        self.overruns = Overruns(Conditions(log), cfg.schedule.poll_interval)
 
     async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
@@ -265,12 +264,7 @@ class App:
     def _overrun(self, bus: str) -> None:
         # A condition, not a line per skipped cycle: 100 overrunning buses polled every second
         # once wrote 24,000 lines in minutes.
-        self.conditions.happening(
-            ("overrun", bus),
-            f"bus {bus}: poll cycles skipped — a cycle takes longer than poll_interval "
-            f"{self.cfg.schedule.poll_interval:g} s; run check-config to see the bus time per cycle",
-            f"bus {bus}: still overrunning, cycles skipped",
-        )
+        self.overruns.skipped(bus)
         if self.heartbeat:
             self.heartbeat.overruns[bus] = self.heartbeat.overruns.get(bus, 0) + 1
 
@@ -284,9 +278,7 @@ class App:
             if running is not None and not running.done():
                 self._overrun(p.bus.name)
                 continue
-            if ("overrun", p.bus.name) in self.conditions:
-                self.conditions.over(("overrun", p.bus.name),
-                                     f"bus {p.bus.name}: cycles on time again", after=OVERRUN_OVER_AFTER)
+            self.overruns.on_time(p.bus.name)
             # The cycle is the task itself (no wrapper coroutine): every resume of a task walks
             # its whole chain of coroutines, ~2 per transaction, 100 buses a second.
             task = self.cycles[p.bus.name] = asyncio.create_task(p.poll_once(), name=p.bus.name)

@@ -100,3 +100,29 @@ class Conditions:
     def forget(self, key: Hashable) -> None:
         """Drop `key` without a line: a graver condition replaces it."""
         self._ongoing.pop(key, None)
+
+
+class Overruns:
+    """Buses whose poll cycle outlasts the poll interval, so ticks are skipped: a condition
+    per bus, over after `over_after` ticks on time in a row (one overrun every other tick is
+    one lasting condition, not a line pair per two ticks)."""
+
+    def __init__(self, conditions: Conditions, poll_interval: float, over_after: int = 10) -> None:
+        self.conditions = conditions
+        self.poll_interval = poll_interval
+        self.over_after = over_after
+        self.skipped_total: dict[str, int] = {}
+
+    def skipped(self, bus: str) -> None:
+        self.skipped_total[bus] = self.skipped_total.get(bus, 0) + 1
+        self.conditions.happening(
+            ("overrun", bus),
+            f"bus {bus}: poll cycles skipped — a cycle takes longer than poll_interval "
+            f"{self.poll_interval:g} s; run check-config to see the bus time per cycle",
+            f"bus {bus}: still overrunning, cycles skipped",
+        )
+
+    def on_time(self, bus: str) -> None:
+        if ("overrun", bus) in self.conditions:
+            self.conditions.over(("overrun", bus), f"bus {bus}: cycles on time again",
+                                 after=self.over_after)

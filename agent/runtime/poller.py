@@ -279,6 +279,7 @@ class BusPoller:
                                       f"{label(meter)}: still busy", level=logging.INFO)
             return
         h.consecutive_failures += 1
+        detail = message.removeprefix(f"{label(meter)}: ")
         if h.online and h.consecutive_failures >= self.bus.offline_after:
             h.online = False
             self.conditions.forget(("failing", meter.name))
@@ -287,11 +288,11 @@ class BusPoller:
                     ("offline", meter.name),
                     f"{message} — offline after {h.consecutive_failures} failed cycles; probed "
                     f"again every {self.bus.offline_cooldown:g} s", f"{label(meter)}: still offline",
-                    message,
+                    detail,
                 )
         elif not quiet:
             key = ("failing" if h.online else "offline", meter.name)
-            self.conditions.happening(key, message, f"{label(meter)}: still {key[0]}", message)
+            self.conditions.happening(key, message, f"{label(meter)}: still {key[0]}", detail)
         if not h.online:
             h.next_probe_ms = self._now_ms() + int(self.bus.offline_cooldown * 1000)
 
