@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from typing import Any
 
 import pytest
@@ -184,3 +185,59 @@ def test_an_unreachable_meter_polled_100_times_logs_a_handful_of_lines(
              if r.levelno >= logging.INFO and r.name.startswith(("agent", "drivers"))]
     # the bus cannot be reached (one line), it works again (one line), the meter is back.
     assert 1 <= len(lines) <= 5, lines
+
+
+def test_a_silent_meter_is_polled_after_its_healthy_line_mate() -> None:
+    """Listed first on the line, a silent meter still never delays the meter after it: from
+    its first failure on it is read last, and its cooldown probes come after the others."""
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    from drivers.modbus_tcp import ModbusTcpDriver
+    from drivers.model import BusConfig, MeterConfig
+    from hil.broker import free_port
+
+    asked: list[tuple[int, float]] = []
+
+    def act_for(unit: int, silent: bool) -> Any:
+        async def act(*_: Any) -> None:
+            asked.append((unit, time.monotonic()))
+            if silent:
+                await asyncio.sleep(0.5)
+        return act
+
+    async def main() -> list[list[int]]:
+        port = free_port()
+        devices = [SimDevice(u, simdata=[SimData(0, values=REGISTERS, datatype=DataType.REGISTERS)],
+                             action=act_for(u, u == 1)) for u in (1, 2)]
+        server = ModbusTcpServer(devices, address=("127.0.0.1", port))
+        await server.serve_forever(background=True)
+        bus = BusConfig(name="b", kind="modbus-tcp", host="127.0.0.1", port=port, timeout=0.3,
+                        retries=0, offline_after=3, offline_cooldown=60)
+        meters = []
+        for u in (1, 2):
+            m = MeterConfig(name=f"m{u}", bus="b", unit=u)
+            m.points = POINTS[:1]
+            m.max_registers, m.max_gap, m.pause_ms, m.connect_pause_ms = 125, 10, 0, 0
+            meters.append(m)
+        clock = Clock()
+        driver = ModbusTcpDriver(bus)
+        poller = BusPoller(bus, meters, driver, Sink(), clock=clock)
+        orders = []
+        try:
+            for _ in range(8):
+                clock.advance(20)
+                asked.clear()
+                await poller.poll_once()
+                orders.append([u for u, _ in asked])
+                await asyncio.sleep(0.6)  # the silent meter's late reply is over
+        finally:
+            await driver.close()
+            await server.shutdown()
+        return orders
+
+    orders = asyncio.run(main())
+    assert orders[0] == [1, 2]  # the first cycle: config order, m1 not known to fail yet
+    # From then on the healthy meter is asked first; m1 only while failing or due a probe.
+    assert all(o[0] == 2 for o in orders[1:]), orders
+    assert [1 in o for o in orders] == [True, True, True, False, False, True, False, False], orders

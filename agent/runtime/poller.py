@@ -120,14 +120,17 @@ class BusPoller:
     async def poll_once(self) -> list[Sequence[Reading]]:
         """Read every meter once; returns (and hands the sink) each meter's samples, in order.
 
-        Healthy meters are read first and offline ones (due a probe) after them, so a dead
-        meter's timeout never delays a live meter's reading. A bus fault (the port or endpoint
+        Healthy meters are read first and failing or offline ones (due a probe) after them, so
+        a dead meter's timeout delays a live meter's reading at most in the cycle it first
+        fails. A bus fault (the port or endpoint
         cannot be opened) ends the cycle's reads: every other meter would fail alike.
         """
         got: dict[str, Sequence[Reading]] = {}
         changed: list[MeterStatus] = []
         bus_fault: BusFault | None = None
-        order = sorted(self.meters, key=lambda m: not self.health[m.name].online)
+        # A meter failing or offline goes last (stable: config order otherwise), from the
+        # cycle after its first failure on — not only once it is offline.
+        order = sorted(self.meters, key=self._unhealthy) if self._watch else self.meters
         for meter in order:
             if bus_fault is not None:
                 h = self.health[meter.name]
@@ -143,6 +146,10 @@ class BusPoller:
         await self.sink(readings, changed)
         self.cycles += 1
         return readings
+
+    def _unhealthy(self, meter: MeterConfig) -> bool:
+        h = self.health[meter.name]
+        return not h.online or h.consecutive_failures > 0
 
     async def _poll_meter(self, meter: MeterConfig) -> tuple[Sequence[Reading], bool, BusFault | None]:
         h = self.health[meter.name]
