@@ -50,10 +50,10 @@ def seed_backlog(data_dir: Path, seconds: int) -> int:
                       Reading("main", "active_power", ts, 12.5, Quality.GOOD),
                       Reading("main", "voltage_a", ts, 230.1, Quality.GOOD)]
             if len(batch) >= 3000:
-                store.add_readings(batch)
+                store.readings.add_readings(batch)
                 batch = []
         if batch:
-            store.add_readings(batch)
+            store.readings.add_readings(batch)
     finally:
         store.close()
     return 3 * seconds

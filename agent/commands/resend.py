@@ -9,8 +9,9 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 
 from agent.commands._common import add_config_argument, load_or_exit
+from buffer.names import MQTT
 
-DESTINATION = "mqtt"
+DESTINATION = MQTT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,14 +30,14 @@ def run(args: argparse.Namespace) -> int:
         store = Store(path, readonly=not args.seq)
         try:
             if not args.seq:
-                dead = store.rejected(DESTINATION)
+                dead = store.outbox.rejected(DESTINATION)
                 if args.json:
                     print(json.dumps({"set_aside": [{"seq": seq, "reason": reason, "at_ms": ts}
                                                     for seq, reason, ts in dead]}, indent=2,
                                      ensure_ascii=False))
                     return 0
                 return _list(dead, cfg.tz)
-            done = store.requeue(DESTINATION, args.seq)
+            done = store.outbox.requeue(DESTINATION, args.seq)
         finally:
             store.close()
     except StoreError as e:

@@ -11,11 +11,11 @@ KEY = "read_plan."
 
 def save_read_plan(store: Any, meter: str, plan: list[str] | None) -> None:
     """`plan`: the driver's description (requests, then refused points); None: as configured."""
-    store.set_state(KEY + meter, json.dumps(plan, ensure_ascii=False))
+    store.state.set(KEY + meter, json.dumps(plan, ensure_ascii=False))
 
 
 def load_read_plan(store: Any, meter: str) -> list[str] | None:
-    text = store.get_state(KEY + meter)
+    text = store.state.get(KEY + meter)
     try:
         plan = json.loads(text) if text else None
     except ValueError:

@@ -28,6 +28,7 @@ from agent.config import ConfigError, PlatformSection
 from agent.runtime.backoff import Backoff
 from agent.runtime.conditions import Conditions
 from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
+from buffer.names import MQTT
 
 __all__ = ["AckTimeout", "MqttUplink", "PlatformRejected", "TooLarge", "UplinkDown"]
 
@@ -37,7 +38,7 @@ log = logging.getLogger("energy_agent.uplink.mqtt")
 class MqttUplink:
     """One MQTT connection to the platform; `publish` returns when the envelope is acked."""
 
-    name = "mqtt"
+    name = MQTT
 
     def __init__(
         self,
