@@ -145,11 +145,6 @@ def print_report(cfg: Any, r: dict[str, Any]) -> None:
 
 
 def _age(ms: int) -> str:
-    s = max(0, ms // 1000)
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    if s < 172800:
-        return f"{s // 3600} h"
-    return f"{s // 86400} d"
+    from agent.runtime.conditions import duration
+
+    return duration(ms / 1000)

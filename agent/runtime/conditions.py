@@ -111,10 +111,8 @@ class Overruns:
         self.conditions = conditions
         self.poll_interval = poll_interval
         self.over_after = over_after
-        self.skipped_total: dict[str, int] = {}
 
     def skipped(self, bus: str) -> None:
-        self.skipped_total[bus] = self.skipped_total.get(bus, 0) + 1
         self.conditions.happening(
             ("overrun", bus),
             f"bus {bus}: poll cycles skipped — a cycle takes longer than poll_interval "
