@@ -112,6 +112,7 @@ class BusPoller:
                     h.consecutive_failures = s.consecutive_failures
                     h.next_probe_ms = 0
                     self.conditions.assume(("offline", s.meter), s.last_error or "")
+                    self._watch.add(s.meter)
 
     def statuses(self) -> list[MeterStatus]:
         """Every meter's health now (saved at shutdown)."""
@@ -122,8 +123,8 @@ class BusPoller:
 
         Healthy meters are read first and failing or offline ones (due a probe) after them, so
         a dead meter's timeout delays a live meter's reading at most in the cycle it first
-        fails. A bus fault (the port or endpoint
-        cannot be opened) ends the cycle's reads: every other meter would fail alike.
+        fails. A bus fault (the port or endpoint cannot be opened) ends the cycle's reads:
+        every other meter would fail alike.
         """
         got: dict[str, Sequence[Reading]] = {}
         changed: list[MeterStatus] = []
@@ -132,16 +133,18 @@ class BusPoller:
         # cycle after its first failure on — not only once it is offline.
         order = sorted(self.meters, key=self._unhealthy) if self._watch else self.meters
         for meter in order:
+            h = self.health[meter.name]
             if bus_fault is not None:
-                h = self.health[meter.name]
-                self._failed(meter, h, f"{label(meter)}: {bus_fault.detail}", busy=False, quiet=True)
-                got[meter.name] = gaps(meter, self._now_ms(), bus_fault.quality)
-                touched = True
+                now = self._now_ms()
+                touched = h.online or now >= h.next_probe_ms  # else it was not due anyway
+                if touched:
+                    self._failed(meter, h, f"{label(meter)}: {bus_fault.detail}", busy=False, quiet=True)
+                got[meter.name] = gaps(meter, now, bus_fault.quality if touched else Quality.OFFLINE)
             else:
                 rows, touched, bus_fault = await self._poll_meter(meter)
                 got[meter.name] = rows
-            if touched and self._worth_storing(self.health[meter.name]):
-                changed.append(self.health[meter.name].status())
+            if touched and self._worth_storing(h):
+                changed.append(h.status())
         readings = [got[m.name] for m in self.meters]
         await self.sink(readings, changed)
         self.cycles += 1
@@ -187,7 +190,10 @@ class BusPoller:
             h.last_good_ms = max(r.ts for r in good)
             names = tuple(sorted({r.point for r in bad}))
             why = self._why(meter, bad)
-            self._note_error(h, f"{label(meter)}: {len(bad)} point(s) failed: {', '.join(names)} — {why}")
+            if self._failing.get(meter.name) != names:
+                # An error when these points start failing, not on every poll they go on failing
+                # (a refused point would otherwise rewrite the meter's health every poll).
+                self._note_error(h, f"{label(meter)}: {len(bad)} point(s) failed: {', '.join(names)} — {why}")
             self._recovered(meter, h, names)
             self._watch.add(meter.name)
             self.conditions.happening(
