@@ -66,6 +66,7 @@ class App:
         self.polls_running: set[asyncio.Task[Any]] = set()
         self.cycles: dict[str, asyncio.Task[None]] = {}  # each bus's latest poll cycle
         self.first_poll_done = False
+        self.budget_pressed = False  # the last pruning pass had to drop or could not get under
         self.overruns = Overruns(Conditions(log), cfg.schedule.poll_interval)
 
     async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -338,6 +339,16 @@ class App:
             log.debug("retention: %s", report)
         except StoreError as e:
             self._fatal(e)
+            return
+        # Each pass under pressure logs its own lines (buffer/retention.py); this says when
+        # the pressure is over.
+        pressed = report.over_budget or report.dropped_envelopes or report.needed_readings
+        if pressed:
+            self.budget_pressed = True
+        elif self.budget_pressed:
+            self.budget_pressed = False
+            log.info("disk budget: the store is within storage.budget_mb %g again (%d bytes)",
+                     s.budget_mb, report.bytes_after)
 
 
 def run_agent(cfg: Config) -> int:
