@@ -63,7 +63,8 @@ def test_web_unit_mirrors_the_daemons_sandbox_without_its_devices() -> None:
     assert WEB_EXEC_START in WEB_UNIT.read_text().splitlines()
     # Every hardening line of the daemon's unit is in the page's, with the same value, except
     # what only the poller needs (serial ports, sd_notify, the watchdog) and the descriptions.
-    only_daemon = {"Description", "Documentation", "Wants", "After", "Type", "NotifyAccess", "WatchdogSec", "Restart", "TimeoutStartSec", "TimeoutStopSec",
+    only_daemon = {"Description", "Documentation", "Wants", "After", "Type", "NotifyAccess", "WatchdogSec",
+                   "Restart", "TimeoutStartSec", "TimeoutStopSec",
                    "SupplementaryGroups", "PrivateDevices", "DeviceAllow", "ExecStart", "RestartSec"}
     for key, values in daemon.items():
         if key not in only_daemon:

@@ -39,6 +39,7 @@ from buffer.store import Store, StoreError
 log = logging.getLogger("agent.web")
 
 MAX_FORM_BYTES = 16 * 1024
+CACHE_S = 5.0  # overview, meters and deliveries are recomputed at most this often
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 SESSION_COOKIE, LANG_COOKIE = "ea_session", "ea_lang"
 HEADERS = {
@@ -82,6 +83,7 @@ class WebApp:
         self.lockout = auth.Lockout(cfg.web.lockout_failures, cfg.web.lockout_minutes)
         self.loopback = is_loopback(cfg.web.listen)
         self.items = data.items(cfg)
+        self._cache: dict[str, tuple[float, Any]] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -96,6 +98,21 @@ class WebApp:
             finally:
                 store.close()
         return run_in_threadpool(run)
+
+    async def cached(self, key: str, fn: Callable[[Store], Any]) -> Any:
+        """fn's result for CACHE_S: a SCADA polling /api/overview every second, or several
+        browsers, cost one computation per few seconds, not one each."""
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < CACHE_S:
+            return hit[1]
+        value = await self.read(fn)
+        self._cache[key] = (now, value)
+        return value
+
+    def forget(self) -> None:
+        """After an action: the next page shows its effect, not a cached view from before."""
+        self._cache.clear()
 
     def context(self, request: Request) -> Ctx:
         q = request.query_params.get("lang")
@@ -162,14 +179,15 @@ class WebApp:
                 user = await run_in_threadpool(self.basic_user, request) if api else None
                 if user is None:
                     if api:
-                        return self.finish(request, ctx, JSONResponse({"error": "login required"}, 401,
-                                                                      {"WWW-Authenticate": 'Basic realm="energy-agent"'}))
+                        challenge = {"WWW-Authenticate": 'Basic realm="energy-agent"'}
+                        return self.finish(request, ctx, JSONResponse({"error": "login required"}, 401, challenge))
                     return self.finish(request, ctx, RedirectResponse("/login", 303))
             try:
                 if request.method == "POST":
                     form = await self.form(request)
                     if not auth.csrf_ok(ctx.session if not ctx.new_cookie else None, form.get("csrf")):
-                        return self.finish(request, ctx, PlainError(403, "CSRF token missing or wrong: reload the page"))
+                        refused = PlainError(403, "CSRF token missing or wrong: reload the page")
+                        return self.finish(request, ctx, refused)
                     request.state.form = form
                 resp = await handler(request, ctx)
             except BadRequest as e:

@@ -158,16 +158,13 @@ def alarms(cfg: Config, store: Store, now_ms: int, rows: list[dict[str, Any]]) -
 
 def meters(cfg: Config, store: Store, now_ms: int) -> dict[str, Any]:
     statuses = {s.meter: s for s in store.meter_statuses()}
-    window = int(max(10 * cfg.schedule.poll_interval, 600) * 1000)
     out = []
     for m in cfg.meter:
         bus = cfg.bus_named(m.bus)
         s = statuses.get(m.name)
         values = []
         for p in m.points:
-            rows = [r for r in store.readings_for(m.name, p.name, now_ms - window, now_ms + 1)
-                    if r.quality == Quality.GOOD and r.value is not None]
-            last = rows[-1] if rows else None
+            last = _last_good(store, m.name, p.name, now_ms, cfg.schedule.poll_interval)
             values.append({"point": p.name, "unit": p.unit, "kind": p.kind, "code": p.code or "",
                            "value": None if last is None else round(last.value, p.value_decimals),
                            "ts_ms": None if last is None else last.ts})
@@ -185,6 +182,21 @@ def meters(cfg: Config, store: Store, now_ms: int) -> dict[str, Any]:
                     "last_error_ms": s.last_error_ms if s else None,
                     "values": values})
     return {"now_ms": now_ms, "meters": out, "buses": buses(cfg)}
+
+
+def _last_good(store: Store, meter: str, point: str, now_ms: int, poll_s: float) -> Any:
+    """The newest good reading of the last 10 minutes (at least 10 polls): the newest few polls
+    first, then windows four times as long, so a meter that answers costs a handful of rows."""
+    floor = now_ms - int(max(10 * poll_s, 600) * 1000)
+    end, span = now_ms + 1, int(4 * poll_s * 1000)
+    while end > floor:
+        start = max(floor, end - span)
+        rows = store.readings_for(meter, point, start, end)
+        found = next((r for r in reversed(rows) if r.quality == Quality.GOOD and r.value is not None), None)
+        if found is not None:
+            return found
+        end, span = start, 4 * span
+    return None
 
 
 def buses(cfg: Config) -> list[dict[str, Any]]:
@@ -230,37 +242,57 @@ def verify_chain(store: Store, public_key: bytes | None, newest: int = CHAIN_CHE
     except sqlite3.Error as e:
         return {"verified": False, "checked": 0, "problem": _clip(str(e))}
     rows.reverse()
-    verify = None
+    key = None
     if public_key is not None:
-        from nacl.exceptions import BadSignatureError
         from nacl.signing import VerifyKey
 
-        from agent.protocol.canonical import canonical
-
         key = VerifyKey(public_key)
-
-        def verify(env: dict[str, Any]) -> bool:
-            signed = canonical({k: v for k, v in env.items() if k != "sig"})
-            try:
-                key.verify(signed, base64.b64decode(env["sig"]))
-                return True
-            except (BadSignatureError, ValueError):
-                return False
-
     prev_seq, prev_hash = None, None
     for seq, payload in rows:
         payload = bytes(payload)
-        try:
-            env = json.loads(payload)
-        except ValueError:
-            return {"verified": False, "checked": len(rows), "problem": f"seq {seq}: not JSON"}
-        if prev_seq == seq - 1 and env.get("prev") != prev_hash:
-            return {"verified": False, "checked": len(rows), "problem": f"seq {seq}: prev is not the hash of seq {seq - 1}"}
-        if verify is not None and not verify(env):
+        fields = _chain_fields(payload)
+        if fields is None:
+            return {"verified": False, "checked": len(rows), "problem": f"seq {seq}: not an envelope"}
+        prev, signed, sig = fields
+        if prev_seq == seq - 1 and prev != prev_hash:
+            return {"verified": False, "checked": len(rows),
+                    "problem": f"seq {seq}: prev is not the hash of seq {seq - 1}"}
+        if key is not None and not _signature_holds(key, signed, sig):
             return {"verified": False, "checked": len(rows), "problem": f"seq {seq}: bad signature"}
         prev_seq, prev_hash = seq, hashlib.sha256(payload).hexdigest()
-    return {"verified": True, "checked": len(rows), "signatures": verify is not None,
+    return {"verified": True, "checked": len(rows), "signatures": key is not None,
             "first_checked": rows[0][0] if rows else None, "problem": None}
+
+
+def _chain_fields(payload: bytes) -> tuple[str, bytes, bytes] | None:
+    """(prev, signed bytes, signature) of an envelope without parsing its (large) body.
+
+    The payload is RFC 8785 canonical JSON with sorted keys, so the top-level members after
+    "body" are created … prev, seq, sig, type, v: the last `"prev":"` and `,"sig":"` are the
+    top-level ones (a string inside the body has its quotes escaped), and the signed form —
+    the envelope without `sig` — is the payload with that one member cut out."""
+    p = payload.rfind(b'"prev":"')
+    s = payload.rfind(b',"sig":"')
+    if p < 0 or s < p:
+        return None
+    end = payload.find(b'"', s + 8)
+    if end < 0:
+        return None
+    try:
+        return (payload[p + 8:p + 72].decode("ascii"), payload[:s] + payload[end + 1:],
+                base64.b64decode(payload[s + 8:end], validate=True))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _signature_holds(key: Any, signed: bytes, sig: bytes) -> bool:
+    from nacl.exceptions import BadSignatureError
+
+    try:
+        key.verify(signed, sig)
+        return True
+    except (BadSignatureError, ValueError):
+        return False
 
 
 # -- manual entries ---------------------------------------------------------------------------

@@ -60,7 +60,12 @@ def layout(lang: str, page: str, body: str, *, user: str = "", csrf: str = "", a
     return (f'<!doctype html><html lang="{"zh-CN" if lang == "zh" else "en"}"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{e(tr(lang, "title"))}</title>'
             f"<style>{CSS}</style></head><body><header><b>{e(tr(lang, 'title'))}</b>{links}"
-            f'<span class="right">{switch}{logout}</span></header><main id="page-{page}">{body}{api_link}</main></body></html>')
+            f'<span class="right">{switch}{logout}</span></header>'
+            f'<main id="page-{page}">{body}{api_link}</main></body></html>')
+
+
+def num(x: Any, cls: str = "", attrs: str = "") -> str:
+    return f'<td class="num {cls}"{attrs}>{e(x)}</td>'
 
 
 def table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
@@ -73,9 +78,11 @@ def overview(d: dict[str, Any], lang: str, tz: ZoneInfo) -> str:
     L = lambda k, **kw: e(tr(lang, k, **kw))  # noqa: E731
     mtd = d["month_to_date"]
     conv = L(d["electricity_convention"]) if d["electricity_convention"] else ""
-    cards = (f'<div class="card">{L("total_tce")} · {L("today")}<br><b id="total-tce-today">{e(d["total_tce"])}</b> {L("tce")}</div>'
-             f'<div class="card">{L("total_tce")} · {L("mtd")} ({e(mtd["month"])})<br><b id="total-tce-mtd">{e(mtd["total_tce"])}</b> {L("tce")}</div>')
-    tce_rows = [[e(variety(lang, v)), f'<td class="num">{e(t)}</td>', f'<td class="num">{e(mtd["tce"].get(v, ""))}</td>']
+    cards = (f'<div class="card">{L("total_tce")} · {L("today")}<br>'
+             f'<b id="total-tce-today">{e(d["total_tce"])}</b> {L("tce")}</div>'
+             f'<div class="card">{L("total_tce")} · {L("mtd")} ({e(mtd["month"])})<br>'
+             f'<b id="total-tce-mtd">{e(mtd["total_tce"])}</b> {L("tce")}</div>')
+    tce_rows = [[e(variety(lang, v)), num(t), num(mtd["tce"].get(v, ""))]
                 for v, t in d["tce"].items()]
     rows = []
     for it in d["items"]:
@@ -102,11 +109,13 @@ def meters(d: dict[str, Any], lang: str, tz: ZoneInfo) -> str:
         vals = "<br>".join(f'{e(v["point"])}: <b>{e(v["value"] if v["value"] is not None else "—")}</b> {e(v["unit"])}'
                            for v in m["values"])
         cls = "ok" if m["state"] == "online" else "bad"
-        out.append([e(m["meter"]), f'{e(m["bus"])} / {e(m["unit"])}', f'<td class="{cls}">{L("state." + m["state"])}</td>',
+        error_at = f"<br><small>{e(when(m['last_error_ms'], tz, lang))}</small>" if m["last_error"] else ""
+        out.append([e(m["meter"]), f'{e(m["bus"])} / {e(m["unit"])}',
+                    f'<td class="{cls}">{L("state." + m["state"])}</td>',
                     e(when(m["last_good_ms"], tz, lang)), vals, f'<td class="num">{e(m["errors_total"])}</td>',
-                    e(m["last_error"] or "") + (f"<br><small>{e(when(m['last_error_ms'], tz, lang))}</small>" if m["last_error"] else "")])
+                    e(m["last_error"] or "") + error_at])
     buses = [[e(b["bus"]), e(b["kind"]), f'<td class="num">{b["meters"]}</td>',
-              f'<td class="num">{b["cycle_s"] * 1000:.1f} ms ({L("bus_time.dead")}: {b["one_dead_s"] * 1000:.0f} ms)</td>',
+              num(f'{b["cycle_s"] * 1000:.1f} ms ({tr(lang, "bus_time.dead")}: {b["one_dead_s"] * 1000:.0f} ms)'),
               f'<td class="num">{b["poll_interval_s"]:g} s</td>', f'<td class="num">{b["load"] * 100:.1f} %</td>']
              for b in d["buses"]]
     return (f"<h2>{L('nav.meters')}</h2>"
@@ -126,7 +135,8 @@ def curves(c: dict[str, Any], bars: dict[str, Any], items: list[dict[str, str]],
     L = lambda k, **kw: e(tr(lang, k, **kw))  # noqa: E731
     form = (f'<form method="get">{L("item")} {item_select(items, c["item"])} {L("day")} '
             f'<input type="date" name="day" value="{e(day)}"> {L("overlay")} '
-            f'<input type="number" name="overlay" min="0" max="6" value="{overlay}"> <button>{L("show")}</button></form>')
+            f'<input type="number" name="overlay" min="0" max="6" value="{overlay}"> '
+            f'<button>{L("show")}</button></form>')
     slots = 24 * 60 // c["interval_minutes"]
     series = []
     labels: list[str] = []
@@ -186,9 +196,10 @@ def deliveries(d: dict[str, Any], lang: str, tz: ZoneInfo, csrf: str, msg: str) 
     out = [f"<h2>{L('nav.deliveries')}</h2>", msg]
     rows = []
     for x in d["destinations"]:
-        rows.append([e(x["destination"]), f'<td class="num {"bad" if x["failing"] else ""}" data-dest="{e(x["destination"])}" '
-                     f'data-field="pending">{x["pending"]}</td>', e(when(x["oldest_ms"], tz, lang)),
-                     f'{e(x["last_seq"] or "")} · {e(when(x["last_ms"], tz, lang))}', f'<td class="num">{len(x["set_aside"])}</td>'])
+        pending = num(x["pending"], "bad" if x["failing"] else "",
+                      f' data-dest="{e(x["destination"])}" data-field="pending"')
+        rows.append([e(x["destination"]), pending, e(when(x["oldest_ms"], tz, lang)),
+                     f'{e(x["last_seq"] or "")} · {e(when(x["last_ms"], tz, lang))}', num(len(x["set_aside"]))])
     out.append(table([L("destination"), L("backlog"), L("oldest"), L("last_delivery"), L("set_aside")], rows))
     for x in d["destinations"]:
         if not x["set_aside"]:
@@ -207,52 +218,65 @@ def deliveries(d: dict[str, Any], lang: str, tz: ZoneInfo, csrf: str, msg: str) 
     return "".join(out)
 
 
+def _field(label: str, control: str) -> str:
+    return f"<tr><th>{label}</th><td>{control}</td></tr>"
+
+
+def _options(choices: list[tuple[str, str]], chosen: str) -> str:
+    return "".join(f'<option value="{e(v)}"{" selected" if v == chosen else ""}>{e(t)}</option>' for v, t in choices)
+
+
 def manual(history: list[dict[str, Any]], items: list[dict[str, str]], varieties: list[str], lang: str,
            csrf: str, form: dict[str, str], msg: str) -> str:
     L = lambda k, **kw: e(tr(lang, k, **kw))  # noqa: E731
-    f = lambda k, default="": e(form.get(k, default))  # noqa: E731
+    f = lambda k: e(form.get(k, ""))  # noqa: E731
     codes = "".join(f'<option value="{e(i["dataCode"])}">{e(i["key"])} ({e(i["unit"])})</option>' for i in items)
-    vopts = '<option value=""></option>' + "".join(
-        f'<option value="{e(v)}"{" selected" if form.get("variety") == v else ""}>{e(variety(lang, v))}</option>'
-        for v in varieties)
-    kind = form.get("kind", "month")
+    kinds = _options([("month", tr(lang, "period.month") + " YYYY-MM"),
+                      ("day", tr(lang, "period.day") + " YYYY-MM-DD")], form.get("kind", "month"))
+    vopts = _options([("", ""), *((v, variety(lang, v)) for v in varieties)], form.get("variety", ""))
+    code_input = (r'<input name="code" list="codes" required pattern="\d{2}-\d{2}-\d{4}-\d{6}-\d{2}" size="24" '
+                  f'value="{f("code")}"><datalist id="codes">{codes}</datalist>')
+    rows = "".join([
+        _field(L("data_code"), code_input),
+        _field(L("period"), f'<select name="kind">{kinds}</select> '
+                            f'<input name="period" required value="{f("period")}" placeholder="2026-11">'),
+        _field(L("value"), f'<input name="value" required value="{f("value")}" inputmode="decimal">'),
+        _field(L("unit"), f'<input name="unit" required value="{f("unit")}" size="8">'),
+        _field(L("variety"), f'<select name="variety">{vopts}</select>'),
+        _field(L("note"), f'<input name="note" value="{f("note")}" size="40" maxlength="200">'),
+        _field(L("supersedes"), f'<input name="supersedes" value="{f("supersedes")}" size="32">'),
+    ])
     body = (f"<h2>{L('manual.new')}</h2>{msg}"
             f'<form method="post" action="/manual" id="manual-form"><input type="hidden" name="csrf" value="{e(csrf)}">'
-            f'<table><tr><th>{L("data_code")}</th><td><input name="code" list="codes" required '
-            f'pattern="\\d{{2}}-\\d{{2}}-\\d{{4}}-\\d{{6}}-\\d{{2}}" value="{f("code")}" size="24"><datalist id="codes">{codes}</datalist></td></tr>'
-            f'<tr><th>{L("period")}</th><td><select name="kind"><option value="month"{" selected" if kind == "month" else ""}>'
-            f'{L("period.month")} YYYY-MM</option><option value="day"{" selected" if kind == "day" else ""}>{L("period.day")} '
-            f'YYYY-MM-DD</option></select> <input name="period" required value="{f("period")}" placeholder="2026-11"></td></tr>'
-            f'<tr><th>{L("value")}</th><td><input name="value" required value="{f("value")}" inputmode="decimal"></td></tr>'
-            f'<tr><th>{L("unit")}</th><td><input name="unit" required value="{f("unit")}" size="8"></td></tr>'
-            f'<tr><th>{L("variety")}</th><td><select name="variety">{vopts}</select></td></tr>'
-            f'<tr><th>{L("note")}</th><td><input name="note" value="{f("note")}" size="40" maxlength="200"></td></tr>'
-            f'<tr><th>{L("supersedes")}</th><td><input name="supersedes" value="{f("supersedes")}" size="32"></td></tr></table>'
-            f'<button name="action" value="preview" id="preview">{L("preview")}</button> '
+            f'<table>{rows}</table><button name="action" value="preview" id="preview">{L("preview")}</button> '
             f'<button name="action" value="save" id="save">{L("save")}</button></form>')
-    rows = [[e(h["id"]), e(h["dataCode"]), e(h["period"]), f'<td class="num">{e(h["value"])}</td>', e(h["unit"]),
-             e(variety(lang, h["variety"])), e(h["entered"]), e(h["note"]), e(h["supersedes"]), e(h["superseded_by"])]
-            for h in history]
+    hist = [[e(h["id"]), e(h["dataCode"]), e(h["period"]), num(h["value"]), e(h["unit"]),
+             e(variety(lang, h["variety"])), e(h["entered"]), e(h["note"]), e(h["supersedes"]),
+             e(h["superseded_by"])] for h in history]
     return body + f"<h3>{L('history')}</h3>" + table(
         ["id", L("data_code"), L("period"), L("value"), L("unit"), L("variety"), L("entered"), L("note"),
-         L("supersedes"), L("superseded_by")], rows, "history")
+         L("supersedes"), L("superseded_by")], hist, "history")
+
+
+def _download_buttons(lang: str) -> str:
+    return (f'<button name="format" value="csv">{e(tr(lang, "csv"))}</button> '
+            f'<button name="format" value="xlsx">{e(tr(lang, "xlsx"))}</button>')
 
 
 def export(lang: str, month: str, day: str) -> str:
     L = lambda k, **kw: e(tr(lang, k, **kw))  # noqa: E731
     return (f"<h2>{L('nav.export')}</h2><h3>{L('export.monthly')}</h3>"
-            f'<form method="get" action="/export/monthly">{L("month")} <input type="month" name="month" value="{e(month)}"> '
-            f'<button name="format" value="csv">{L("csv")}</button> <button name="format" value="xlsx">{L("xlsx")}</button></form>'
-            f"<h3>{L('export.raw')}</h3>"
-            f'<form method="get" action="/export/raw">{L("from")} <input type="date" name="from" value="{e(day)}"> '
-            f'{L("to")} <input type="date" name="to" value="{e(day)}"> '
-            f'<button name="format" value="csv">{L("csv")}</button> <button name="format" value="xlsx">{L("xlsx")}</button></form>')
+            f'<form method="get" action="/export/monthly">{L("month")} '
+            f'<input type="month" name="month" value="{e(month)}"> {_download_buttons(lang)}</form>'
+            f"<h3>{L('export.raw')}</h3><form method=\"get\" action=\"/export/raw\">"
+            f'{L("from")} <input type="date" name="from" value="{e(day)}"> '
+            f'{L("to")} <input type="date" name="to" value="{e(day)}"> {_download_buttons(lang)}</form>')
 
 
 def login(lang: str, csrf: str, msg: str) -> str:
     L = lambda k, **kw: e(tr(lang, k, **kw))  # noqa: E731
+    rows = (_field(L("user"), "<input name='user' autocomplete='username' required>")
+            + _field(L("password"), "<input name='password' type='password' autocomplete='current-password' required>"))
     return (f"<h2>{L('login')}</h2>{msg}<form method='post' action='/login'>"
-            f"<input type='hidden' name='csrf' value='{e(csrf)}'><table>"
-            f"<tr><th>{L('user')}</th><td><input name='user' autocomplete='username' required></td></tr>"
-            f"<tr><th>{L('password')}</th><td><input name='password' type='password' autocomplete='current-password' required></td></tr>"
-            f"</table><button id='login'>{L('login')}</button></form>")
+            f"<input type='hidden' name='csrf' value='{e(csrf)}'><table>{rows}</table>"
+            f"<button id='login'>{L('login')}</button></form>")

@@ -40,34 +40,35 @@ def routes(app: WebApp) -> list[tuple[str, Handler, list[str], bool]]:
     # -- overview, meters, deliveries -------------------------------------------------------------
 
     async def overview(request: Request, ctx: Ctx) -> Response:
-        d = await app.read(lambda s: data.overview(cfg, s, app.now_ms()))
+        d = await app.cached("overview", lambda s: data.overview(cfg, s, app.now_ms()))
         return app.html(ctx, "overview", pages.overview(d, ctx.lang, tz), "/api/overview")
 
     async def api_overview(request: Request, ctx: Ctx) -> Response:
-        return JSONResponse(await app.read(lambda s: data.overview(cfg, s, app.now_ms())))
+        return JSONResponse(await app.cached("overview", lambda s: data.overview(cfg, s, app.now_ms())))
 
     async def meters(request: Request, ctx: Ctx) -> Response:
-        d = await app.read(lambda s: data.meters(cfg, s, app.now_ms()))
+        d = await app.cached("meters", lambda s: data.meters(cfg, s, app.now_ms()))
         return app.html(ctx, "meters", pages.meters(d, ctx.lang, tz), "/api/meters")
 
     async def api_meters(request: Request, ctx: Ctx) -> Response:
-        return JSONResponse(await app.read(lambda s: data.meters(cfg, s, app.now_ms())))
+        return JSONResponse(await app.cached("meters", lambda s: data.meters(cfg, s, app.now_ms())))
 
     def deliveries_of(s: Any) -> dict[str, Any]:
         return data.deliveries(cfg, s, app.now_ms(), app.public_key)
 
     async def deliveries(request: Request, ctx: Ctx, note: str = "") -> Response:
-        d = await app.read(deliveries_of)
+        d = await (app.read(deliveries_of) if note else app.cached("deliveries", deliveries_of))
         return app.html(ctx, "deliveries", pages.deliveries(d, ctx.lang, tz, ctx.csrf, note), "/api/deliveries")
 
     async def api_deliveries(request: Request, ctx: Ctx) -> Response:
-        return JSONResponse(await app.read(deliveries_of))
+        return JSONResponse(await app.cached("deliveries", deliveries_of))
 
     async def do_resend(request: Request, ctx: Ctx) -> Response:
         form = request.state.form
         known = await app.read(data.destinations)
         try:
             done = await run_in_threadpool(resend, cfg, form.get("destination", ""), request.state.seqs, known)
+            app.forget()
         except ValueError as e:
             return await deliveries(request, ctx, msg(False, str(e)))
         return await deliveries(request, ctx, msg(True, tr(ctx.lang, "resent", seqs=", ".join(map(str, done)) or "—")))
@@ -134,6 +135,7 @@ def routes(app: WebApp) -> list[tuple[str, Handler, list[str], bool]]:
             if form.get("action") != "save":
                 return await manual(request, ctx, form, msg(True, shown))
             id_, _ = await run_in_threadpool(save_manual, cfg, form, app.now_ms())
+            app.forget()
         except ManualError as e:
             return await manual(request, ctx, form, msg(False, f"{tr(ctx.lang, 'error')}: {e}"))
         return await manual(request, ctx, None, msg(True, tr(ctx.lang, "saved", id=id_) + " · " + shown))

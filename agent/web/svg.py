@@ -35,6 +35,10 @@ def _axes(ymax: float, unit: str) -> list[str]:
     return out
 
 
+def _label(x: float, text: str) -> str:
+    return f'<text x="{x:.1f}" y="{H - BOTTOM + 14}" font-size="10" text-anchor="middle">{escape(text)}</text>'
+
+
 def _svg(parts: list[str], title: str) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" '
             f'role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>' + "".join(parts) + "</svg>")
@@ -50,7 +54,7 @@ def line_chart(series: Sequence[tuple[str, Sequence[float | None]]], slots: int,
     for i, lab in enumerate(x_labels):
         if i % max(1, len(x_labels) // 12) == 0:
             x = LEFT + pw * i / max(slots, 1)
-            parts.append(f'<text x="{x:.1f}" y="{H - BOTTOM + 14}" font-size="10" text-anchor="middle">{escape(lab)}</text>')
+            parts.append(_label(x, lab))
     # The first series (the chosen day) is drawn last, on top of the days it is compared with.
     for n, (name, vs) in reversed(list(enumerate(series))):
         color = COLORS[n % len(COLORS)]
@@ -80,9 +84,10 @@ def bar_chart(bars: Sequence[tuple[str, float | None]], unit: str, title: str) -
         x = LEFT + bw * i
         if v is not None:
             h = ph * v / ymax
+            tip = f"<title>{escape(lab)}: {v:g} {escape(unit)}</title>"
             parts.append(f'<rect x="{x + bw * 0.15:.1f}" y="{H - BOTTOM - h:.1f}" width="{bw * 0.7:.1f}" '
-                         f'height="{h:.1f}" fill="{COLORS[0]}"><title>{escape(lab)}: {v:g} {escape(unit)}</title></rect>')
-        parts.append(f'<text x="{x + bw / 2:.1f}" y="{H - BOTTOM + 14}" font-size="10" text-anchor="middle">{escape(lab)}</text>')
+                         f'height="{h:.1f}" fill="{COLORS[0]}">{tip}</rect>')
+        parts.append(_label(x + bw / 2, lab))
     return _svg(parts, title)
 
 
