@@ -85,6 +85,18 @@ def shot(browser: Any, site: Site, name: str) -> None:
         shutil.copy(out / f"web-{name}.png", Path(target) / f"web-{name}.png")
 
 
+def submit(browser: Any, by: str, what: str) -> None:
+    """Click a button and wait for the page it loads: a click returns before the navigation
+    ends, and reading right after it could read the page being left."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(by, what).click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+
+
 def cell(browser: Any, css: str) -> str:
     from selenium.webdriver.common.by import By
 
@@ -112,7 +124,7 @@ def test_pages_show_what_the_store_holds(site: Site, browser: Any) -> None:
     assert browser.current_url.endswith("/login")
     browser.find_element(By.NAME, "user").send_keys("admin")
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.ID, "login").click()
+    submit(browser, By.ID, "login")
     assert browser.current_url.endswith("/overview")
 
     # Today's kWh and its standard coal (0.1229 kgce/kWh, equivalent value).
@@ -142,7 +154,7 @@ def test_pages_show_what_the_store_holds(site: Site, browser: Any) -> None:
             assert float(ratio) == pytest.approx(float(item["completeness"]), abs=1e-4)
             if back == 2:
                 assert float(ratio) == pytest.approx(20 / 24, abs=2e-3) and float(ratio) < 0.9
-                browser.find_element(By.CSS_SELECTOR, td + " a").click()
+                submit(browser, By.CSS_SELECTOR, td + " a")
                 assert "240.0 min" in browser.page_source  # why: the 4-hour gap, listed
         pending = s.backlog("mqtt")[0]
     finally:
@@ -167,9 +179,9 @@ def test_pages_show_what_the_store_holds(site: Site, browser: Any) -> None:
 
     browser.get(site.url + "/export")
     shot(browser, site, "export")
-    browser.find_element(By.ID, "lang").click()
+    submit(browser, By.ID, "lang")
     assert "Export" in browser.page_source and "Monthly report" in browser.page_source
-    browser.find_element(By.ID, "lang").click()  # back to Chinese for the tests after this one
+    submit(browser, By.ID, "lang")  # back to Chinese for the tests after this one
 
 
 def session_cookie(browser: Any) -> str:
@@ -195,7 +207,7 @@ def test_manual_entry_through_the_form_shows_its_tce_and_lands_in_export(site: S
     browser.find_element(By.NAME, "unit").send_keys("t")
     Select(browser.find_element(By.NAME, "variety")).select_by_value("raw_coal")
     browser.find_element(By.NAME, "note").send_keys("原煤进厂 web")
-    browser.find_element(By.ID, "preview").click()
+    submit(browser, By.ID, "preview")
     # 12.5 t raw coal × 0.7143 kgce/kg = 8.92875 tce, shown to 0.1 kgce before anything is saved
     assert "8.9288" in cell(browser, "#msg")
     s = Store(site.db, readonly=True)
@@ -203,7 +215,7 @@ def test_manual_entry_through_the_form_shows_its_tce_and_lands_in_export(site: S
         assert s.envelopes("manual") == []
     finally:
         s.close()
-    browser.find_element(By.ID, "save").click()
+    submit(browser, By.ID, "save")
     saved = cell(browser, "#msg")
     assert "已签名保存" in saved
     env_id = saved.split("：", 1)[1].split(" ")[0]
@@ -222,6 +234,7 @@ def test_manual_entry_through_the_form_shows_its_tce_and_lands_in_export(site: S
     with zipfile.ZipFile(io.BytesIO(xlsx)) as z:
         sheet = z.read("xl/worksheets/sheet1.xml").decode("utf-8")
     assert env_id in sheet and "原煤进厂 web" in sheet
+    assert "<v>12.5</v>" in sheet  # a number Excel can sum, not text
     today = local_today().isoformat()
     raw = download(site, browser, f"/export/raw?from={today}&to={today}&format=csv").decode("utf-8-sig")
     assert raw.splitlines()[0].startswith("time,meter,point,value")
@@ -246,7 +259,7 @@ def test_resend_from_the_deliveries_page(site: Site, browser: Any) -> None:
         time.sleep(1)
     assert "packet too large" in browser.page_source
     browser.find_element(By.CSS_SELECTOR, f'input[name="seq"][value="{seq}"]').click()
-    browser.find_element(By.XPATH, "//button[contains(., '重新发送')]").click()
+    submit(browser, By.XPATH, "//button[contains(., '重新发送')]")
     assert str(seq) in cell(browser, "#msg")
     s = Store(site.db, readonly=True)
     try:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
              "login required" if password else "no login: loopback only")
     try:
         uvicorn.run(app, host=w.listen, port=w.port, ssl_certfile=w.tls_cert, ssl_keyfile=w.tls_key,
-                    loop="asyncio", http="h11", lifespan="off", log_level="warning", access_log=False,
+                    loop="asyncio", http="h11", lifespan="on", log_level="warning", access_log=False,
                     server_header=False, date_header=True, proxy_headers=False, limit_concurrency=32,
                     timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
     except (OSError, SystemExit) as e:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -39,6 +41,7 @@ from buffer.store import Store, StoreError
 log = logging.getLogger("agent.web")
 
 MAX_FORM_BYTES = 16 * 1024
+WORKER_THREADS = 4
 CACHE_S = 5.0  # overview, meters and deliveries are recomputed at most this often
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 SESSION_COOKIE, LANG_COOKIE = "ea_session", "ea_lang"
@@ -257,7 +260,16 @@ class WebApp:
         from agent.web.routes import routes
 
         return Starlette(routes=[Route(path, self.route(h, api=path.startswith("/api/"), public=public),
-                                       methods=methods) for path, h, methods, public in routes(self)])
+                                       methods=methods) for path, h, methods, public in routes(self)],
+                         lifespan=_lifespan)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    # A few worker threads (each opens the store for its request): a gateway page has one or
+    # two users, and every thread is stack and malloc state that stays.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+    yield
 
 
 def PlainError(status: int, text: str) -> Response:

@@ -1,8 +1,8 @@
 """Downloads: the monthly report (the rows of `energy-agent export --month`) and the raw
 samples of a range, each as CSV or as an .xlsx workbook.
 
-XlsxWriter is imported on the first .xlsx download only (it costs ~6 MiB resident and ~60 ms
-of import here), and writes in constant-memory mode: rows go to a temporary file as they come,
+XlsxWriter is imported on the first .xlsx download only (2.7 MiB resident and 18 ms of import
+on top of serve's own imports, measured here), and writes in constant-memory mode: rows go to a temporary file as they come,
 so a month of raw samples does not sit in RAM.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import tempfile
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -22,6 +23,8 @@ from agent.web.data import ReadOnlyReporter
 from buffer.store import Store
 
 RAW_COLUMNS = ["time", "meter", "point", "value", "unit", "quality", "dataCode"]
+NUMERIC = frozenset({"value", "samples", "samplesExpected", "completeness"})
+DECIMAL = re.compile(r"-?\d{1,15}(\.\d{1,12})?")
 MAX_RAW_DAYS = 31
 MAX_RAW_ROWS = 1_000_000  # one xlsx sheet holds 1,048,576 rows
 
@@ -61,6 +64,8 @@ def to_csv(columns: list[str], rows: Any) -> bytes:
 
 
 def to_xlsx(columns: list[str], rows: Any, sheet: str) -> bytes:
+    """A workbook of one sheet. Decimal strings in the figure columns become numbers (so Excel
+    sums them); every other cell is text, never a formula or a link."""
     import xlsxwriter
 
     with tempfile.TemporaryDirectory(prefix="energy-agent-xlsx-") as tmp:
@@ -76,6 +81,8 @@ def to_xlsx(columns: list[str], rows: Any, sheet: str) -> bytes:
                 v = row.get(col, "")
                 if isinstance(v, list):
                     v = ";".join(map(str, v))
+                if isinstance(v, str) and col in NUMERIC and DECIMAL.fullmatch(v):
+                    v = float(v)
                 if isinstance(v, int | float) and not isinstance(v, bool):
                     ws.write_number(i, j, v)
                 else:

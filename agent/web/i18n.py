@@ -141,6 +141,18 @@ def tr(lang: str, key: str, **kw: object) -> str:
     return text.format(**kw) if kw else text
 
 
+FLAGS: dict[str, tuple[str, str]] = {
+    "gap": ("数据缺口", "gap"), "interpolated": ("插值", "interpolated"), "extrapolated": ("外推", "extrapolated"),
+    "no_data": ("无数据", "no data"), "clock": ("时钟跳变", "clock step"), "backwards": ("表码倒走", "backwards"),
+    "rollover": ("表码翻转", "rollover"), "reset": ("表计清零", "reset"), "replaced": ("换表", "replaced"),
+    "spike": ("剔除异常值", "spike dropped"), "incomplete": ("不完整", "incomplete"),
+}
+
+
+def flags(lang: str, names: list[str]) -> str:
+    return ", ".join(FLAGS[n][0 if lang == "zh" else 1] if n in FLAGS else n for n in names)
+
+
 VARIETIES: dict[str, tuple[str, str]] = {
     "electricity": ("电力", "electricity"), "raw_coal": ("原煤", "raw coal"),
     "cleaned_coal": ("洗精煤", "cleaned coal"), "coke": ("焦炭", "coke"),

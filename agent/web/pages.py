@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.web import svg
+from agent.web.i18n import flags as flag_names
 from agent.web.i18n import tr, variety
 
 NAV = ["overview", "meters", "curves", "completeness", "deliveries", "manual", "export"]
@@ -91,7 +92,7 @@ def overview(d: dict[str, Any], lang: str, tz: ZoneInfo) -> str:
                      f'<td class="num" data-key="{e(it["key"])}" data-field="today">{e(it["value"])}</td>',
                      f'<td class="num">{e(mtd["values"].get(it["key"], ""))}</td>', e(it["unit"]),
                      f'<td class="num {"bad" if it["below_line"] else "ok"}" data-key="{e(it["key"])}" '
-                     f'data-field="completeness">{pct(c)}</td>', e(", ".join(it["flags"]))])
+                     f'data-field="completeness">{pct(c)}</td>', e(flag_names(lang, it["flags"]))])
     alarms = "".join(f'<div class="alarm"><b>{L("alarm." + a["kind"])}</b> — {e(a["subject"])}: {e(a["detail"])}'
                      f'<br>{L("what_to_do")}: {L("do." + a["action"])}</div>' for a in d["alarms"])
     return (f"<h2>{L('today.so_far')} {e(d['day'])}</h2>{cards}"
@@ -164,7 +165,7 @@ def completeness(g: dict[str, Any], month: str, lang: str, detail: str) -> str:
     for it in g["items"]:
         cells = []
         for c in it["cells"]:
-            title = f'{c["day"]}: {pct(c["ratio"])} {", ".join(c["flags"])}'
+            title = f'{c["day"]}: {pct(c["ratio"])} {flag_names(lang, c["flags"])}'
             link = f'?month={e(month)}&amp;item={e(it["key"])}&amp;day={e(c["day"])}'
             cells.append(f'<td style="background:{svg.heat_color(c["ratio"], g["line"])}" title="{e(title)}" '
                          f'data-day="{e(c["day"])}" data-ratio="{"" if c["ratio"] is None else c["ratio"]}">'
