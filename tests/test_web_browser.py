@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.accounting import statistics
+from buffer.names import MQTT
 from buffer.store import Store
 from drivers.base import Quality
 from tests.agent_harness import REPO
@@ -109,7 +110,7 @@ def today_kwh_from_store(db: Path) -> Decimal:
     start = statistics.day_start_ms(local_today(), tz)
     s = Store(db, readonly=True)
     try:
-        rows = [r for r in s.readings_for("main", "import_active_energy", start, start + 86_400_000)
+        rows = [r for r in s.readings.readings_for("main", "import_active_energy", start, start + 86_400_000)
                 if r.quality == Quality.GOOD and r.value is not None]
     finally:
         s.close()
@@ -147,7 +148,7 @@ def test_pages_show_what_the_store_holds(site: Site, browser: Any) -> None:
             day = (local_today() - timedelta(days=back)).isoformat()
             if day[:7] != local_today().isoformat()[:7]:
                 continue  # the map shows this month; that day is on last month's
-            (env,) = s.envelopes("daily", day, day)
+            (env,) = s.outbox.envelopes("daily", day, day)
             item = next(i for i in json.loads(env.payload)["body"]["items"] if i["point"] == "import_active_energy")
             td = f'tr[data-key="main.import_active_energy"] td[data-day="{day}"]'
             ratio = browser.find_element(By.CSS_SELECTOR, td).get_attribute("data-ratio")
@@ -156,7 +157,7 @@ def test_pages_show_what_the_store_holds(site: Site, browser: Any) -> None:
                 assert float(ratio) == pytest.approx(20 / 24, abs=2e-3) and float(ratio) < 0.9
                 submit(browser, By.CSS_SELECTOR, td + " a")
                 assert "240.0 min" in browser.page_source  # why: the 4-hour gap, listed
-        pending = s.backlog("mqtt")[0]
+        pending = s.outbox.backlog(MQTT)[0]
     finally:
         s.close()
     shot(browser, site, "completeness")
@@ -212,7 +213,7 @@ def test_manual_entry_through_the_form_shows_its_tce_and_lands_in_export(site: S
     assert "8.9288" in cell(browser, "#msg")
     s = Store(site.db, readonly=True)
     try:
-        assert s.envelopes("manual") == []
+        assert s.outbox.envelopes("manual") == []
     finally:
         s.close()
     submit(browser, By.ID, "save")
@@ -246,8 +247,8 @@ def test_resend_from_the_deliveries_page(site: Site, browser: Any) -> None:
 
     s = Store(site.db)
     try:
-        seq = s.pending("mqtt", 1)[0].seq
-        s.mark_rejected("mqtt", seq, "packet too large for the broker (test)")
+        seq = s.outbox.pending(MQTT, 1)[0].seq
+        s.outbox.mark_rejected(MQTT, seq, "packet too large for the broker (test)")
     finally:
         s.close()
     # What the daemon sets aside shows within the page's cache time (CACHE_S, 5 s).
@@ -263,7 +264,7 @@ def test_resend_from_the_deliveries_page(site: Site, browser: Any) -> None:
     assert str(seq) in cell(browser, "#msg")
     s = Store(site.db, readonly=True)
     try:
-        assert s.rejected("mqtt") == [] and s.pending("mqtt", 1)[0].seq == seq
+        assert s.outbox.rejected(MQTT) == [] and s.outbox.pending(MQTT, 1)[0].seq == seq
     finally:
         s.close()
 

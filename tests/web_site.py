@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.protocol.signing import generate_key
+from buffer.names import MQTT
 from buffer.store import Store
 from drivers.base import Reading
 from hil.broker import Mosquitto, free_port, port_open
@@ -146,10 +147,10 @@ def backfill(cfg_path: Path, until_ms: int) -> tuple[int, float]:
             batch += [Reading("main", "import_active_energy", ts, round(kwh, 2)),
                       Reading("main", "active_power", ts, kw)]
             if len(batch) >= 4000:
-                store.add_readings(batch)
+                store.readings.add_readings(batch)
                 batch = []
         if batch:
-            store.add_readings(batch)
+            store.readings.add_readings(batch)
     finally:
         store.close()
     return start, kwh
@@ -234,7 +235,7 @@ def build_site(tmp: Path, web_extra: str = "", agent_seconds: float = 20.0) -> S
             return False
         s = Store(site.db, readonly=True)
         try:
-            return bool(s.envelopes("daily", yesterday, yesterday)) and s.backlog("mqtt")[0] == 0
+            return bool(s.outbox.envelopes("daily", yesterday, yesterday)) and s.outbox.backlog(MQTT)[0] == 0
         finally:
             s.close()
 

@@ -51,6 +51,6 @@ def resend(cfg: Config, destination: str, seqs: list[str], known: list[str]) -> 
         return []
     store = Store(cfg.db_path, destinations=known)
     try:
-        return store.requeue(destination, nums)
+        return store.outbox.requeue(destination, nums)
     finally:
         store.close()

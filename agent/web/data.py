@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sqlite3
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -44,7 +43,7 @@ class ReadOnlyReporter(Reporter):
 
     def first_day(self) -> date | None:
         """The first day the daemon reports (None before its first report run)."""
-        text = self.store.get_state(SINCE_KEY)
+        text = self.store.state.get(SINCE_KEY)
         return date.fromisoformat(text) if text else None
 
 
@@ -56,11 +55,12 @@ def items(cfg: Config) -> list[dict[str, str]]:
 
 
 def destinations(store: Store) -> list[str]:
-    return [str(r[0]) for r in store.conn.execute("SELECT destination FROM delivery ORDER BY destination")]
+    """Every destination the store keeps delivery state for (the daemon registers them)."""
+    return [str(r[0]) for r in store.rows("SELECT destination FROM delivery ORDER BY destination")]
 
 
 def last_reading_ms(store: Store) -> int | None:
-    return store.last_reading_ts()
+    return store.readings.last_reading_ts()
 
 
 # -- overview ---------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def alarms(cfg: Config, store: Store, now_ms: int, rows: list[dict[str, Any]]) -
         out.append({"kind": "not_polling", "subject": "energy-agent",
                     "detail": "no reading yet" if last is None else f"last reading {(now_ms - last) // 1000} s ago",
                     "action": "not_polling"})
-    for s in store.meter_statuses():
+    for s in store.state.meter_statuses():
         if not s.online:
             out.append({"kind": "meter_offline", "subject": f"{s.meter} ({s.bus})",
                         "detail": _clip(s.last_error or "no reply"), "action": "meter_offline"})
@@ -138,18 +138,18 @@ def alarms(cfg: Config, store: Store, now_ms: int, rows: list[dict[str, Any]]) -
     if now_ms < BUILD_DATE_MS or (last is not None and now_ms < last - CLOCK_BEHIND_MS):
         out.append({"kind": "clock", "subject": "clock", "detail": "wall clock is behind the stored data",
                     "action": "clock"})
-    for _, _, ts, data in store.events(CLOCK_EVENT, since_ms=now_ms - 86_400_000):
+    for _, _, ts, data in store.state.events(CLOCK_EVENT, since_ms=now_ms - 86_400_000):
         out.append({"kind": "clock_step", "subject": "clock",
                     "detail": _clip(json.dumps(data, ensure_ascii=False)), "action": "clock_step", "at_ms": ts})
     for d in destinations(store):
-        pending, oldest = store.backlog(d)
+        pending, oldest = store.outbox.backlog(d)
         if oldest is not None and now_ms - oldest > BACKLOG_WARN_MS:
             out.append({"kind": "destination", "subject": d,
                         "detail": f"{pending} unsent, oldest {(now_ms - oldest) // 60_000} min",
                         "action": "destination"})
-        if store.rejected(d):
+        if store.outbox.rejected(d):
             out.append({"kind": "set_aside", "subject": d,
-                        "detail": f"{len(store.rejected(d))} set aside", "action": "set_aside"})
+                        "detail": f"{len(store.outbox.rejected(d))} set aside", "action": "set_aside"})
     return out
 
 
@@ -157,7 +157,7 @@ def alarms(cfg: Config, store: Store, now_ms: int, rows: list[dict[str, Any]]) -
 
 
 def meters(cfg: Config, store: Store, now_ms: int) -> dict[str, Any]:
-    statuses = {s.meter: s for s in store.meter_statuses()}
+    statuses = {s.meter: s for s in store.state.meter_statuses()}
     out = []
     for m in cfg.meter:
         bus = cfg.bus_named(m.bus)
@@ -191,7 +191,7 @@ def _last_good(store: Store, meter: str, point: str, now_ms: int, poll_s: float)
     end, span = now_ms + 1, int(4 * poll_s * 1000)
     while end > floor:
         start = max(floor, end - span)
-        rows = store.readings_for(meter, point, start, end)
+        rows = store.readings.readings_for(meter, point, start, end)
         found = next((r for r in reversed(rows) if r.quality == Quality.GOOD and r.value is not None), None)
         if found is not None:
             return found
@@ -219,28 +219,24 @@ def buses(cfg: Config) -> list[dict[str, Any]]:
 def deliveries(cfg: Config, store: Store, now_ms: int, public_key: bytes | None) -> dict[str, Any]:
     out = []
     for d in destinations(store):
-        pending, oldest = store.backlog(d)
-        last_seq, last_ms = store.last_delivered(d)
+        pending, oldest = store.outbox.backlog(d)
+        last_seq, last_ms = store.outbox.last_delivered(d)
         out.append({"destination": d, "pending": pending, "oldest_ms": oldest,
                     "last_seq": last_seq, "last_ms": last_ms,
                     "failing": oldest is not None and now_ms - oldest > BACKLOG_WARN_MS,
-                    "set_aside": [{"seq": s, "reason": _clip(r), "ts_ms": t} for s, r, t in store.rejected(d)]})
-    next_seq, _ = store.chain_head()
+                    "set_aside": [{"seq": s, "reason": _clip(r), "ts_ms": t} for s, r, t in store.outbox.rejected(d)]})
+    next_seq, _ = store.outbox.chain_head()
     return {"now_ms": now_ms, "destinations": out, "chain": {"last_seq": next_seq - 1,
                                                              **verify_chain(store, public_key)},
-            "counters": store.counters()}
+            "counters": store.state.counters()}
 
 
 def verify_chain(store: Store, public_key: bytes | None, newest: int = CHAIN_CHECK) -> dict[str, Any]:
     """Check the newest envelopes: each `prev` is the SHA-256 of the one before, and (with the
     signing key's public half) each signature holds. Older envelopes may be pruned; the check
     starts at the oldest of those read."""
-    try:
-        rows = store.conn.execute(
-            "SELECT o.seq, p.payload FROM outbox o JOIN payloads p ON p.seq = o.seq"
-            " ORDER BY o.seq DESC LIMIT ?", (newest,)).fetchall()
-    except sqlite3.Error as e:
-        return {"verified": False, "checked": 0, "problem": _clip(str(e))}
+    rows = store.rows("SELECT o.seq, p.payload FROM outbox o JOIN payloads p ON p.seq = o.seq"
+                      " ORDER BY o.seq DESC LIMIT ?", (newest,))
     rows.reverse()
     key = None
     if public_key is not None:

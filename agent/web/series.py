@@ -36,7 +36,7 @@ def interval_series(cfg: Config, store: Store, key: str, day: date, now_ms: int)
     if ended:
         labels = [statistics.interval_label(s, cfg.tz) for s in ended]
         sealed = {r.period: json.loads(r.payload)["body"]
-                  for r in store.envelopes("interval", labels[0], labels[-1])}
+                  for r in store.outbox.envelopes("interval", labels[0], labels[-1])}
         computed: dict[str, Any] = {}
         if any(lab not in sealed for lab in labels):
             step = cfg.schedule.interval_minutes * 60_000
@@ -64,7 +64,7 @@ def day_bodies(cfg: Config, store: Store, month: str, now_ms: int) -> list[tuple
     rep = ReadOnlyReporter(cfg, store, None)
     today = statistics.local_day(now_ms, cfg.tz)
     sealed = {r.period: json.loads(r.payload)["body"]
-              for r in store.envelopes("daily", f"{month}-01", f"{month}-31")}
+              for r in store.outbox.envelopes("daily", f"{month}-01", f"{month}-31")}
     since = rep.first_day() or today
     out: list[tuple[date, dict[str, Any] | None, bool]] = []
     for d in statistics.month_days(month):
@@ -122,7 +122,7 @@ def gaps(cfg: Config, store: Store, key: str, day: date, now_ms: int) -> dict[st
     start = statistics.day_start_ms(day, cfg.tz)
     end = min(statistics.day_start_ms(day + timedelta(days=1), cfg.tz), now_ms)
     poll_ms = int(cfg.schedule.poll_interval * 1000)
-    rows = store.readings_for(meter, point, start, end)
+    rows = store.readings.readings_for(meter, point, start, end)
     good = [r.ts for r in rows if r.quality == Quality.GOOD and r.value is not None]
     bad = len(rows) - len(good)
     found = []
@@ -132,7 +132,7 @@ def gaps(cfg: Config, store: Store, key: str, day: date, now_ms: int) -> dict[st
             frm = a + poll_ms if a >= start else start  # the first poll that brought nothing
             found.append({"from_ms": frm, "to_ms": b, "minutes": round((b - frm) / 60_000, 1)})
     found.sort(key=lambda g: -g["to_ms"] + g["from_ms"])
-    clock = [ts for _, _, ts, _ in store.events("clock", since_ms=start) if ts < end]
+    clock = [ts for _, _, ts, _ in store.state.events("clock", since_ms=start) if ts < end]
     return {"item": key, "day": day.isoformat(), "good_reads": len(good), "bad_reads": bad,
             "gaps": found[:GAP_LIST], "gap_minutes": round(sum(g["minutes"] for g in found), 1),
             "clock_steps": clock}
