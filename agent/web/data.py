@@ -27,7 +27,7 @@ from buffer.store import Store
 from drivers.base import Quality
 from drivers.timing import cycle_seconds, dead_meter_seconds
 
-COMPLETENESS_MIN = 0.90  # the regulator's line: values uploaded ÷ values expected ≥ 90 %
+COMPLETENESS_MIN = statistics.COMPLETENESS_MIN
 DISK_WARN = 0.80  # of storage.budget_mb
 BACKLOG_WARN_MS = 3_600_000  # an unsent envelope older than this: the destination is failing
 CHAIN_CHECK = 200  # newest envelopes whose chain and signatures `deliveries` verifies
