@@ -87,6 +87,7 @@ class WebApp:
         self.loopback = is_loopback(cfg.web.listen)
         self.items = data.items(cfg)
         self._cache: dict[str, tuple[float, Any]] = {}
+        self._store_down = False
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -193,10 +194,15 @@ class WebApp:
                         return self.finish(request, ctx, refused)
                     request.state.form = form
                 resp = await handler(request, ctx)
+                if self._store_down:
+                    self._store_down = False
+                    log.info("web: store readable again")
             except BadRequest as e:
                 resp = JSONResponse({"error": str(e)}, 400) if api else PlainError(400, str(e))
             except StoreError as e:
-                log.warning("web: store unavailable: %s", str(e)[:200])
+                if not self._store_down:  # one line when it starts, one when it ends
+                    self._store_down = True
+                    log.warning("web: store unavailable: %s", str(e)[:200])
                 resp = JSONResponse({"error": "store unavailable"}, 503) if api else PlainError(
                     503, "store unavailable — is energy-agent run running with this config?")
             return self.finish(request, ctx, resp)
