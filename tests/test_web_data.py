@@ -89,3 +89,19 @@ def test_the_daemon_never_loads_the_web_stack() -> None:
     r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_hostile_text_from_a_meter_is_escaped_and_clipped() -> None:
+    from zoneinfo import ZoneInfo
+
+    from agent.web import pages
+
+    evil = '<script>alert(1)</script>\x1b[31m"' + "x" * 500
+    d = {"meters": [{"meter": "m<1>", "bus": "b", "unit": 1, "state": "offline", "last_good_ms": None,
+                     "errors_total": 1, "last_error": data._clip(evil), "last_error_ms": 0,
+                     "values": [{"point": "p", "unit": "kWh", "value": None}]}], "buses": []}
+    html = pages.meters(d, "en", ZoneInfo("Asia/Shanghai"))
+    assert "<script>" not in html and "&lt;script&gt;" in html and "m&lt;1&gt;" in html
+    assert "\x1b" not in html and "x" * 200 not in html
+    page = pages.layout("zh", "meters", "", query="item=a&lang=zh&day=<x>")
+    assert 'href="?item=a&amp;day=&lt;x&gt;&amp;lang=en"' in page  # the switch keeps the rest, escaped

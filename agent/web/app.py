@@ -60,8 +60,9 @@ class BadRequest(Exception):
 class Ctx:
     """What one request knows about its caller."""
 
-    def __init__(self, lang: str, session: auth.Session | None, new_cookie: str | None) -> None:
+    def __init__(self, lang: str, session: auth.Session | None, new_cookie: str | None, query: str = "") -> None:
         self.lang = lang
+        self.query = query[:512]
         self.session = session
         self.new_cookie = new_cookie
 
@@ -126,7 +127,7 @@ class WebApp:
         new = None
         if session is None:
             new, session = self.sessions.issue("", self.clock())
-        return Ctx(lang, session, new)
+        return Ctx(lang, session, new, request.url.query)
 
     def finish(self, request: Request, ctx: Ctx, resp: Response) -> Response:
         for k, v in HEADERS.items():
@@ -225,7 +226,7 @@ class WebApp:
 
     def html(self, ctx: Ctx, page: str, body: str, api: str = "") -> HTMLResponse:
         return HTMLResponse(pages.layout(ctx.lang, page, body, user=ctx.user,
-                                         csrf=ctx.csrf if not ctx.new_cookie else "", api=api))
+                                         csrf=ctx.csrf if not ctx.new_cookie else "", api=api, query=ctx.query))
 
     # -- parameters ---------------------------------------------------------------------------
 

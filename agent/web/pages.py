@@ -50,11 +50,15 @@ def pct(r: float | None) -> str:
     return "—" if r is None else f"{r * 100:.1f} %"
 
 
-def layout(lang: str, page: str, body: str, *, user: str = "", csrf: str = "", api: str = "") -> str:
+def layout(lang: str, page: str, body: str, *, user: str = "", csrf: str = "", api: str = "",
+           query: str = "") -> str:
     links = "".join(f'<a href="/{p}" class="{"on" if p == page else ""}">{e(tr(lang, "nav." + p))}</a>'
                     for p in NAV)
     other = "en" if lang == "zh" else "zh"
-    switch = f'<a href="?lang={other}" id="lang">{"English" if other == "en" else "中文"}</a>'
+    # The switch keeps the page's other parameters (the chosen item, day, month).
+    keep = "&".join(p for p in query.split("&") if p and not p.startswith("lang="))
+    name = "English" if other == "en" else "中文"
+    switch = f'<a href="?{e(keep + "&" if keep else "")}lang={other}" id="lang">{name}</a>'
     logout = (f'<form class="inline" method="post" action="/logout"><input type="hidden" name="csrf" value="{e(csrf)}">'
               f'<button>{e(tr(lang, "logout"))} {e(user)}</button></form>') if user else ""
     api_link = f'<p><small>{e(tr(lang, "json"))}: <a href="{e(api)}">{e(api)}</a></small></p>' if api else ""
