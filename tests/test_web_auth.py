@@ -263,3 +263,20 @@ def test_tls_serves_with_secure_cookies(tmp_path: Path, tls_files: dict[str, Any
         assert c.request("GET", "/deliveries")[0] == 200
     finally:
         stop_process(proc)
+
+
+def test_without_a_login_on_loopback_pages_are_open_but_posts_still_need_the_token(tmp_path: Path) -> None:
+    cfg, port = write_config(tmp_path)
+    proc = start_serve(cfg, port, tmp_path / "serve.log")
+    try:
+        c = Client(port)
+        assert c.request("GET", "/overview")[0] == 200
+        assert c.request("GET", "/api/items")[0] == 200
+        form = {"code": "00-00-0000-010101-10", "kind": "month", "period": "2026-11", "value": "2",
+                "unit": "t", "variety": "raw_coal", "action": "preview"}
+        stranger = Client(port)  # a cross-site form post: no session cookie, no token
+        assert stranger.request("POST", "/manual", form)[0] == 403
+        status, text = c.request("POST", "/manual", {**form, "csrf": c.csrf("/manual")})
+        assert status == 200 and "1.4286" in text
+    finally:
+        stop_process(proc)

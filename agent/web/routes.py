@@ -4,7 +4,7 @@ public) for WebApp.build. Each HTML page renders the same dict its /api/ twin re
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -75,13 +75,13 @@ def routes(app: WebApp) -> list[tuple[str, Handler, list[str], bool]]:
 
     # -- curves and completeness --------------------------------------------------------------------
 
-    def curve_data(request: Request) -> tuple[str, Any, int, str]:
+    def curve_data(request: Request) -> tuple[str, list[date], int]:
+        """The item, the chosen day and the days before it to overlay."""
         item, day, overlay = app.p_item(request), app.p_day(request), app.p_overlay(request)
-        days = [day - timedelta(days=k) for k in range(overlay + 1)]
-        return item, days, overlay, request.query_params.get("month") or day.strftime("%Y-%m")
+        return item, [day - timedelta(days=k) for k in range(overlay + 1)], overlay
 
     async def curves(request: Request, ctx: Ctx) -> Response:
-        item, days, overlay, _ = curve_data(request)
+        item, days, overlay = curve_data(request)
         month = days[0].strftime("%Y-%m")
         c, bars = await app.read(lambda s: (series.curves(cfg, s, item, days, app.now_ms()),
                                             series.daily_bars(cfg, s, month, app.now_ms())))
@@ -89,7 +89,7 @@ def routes(app: WebApp) -> list[tuple[str, Handler, list[str], bool]]:
         return app.html(ctx, "curves", pages.curves(c, bars, app.items, days[0].isoformat(), overlay, ctx.lang), api)
 
     async def api_curves(request: Request, ctx: Ctx) -> Response:
-        item, days, _, _ = curve_data(request)
+        item, days, _ = curve_data(request)
         return JSONResponse(await app.read(lambda s: series.curves(cfg, s, item, days, app.now_ms())))
 
     async def api_daily(request: Request, ctx: Ctx) -> Response:
