@@ -92,9 +92,17 @@ def month_to_date(cfg: Config, store: Store, now_ms: int, today: dict[str, Any])
             "total_tce": f"{sum(tce.values(), Decimal('0.0000')):f}"}
 
 
+def day_completeness(cfg: Config, store: Store, day: date, now_ms: int) -> dict[tuple[str, str], float]:
+    """Completeness per item of a day so far, as `energy-agent status` counts it: on the agent's
+    first day, from its first poll."""
+    first = store.readings.first_reading_ts()
+    since = first if first is not None and first > statistics.day_start_ms(day, cfg.tz) else None
+    return completeness(store, cfg, day, now_ms, since_ms=since)
+
+
 def overview(cfg: Config, store: Store, now_ms: int) -> dict[str, Any]:
     today = today_body(cfg, store, now_ms)
-    ratios = completeness(store, cfg, statistics.local_day(now_ms, cfg.tz), now_ms)
+    ratios = day_completeness(cfg, store, statistics.local_day(now_ms, cfg.tz), now_ms)
     rows = []
     for it in today["items"]:
         ratio = ratios.get((it["meter"], it["point"]))

@@ -13,9 +13,8 @@ from datetime import date, timedelta
 from typing import Any
 
 from agent.accounting import statistics
-from agent.accounting.reports import completeness
 from agent.config import Config
-from agent.web.data import COMPLETENESS_MIN, ReadOnlyReporter
+from agent.web.data import COMPLETENESS_MIN, ReadOnlyReporter, day_completeness
 from buffer.store import Store
 from drivers.base import Quality
 
@@ -99,7 +98,7 @@ def completeness_grid(cfg: Config, store: Store, month: str, now_ms: int) -> dic
     dates = []
     for d, body, sealed in day_bodies(cfg, store, month, now_ms):
         dates.append(d.isoformat())
-        today_ratios = completeness(store, cfg, d, now_ms) if d == today else {}
+        today_ratios = day_completeness(cfg, store, d, now_ms) if d == today else {}
         for k in keys:
             it = _find(body["items"], k) if body else None
             if d == today:
