@@ -48,7 +48,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("web")
-    s = build_site(tmp, web_extra=f'password_file = "{tmp / "web-password"}"', agent_seconds=15)
+    s = build_site(tmp, web_extra=f'password_file = "{tmp / "web-password"}"', agent_seconds=6)
     try:
         r = subprocess.run([sys.executable, "-m", "agent", "web-passwd", "-c", str(s.config), "--password-stdin"],
                            input=PASSWORD + "\n", capture_output=True, text=True, cwd=REPO, timeout=60)
