@@ -47,10 +47,6 @@ EXCEPTION_NAMES = {
 }
 
 
-def meter_label(meter: MeterConfig) -> str:
-    return f'meter "{meter.name}" (bus {meter.bus}, unit {meter.unit})'
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -120,14 +116,14 @@ class RequestExecutor:
                 whys.append(failure.what)
                 if not answered and not failure.answered:
                     # A silent meter costs one request's timeout per cycle, not one per request.
-                    raise MeterError(f"{meter_label(meter)}: {failure.what}", failure.quality) from None
+                    raise MeterError(f"{meter.label}: {failure.what}", failure.quality) from None
                 answered = answered or failure.answered
                 link_down = failure.link_down
                 failures.append(failure)
                 self._gaps(got, meter, request, failure.quality)
                 # Busy is routine (the meter is retried next cycle), not worth a warning.
                 log.log(logging.DEBUG if failure.busy else logging.WARNING,
-                        "%s: %s; its %d points are gaps", meter_label(meter), failure.what,
+                        "%s: %s; its %d points are gaps", meter.label, failure.what,
                         len(request.points))
                 continue
             answered = True
@@ -140,14 +136,14 @@ class RequestExecutor:
         if plan and len(failures) == len(plan):
             if all(f.busy for f in failures):
                 raise MeterError(
-                    f"{meter_label(meter)}: busy (exception 6) on every request — retried next cycle",
+                    f"{meter.label}: busy (exception 6) on every request — retried next cycle",
                     Quality.EXCEPTION,
                     busy=True,
                 )
             if all(f.quality == Quality.EXCEPTION for f in failures):
                 # Refused throughout: a configuration problem (register map, function, unit id);
                 # the reason must reach the meter's health record, not only this log.
-                raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION)
+                raise MeterError(f"{meter.label}: {summary(whys)}", Quality.EXCEPTION)
         ts = now_ms()
         return [
             got.get(p.name) or Reading(meter.name, p.name, ts, None, Quality.CORRUPT)
@@ -337,7 +333,7 @@ class ModbusDriver(ABC):
         if not ok:
             client.close()
             raise MeterError(
-                f"{meter_label(meter)}: cannot connect to {self.endpoint()} — {self.connect_hint()}",
+                f"{meter.label}: cannot connect to {self.endpoint()} — {self.connect_hint()}",
                 Quality.TIMEOUT,
             )
         # Whatever reached a serial port before we owned it answers nothing we will ask.

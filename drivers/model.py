@@ -95,6 +95,11 @@ class MeterConfig(Base, kw_only=True):
     # Filled by load_config from the profile and the inline points; not a TOML key.
     points: list[PointConfig] = []
 
+    @property
+    def label(self) -> str:
+        """How logs and errors name the meter: where to find it on site."""
+        return f'meter "{self.name}" (bus {self.bus}, unit {self.unit})'
+
 
 class ProfileInfo(Base, kw_only=True):
     name: Name

@@ -74,9 +74,3 @@ def dead_meter_seconds(bus: BusConfig) -> float:
     unanswered request, which pymodbus retries `retries` times, each waiting `timeout`."""
     return bus.timeout * (bus.retries + 1)
 
-
-def transactions_per_second(
-    bus: BusConfig, count: int, turnaround_s: float = DEFAULT_TURNAROUND_S
-) -> float:
-    """The line-rate limit: back-to-back requests of `count` registers per second."""
-    return 1.0 / request_seconds(bus, count, turnaround_s)

@@ -24,6 +24,7 @@ from agent.uplink.forwarder import Forwarder
 from agent.uplink.mqtt import MqttUplink
 from buffer.store import EnvelopeMeta, Store
 from hil.broker import Mosquitto, Subscriber
+from tests.store_helpers import enqueue
 from tests.test_reports import CONFIG
 
 E, G = "91370600780790663W", "gw-01"
@@ -50,7 +51,7 @@ class Rig:
                 eid = f"{E}-{G}-{seq}{tag}"
                 payload = json.dumps({"v": 1, "id": eid, "seq": seq, "pad": "x" * pad}).encode()
                 meta = EnvelopeMeta(seq, eid, kind, f"{UP}/{kind}", int(time.time() * 1000))
-                self.store.outbox.enqueue(payload, meta)
+                enqueue(self.store, payload, meta)
                 ids.append(eid)
             return ids
 

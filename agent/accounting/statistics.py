@@ -85,10 +85,6 @@ def rfc3339(ms: int, tz: ZoneInfo) -> str:
     return datetime.fromtimestamp(ms / 1000, tz).isoformat(timespec="seconds")
 
 
-def parse_day(text: str) -> date:
-    return date.fromisoformat(text)
-
-
 def month_days(month: str) -> list[date]:
     """The days of "YYYY-MM"."""
     first = date.fromisoformat(month + "-01")

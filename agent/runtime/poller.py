@@ -50,10 +50,6 @@ class MeterHealth:
         )
 
 
-def label(meter: MeterConfig) -> str:
-    return f'meter "{meter.name}" (bus {meter.bus}, unit {meter.unit})'
-
-
 def gaps(meter: MeterConfig, ts: int, quality: Quality) -> list[Reading]:
     return [Reading(meter.name, p.name, ts, None, quality) for p in meter.points]
 
@@ -112,7 +108,7 @@ class BusPoller:
             quality = Quality.EXCEPTION if e.busy else e.quality
             return gaps(meter, self._now_ms(), quality), True
         except Exception as e:  # a driver bug must cost one meter one cycle, never the bus task
-            message = f"{label(meter)}: unexpected driver error {type(e).__name__}: {e}"
+            message = f"{meter.label}: unexpected driver error {type(e).__name__}: {e}"
             log.error("%s", message)
             self._failed(meter, h, message, busy=False)
             return gaps(meter, self._now_ms(), Quality.CORRUPT), True
@@ -120,7 +116,7 @@ class BusPoller:
         bad = [] if type(rows) is MeterPoll else [r for r in rows if r.quality]
         if not bad:  # the every-cycle case, kept short
             if not h.online:
-                log.info("%s: back online", label(meter))
+                log.info("%s: back online", meter.label)
                 h.online = True
             h.consecutive_failures = 0
             if type(rows) is MeterPoll:
@@ -131,18 +127,18 @@ class BusPoller:
         good = [r for r in rows if not r.quality]
         if good:
             if not h.online:
-                log.info("%s: back online", label(meter))
+                log.info("%s: back online", meter.label)
             h.online = True
             h.consecutive_failures = 0
             h.last_good_ms = max(r.ts for r in good)
             if bad:
                 names = ", ".join(sorted({r.point for r in bad}))
-                message = f"{label(meter)}: {len(bad)} point(s) failed: {names} — {self._why(meter, bad)}"
+                message = f"{meter.label}: {len(bad)} point(s) failed: {names} — {self._why(meter, bad)}"
                 self._note_error(h, message)
                 log.warning("%s", message)
         else:
             why = self._why(meter, bad)
-            self._failed(meter, h, f"{label(meter)}: every point failed — {why}", busy=False)
+            self._failed(meter, h, f"{meter.label}: every point failed — {why}", busy=False)
         return rows, True
 
     def _why(self, meter: MeterConfig, bad: list[Reading]) -> str:
