@@ -198,7 +198,8 @@ class App:
         sched = AsyncIOScheduler(timezone=cfg.tz)
         # One job for every bus (they share poll_interval): it starts each bus's cycle as a task
         # of its own, so a slow line never holds up the others and the scheduler's per-job
-        # work is paid once per tick, not once per bus.
+        # work is paid once per tick, not once per bus (a job per bus cost +25–35 µs of CPU per
+        # bus-tick; docs/architecture.md).
         sched.add_job(
             self._start_polls, IntervalTrigger(seconds=cfg.schedule.poll_interval, start_date=EPOCH),
             id="poll", max_instances=1, coalesce=True,
