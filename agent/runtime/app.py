@@ -78,7 +78,7 @@ class App:
         ]
         for p in self.pollers:
             self.watchdog.register(p.bus.name, cfg.schedule.poll_interval)
-        self.heartbeat = Heartbeat(cfg, store, signer, self.clock, self.pollers, [self.forwarder])
+        self.heartbeat = Heartbeat(cfg, store, self.clock, self.pollers, [self.forwarder])
         self.scheduler = self._scheduler()
 
     async def run(self) -> int:

@@ -47,11 +47,12 @@ class Live:
 
 
 class Heartbeat:
-    def __init__(self, cfg: Config, store: Store, signer: Signer, clock: ClockWatch,
+    """Builds `status` bodies; the sealer signs and chains them like any envelope."""
+
+    def __init__(self, cfg: Config, store: Store, clock: ClockWatch,
                  pollers: Sequence[BusPoller], forwarders: Sequence[Forwarder]) -> None:
         self.cfg = cfg
         self.store = store
-        self.signer = signer
         self.clock = clock
         self.pollers = tuple(pollers)
         self.forwarders = tuple(forwarders)

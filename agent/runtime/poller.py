@@ -53,7 +53,7 @@ class MeterHealth:
 
 @dataclass(frozen=True, slots=True)
 class BusSnapshot:
-    """What others may know of one bus (the heartbeat, `status`): each meter's health, the
+    """What others may know of one bus (the heartbeat reads it): each meter's health, the
     cycles completed and the ticks skipped because the previous cycle still ran."""
 
     bus: str

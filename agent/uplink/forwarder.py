@@ -7,8 +7,8 @@ again. Acknowledged seqs are marked delivered in batches (everything that comple
 the previous store call ran). On a link failure the window stops growing, drains, and the
 same rows are retried — byte-identical, straight from the store — after a back-off.
 
-Store calls go through the store's one thread (agent/runtime/store_thread.py). A store failure ends
-`run()` (the app must stop); anything the uplink throws is logged in one line and retried.
+Store calls go through the store's one thread (agent/runtime/store_thread.py). A store failure
+ends `run()` (the app must stop); anything the uplink throws is logged in one line and retried.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Uplink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ForwarderStats:
-    """What the heartbeat and `status` may know of one destination's forwarding."""
+    """What others may know of one destination's forwarding (the heartbeat reads it)."""
 
     destination: str
     connected: bool
