@@ -51,7 +51,7 @@ class MeterHealth:
 
 
 def label(meter: MeterConfig) -> str:
-    return f'meter "{meter.name}" (bus {meter.bus}, unit {meter.unit})'
+    return f'meter "{meter.name}" (bus {meter.bus}, {meter.station})'
 
 
 def gaps(meter: MeterConfig, ts: int, quality: Quality) -> list[Reading]:

@@ -1,0 +1,66 @@
+"""CJ/T 188-2004/2018 reader: bus kind `cjt188` (heat, water and gas meters; RS-485 or M-Bus
+through a converter).
+
+Reads data (01h) one DI per request, normally 901F whose reply holds every field the profile
+maps; 81h carries the values, C1h an abnormal reply with the meter's status bytes (its points
+become EXCEPTION gaps). Each request carries a sequence byte (SER) the meter echoes. Frames and
+layouts: drivers/cjt188_frame.py; values and unit codes: di_layout.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from drivers.base import Quality
+from drivers.bcd import address_bytes, address_text
+from drivers.cjt188_frame import (
+    READ_ADDRESS,
+    READ_DATA,
+    WILDCARD,
+    Frame,
+    find_frame,
+    read_address_request,
+    read_request,
+    reply_values,
+    status_text,
+)
+from drivers.di_driver import DiDriver, RequestFailed
+
+if TYPE_CHECKING:
+    from drivers.di_layout import DiRequest
+    from drivers.model import MeterConfig
+
+
+class Cjt188Driver(DiDriver):
+    protocol = "cjt188"
+    _ser = 0
+
+    async def read_di(self, meter: MeterConfig, request: DiRequest) -> bytes:
+        opts = self.frame_options(meter)
+        address = address_bytes(meter.address or "", 7)
+        meter_type = int(opts.meter_type or "10", 16)
+        self._ser = (self._ser + 1) & 0xFF
+        raw = read_request(meter_type, address, request.di, self._ser, opts.di_order, opts.preamble)
+        frame: Frame = await self.transact(
+            raw, find_frame,
+            lambda f: f.is_reply and f.address == address and f.function == READ_DATA,
+            request.where, 16 + request.data_bytes)
+        if frame.abnormal:
+            raise RequestFailed(f"error reply {frame.control:02X}h reading {request.where}: meter "
+                                f"{status_text(frame.data[-2:])} — check the DI and the meter type "
+                                f"({meter_type:02X}h)", Quality.EXCEPTION, answered=True)
+        try:
+            return reply_values(frame, request.di, opts.ser)
+        except ValueError as e:
+            raise RequestFailed(f"reply to {request.where}: {e}", Quality.CORRUPT, answered=True) from None
+
+    async def read_address(self) -> str:
+        """Read-address (03h) to AA…AA: only meaningful with one meter on the line."""
+        async with self._lock:
+            frame: Frame = await self.transact(
+                read_address_request(), find_frame,
+                lambda f: f.is_reply and f.function == READ_ADDRESS and f.address != WILDCARD,
+                "the address (AA…AA)")
+            if frame.abnormal:
+                raise RequestFailed("read-address refused", Quality.EXCEPTION, answered=True)
+            return f"{address_text(frame.address)} type {frame.meter_type:02X}"
