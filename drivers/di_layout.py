@@ -76,6 +76,10 @@ def resolve_point(p: PointConfig, protocol: str, frame: FrameOptions | None) -> 
         return str(e)
     if (p.at or 0) + length + (1 if p.unit_code else 0) > 250:
         return "the value ends past the largest reply (250 bytes)"
+    if p.kind == "counter" and p.modulus is None and not p.signed and p.format and p.format[0] == "X":
+        # A BCD counter wraps after its last digit: XXXXXX.XX at 999999.99 -> modulus 1000000.
+        _, decimals = parse_format(p.format)
+        p = msgspec.structs.replace(p, modulus=10 ** (2 * length - decimals) * p.scale)
     return p
 
 

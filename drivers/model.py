@@ -95,6 +95,12 @@ class PointConfig(Base, kw_only=True, frozen=True, gc=False):
         """Decimal places on the wire when not configured: from a power-of-ten scale, else 3."""
         if self.decimals is not None:
             return self.decimals
+        if self.format is not None:  # BCD: the digit pattern's decimals, shifted by the scale
+            from drivers.bcd import parse_format
+
+            s = abs(self.scale)
+            shift = next((d for d in range(7) if abs(s * 10**d - round(s * 10**d)) < 1e-9), 6)
+            return parse_format(self.format)[1] + shift
         if self.type.startswith("f"):
             return 3
         s = abs(self.scale)
