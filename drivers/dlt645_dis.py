@@ -32,10 +32,10 @@ def _energy(name: str, signed: bool = False, unit: str = "kWh") -> DiFormat:
 KNOWN_DIS: dict[str, DiFormat] = {
     "00000000": _energy("combined active energy, total (组合有功总电能)", signed=True),
     "00010000": _energy("forward active energy, total (正向有功总电能)"),
-    **{f"000101{t:02d}": _energy(f"forward active energy, tariff {t} (正向有功费率{t}电能)")
+    **{f"0001{t:02d}00": _energy(f"forward active energy, tariff {t} (正向有功费率{t}电能)")
        for t in range(1, 5)},
     "00020000": _energy("reverse active energy, total (反向有功总电能)"),
-    **{f"000201{t:02d}": _energy(f"reverse active energy, tariff {t} (反向有功费率{t}电能)")
+    **{f"0002{t:02d}00": _energy(f"reverse active energy, tariff {t} (反向有功费率{t}电能)")
        for t in range(1, 5)},
     "00030000": _energy("combined reactive 1 energy, total (组合无功1总电能)", True, "kvarh"),
     "00040000": _energy("combined reactive 2 energy, total (组合无功2总电能)", True, "kvarh"),
