@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from drivers.di_layout import describe_di_plan, plan_dis
+    from drivers.model import BUS_PROTOCOL
     from drivers.planner import describe_plan, plan_meter
     from drivers.timing import cycle_seconds, dead_meter_seconds
 
@@ -33,13 +35,14 @@ def run(args: argparse.Namespace) -> int:
         where = f"{bus.host}:{bus.port}" if bus.host else serial
         print(f"bus {bus.name} ({bus.kind} {where}): {len(meters)} meter(s)")
         total = 0.0
+        by_di = BUS_PROTOCOL[bus.kind] != "modbus"
         for m in meters:
-            plan = plan_meter(m)
+            plan = plan_dis(m.points) if by_di else plan_meter(m)
             t = cycle_seconds(bus, m)
             total += t
-            print(f"  meter {m.name} unit {m.unit}{' profile ' + m.profile if m.profile else ''}: "
+            print(f"  meter {m.name} {m.station}{' profile ' + m.profile if m.profile else ''}: "
                   f"{len(m.points)} point(s) in {len(plan)} request(s), ~{t * 1000:.0f} ms per cycle")
-            for line in describe_plan(plan):
+            for line in describe_di_plan(plan) if by_di else describe_plan(plan):  # type: ignore[arg-type]
                 print(f"    {line}")
         dead = dead_meter_seconds(bus)
         print(f"  bus time per cycle ~{total:.3f} s of {interval:g} s "

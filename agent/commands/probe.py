@@ -31,8 +31,11 @@ async def _probe(cfg, name: str) -> int:  # type: ignore[no-untyped-def]
 
     meter = cfg.meter_named(name)
     bus = cfg.bus_named(meter.bus)
-    plan = plan_reads(meter.points, meter.max_registers, meter.max_gap)
-    print(f"meter {meter.name}: bus {bus.name} ({bus.kind}), unit {meter.unit}, "
+    from drivers.di_layout import plan_dis
+
+    by_di = bus.kind in ("dlt645", "cjt188")
+    plan = plan_dis(meter.points) if by_di else plan_reads(meter.points, meter.max_registers, meter.max_gap)
+    print(f"meter {meter.name}: bus {bus.name} ({bus.kind}), {meter.station}, "
           f"{len(meter.points)} point(s) in {len(plan)} request(s)")
     driver = open_driver(bus)
     try:
@@ -50,9 +53,11 @@ async def _probe(cfg, name: str) -> int:  # type: ignore[no-untyped-def]
         at = datetime.fromtimestamp(r.ts / 1000, cfg.tz).strftime("%H:%M:%S")
         if r.quality == Quality.GOOD:
             value = format_value(r.value, p.value_decimals)
-            print(f"  {r.point:<{width}}  {value:>16} {p.unit:<6} {p.kind:<13} "
-                  f"reg {p.register} {p.function} {p.type} {p.order}  {at}")
+            where = f"DI {p.di} {p.format}" if p.di else f"reg {p.register} {p.function} {p.type} {p.order}"
+            print(f"  {r.point:<{width}}  {value:>16} {p.unit:<6} {p.kind:<13} {where}  {at}")
         else:
             failed += 1
             print(f"  {r.point:<{width}}  {'—':>16} {p.unit:<6} {Quality(r.quality).name.lower()}")
+    for why in driver.last_failures(meter.name):
+        print(f"  ! {why}")
     return 1 if failed == len(readings) else 0

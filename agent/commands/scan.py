@@ -22,7 +22,7 @@ import asyncio
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
@@ -96,10 +96,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no bus named {args.bus!r} (buses: {', '.join(names) or 'none'})", file=sys.stderr)
         return 2
     bus = cfg.bus_named(args.bus)
+    from drivers.model import BUS_PROTOCOL
+    from drivers.profiles import load_profile
+
+    protocol = BUS_PROTOCOL[bus.kind]
+    if args.profiles:
+        profiles = args.profiles.split(",")
+    else:  # a line carries one protocol: only its profiles can match
+        profiles = [n for n in profile_names() if _protocol_of(n, load_profile) == protocol]
+    if protocol != "modbus":
+        return _scan_di(bus, profiles, args.timeout)
     try:
         units = parse_units(args.units)
         settings = serial_settings(bus, args.bauds, args.parities)
-        profiles = args.profiles.split(",") if args.profiles else profile_names()
         probes = probes_for(profiles)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -116,6 +125,32 @@ def run(args: argparse.Namespace) -> int:
     found = asyncio.run(scan(bus, units, settings, probes, args.timeout, args.thorough, sys.stderr))
     print_table(found, sys.stdout)
     return 0 if found else 1
+
+
+def _protocol_of(name: str, load: Any) -> str | None:
+    try:
+        return str(load(name).profile.protocol)
+    except Exception:  # a broken profile is reported when it is used, not here
+        return None
+
+
+def _scan_di(bus: BusConfig, profiles: list[str], timeout: float) -> int:
+    from agent.commands.scan_di import scan_line
+
+    if problem := port_in_use(bus.device or ""):
+        print(f"error: {problem}", file=sys.stderr)
+        return EX_PORT_BUSY
+    logging.getLogger("drivers").setLevel(logging.ERROR)
+    rows = asyncio.run(scan_line(bus, profiles, timeout, sys.stderr))
+    if not rows:
+        print("no meter answered the address query (AA…AA) — with more than one meter on the line "
+              "they answer at once; disconnect the others or read the number off the nameplate")
+        return 1
+    for address, serial, candidates, evidence in rows:
+        print(f"address {address}  {serial}  candidates: {', '.join(candidates) or '(unknown)'}")
+        for e in evidence:
+            print(f"  {e}")
+    return 0
 
 
 def parse_units(text: str) -> list[int]:
@@ -198,7 +233,7 @@ def port_in_use(device: str) -> str | None:
 
 
 def describe_serial(bus: BusConfig) -> str:
-    if bus.kind != "modbus-rtu":
+    if bus.kind not in ("modbus-rtu", "dlt645", "cjt188"):
         return bus.kind
     return f"{bus.baud} {bus.data_bits}{bus.parity}{bus.stop_bits}"
 
