@@ -46,6 +46,7 @@ class Report:
     unexpected: int = 0
     wrong: int = 0
     gaps: int = 0  # received samples with quality != 0 (dead meter, timeouts)
+    offline_seen: list[str] = field(default_factory=list)  # meters with OFFLINE samples
     rejected: int = 0
     chain: dict[str, Any] = field(default_factory=dict)
     backlog_peak_samples: int = 0
@@ -350,6 +351,9 @@ def judge(rep: Report, expect: dict[str, Any]) -> None:
             rep.failures.append(f"coverage of {m} {cov:.0%} < {floor:.0%}")
     if dead and rep.gaps == 0:
         rep.failures.append("dead meter produced no gap samples")
+    for m in expect.get("offline_meters", []):
+        if m not in rep.offline_seen:
+            rep.failures.append(f"{m} was never taken offline (no OFFLINE samples)")
     # Dropping unsent envelopes is a policy, allowed only where the scenario says so and only
     # when every drop was counted, recorded as an event and told to the platform.
     most = int(expect.get("max_dropped_envelopes", 0))
