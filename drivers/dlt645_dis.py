@@ -52,6 +52,16 @@ KNOWN_DIS: dict[str, DiFormat] = {
     **{f"0206{p:02d}00": DiFormat("X.XXX", True, "1", f"phase {c} power factor ({c}相功率因数)",
                                   _VARIABLE) for p, c in ((1, "A"), (2, "B"), (3, "C"))},
     "02800002": DiFormat("XX.XX", False, "Hz", "grid frequency (电网频率)", _VARIABLE),
+    # Blocks (DI0 or DI1 = FF): one request answers every element in a row, each in the
+    # element's format; a point picks its element with `at` (bytes from the start: phase B
+    # voltage is at = 2). Not every meter answers blocks: check with `probe`.
+    "0201FF00": DiFormat("XXX.X", False, "V", "phase voltages A, B, C (电压数据块)", _VARIABLE),
+    "0202FF00": DiFormat("XXX.XXX", True, "A", "phase currents A, B, C (电流数据块)", _VARIABLE),
+    "0203FF00": DiFormat("XX.XXXX", True, "kW", "active power total, A, B, C (有功功率数据块)", _VARIABLE),
+    "0204FF00": DiFormat("XX.XXXX", True, "kvar", "reactive power total, A, B, C (无功功率数据块)", _VARIABLE),
+    "0206FF00": DiFormat("X.XXX", True, "1", "power factor total, A, B, C (功率因数数据块)", _VARIABLE),
+    "0001FF00": _energy("forward active energy total, tariffs 1… (正向有功电能数据块)"),
+    "0002FF00": _energy("reverse active energy total, tariffs 1… (反向有功电能数据块)"),
     # The last daily freeze: when it happened (YYMMDDhhmm, the meter's local time) and the
     # forward active energy then. The energy block holds the total and then each tariff;
     # the total is its first 4 bytes.

@@ -127,7 +127,7 @@ class DiLine:
             if frame is None:
                 return
             self.frames_seen += 1
-            self._queue.put_nowait((frame, len(data)))
+            self._queue.put_nowait((frame, used))  # bytes of the request, preamble included
 
     async def _answer_loop(self) -> None:
         while True:

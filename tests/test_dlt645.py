@@ -192,3 +192,20 @@ def test_address_discovery_on_a_one_meter_line() -> None:
             finally:
                 await driver.close()
     run(go())
+
+
+def test_block_di_reads_three_phases_in_one_request() -> None:
+    block = [PointConfig(name=f"voltage_{c}", di="0201FF00", at=2 * i, unit="V") for i, c in enumerate("abc")]
+
+    async def go() -> None:
+        a = di_meter("m1", "1", "dlt645", block)
+        async with line([a]) as (port, sim):
+            driver = Dlt645Driver(bus(port))
+            try:
+                readings = list(await driver.read(meter_for(a)))
+                check_true(a, readings)
+                assert sim.frames_seen == 1 and driver.requests_sent == 1
+                assert len({r.value for r in readings}) == 3
+            finally:
+                await driver.close()
+    run(go())
