@@ -138,6 +138,11 @@ class MeterConfig(Base, kw_only=True):
     # Filled by load_config from the profile and the inline points; not a TOML key.
     points: list[PointConfig] = []
 
+    def freezes(self) -> dict[str, str]:
+        """Counter point -> the point holding the meter's own daily freeze of it (`freeze_of`):
+        the daily close may take the day-boundary value from there instead of interpolating."""
+        return {p.freeze_of: p.name for p in self.points if p.freeze_of}
+
     @property
     def station(self) -> str:
         """How messages name the meter on its bus: `unit 3`, or `address 123456789012`."""

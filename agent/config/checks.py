@@ -192,9 +192,9 @@ def _check_freezes(m: MeterConfig, key: str, err: Any) -> None:
         if p.freeze_of is None:
             continue
         if p.freeze_of not in kinds:
-            err(f"{key}.point {p.name!r}.freeze_of", f"no point named {p.freeze_of!r} on this meter")
+            err(f"{key}.point.{p.name}.freeze_of", f"no point named {p.freeze_of!r} on this meter")
         elif kinds[p.freeze_of] != "counter":
-            err(f"{key}.point {p.name!r}.freeze_of", f"{p.freeze_of!r} is not a counter")
+            err(f"{key}.point.{p.name}.freeze_of", f"{p.freeze_of!r} is not a counter")
 
 
 def _check_point(p: PointConfig, key: str, err: Any, protocol: str = "modbus") -> None:
