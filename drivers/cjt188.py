@@ -9,7 +9,8 @@ layouts: drivers/cjt188_frame.py; values and unit codes: di_layout.py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import Quality
 from drivers.bcd import address_bytes, address_text
@@ -54,13 +55,9 @@ class Cjt188Driver(DiDriver):
         except ValueError as e:
             raise RequestFailed(f"reply to {request.where}: {e}", Quality.CORRUPT, answered=True) from None
 
-    async def read_address(self) -> str:
-        """Read-address (03h) to AA…AA: only meaningful with one meter on the line."""
-        async with self._lock:
-            frame: Frame = await self.transact(
-                read_address_request(), find_frame,
-                lambda f: f.is_reply and f.function == READ_ADDRESS and f.address != WILDCARD,
-                "the address (AA…AA)")
-            if frame.abnormal:
-                raise RequestFailed("read-address refused", Quality.EXCEPTION, answered=True)
-            return f"{address_text(frame.address)} type {frame.meter_type:02X}"
+    def address_query(self) -> tuple[bytes, Callable[[bytearray], tuple[Any, int]], Callable[[Any], bool]]:
+        return (read_address_request(), find_frame,
+                lambda f: f.is_reply and f.function == READ_ADDRESS and f.address != WILDCARD)
+
+    def address_found(self, frame: Frame) -> str:
+        return f"{address_text(frame.address)} type {frame.meter_type:02X}"

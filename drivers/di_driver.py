@@ -16,7 +16,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from drivers.base import MeterError, Quality, Reading
 from drivers.bcd import NotBcd
@@ -71,8 +71,22 @@ class DiDriver(ABC):
         """The value bytes of one DI (after the echoed DI). Raises RequestFailed."""
 
     @abstractmethod
+    def address_query(self) -> tuple[bytes, Callable[[bytearray], tuple[Any, int]], Callable[[Any], bool]]:
+        """The read-address request to AA…AA, the frame finder, and what a reply to it is."""
+
+    @abstractmethod
+    def address_found(self, frame: Any) -> str:
+        """The address a reply to the query names (with the meter type, for CJ/T 188)."""
+
     async def read_address(self) -> str:
-        """The address of the only meter on the line (wildcard read). Raises RequestFailed."""
+        """The address of the only meter on the line (wildcard read): with several, they all
+        answer at once and nothing usable arrives. Raises RequestFailed."""
+        request, find, accept = self.address_query()
+        async with self._lock:
+            frame = await self.transact(request, find, accept, "the address (AA…AA)")
+        if frame.abnormal:
+            raise RequestFailed("the meter refused read-address", Quality.EXCEPTION, answered=True)
+        return self.address_found(frame)
 
     # -- the shared part ---------------------------------------------------------------------
 

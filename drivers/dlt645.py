@@ -9,7 +9,7 @@ DI's points become EXCEPTION gaps. Frames and values: drivers/dlt645_frame.py, d
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import Quality
 from drivers.bcd import address_bytes, address_text
@@ -78,13 +78,12 @@ class Dlt645Driver(DiDriver):
                                 Quality.CORRUPT, answered=True)
         return frame.data[4:]
 
-    async def read_address(self) -> str:
-        """Read-address (13h) to AA…AA: only meaningful with one meter on the line."""
-        async with self._lock:
-            frame: Frame = await self.transact(
-                read_address_request(), find_frame,
-                lambda f: f.is_reply and f.function == READ_ADDRESS and f.address != WILDCARD,
-                "the address (AA…AA)")
-            if frame.abnormal or len(frame.data) != 6:
-                raise RequestFailed("read-address refused", Quality.EXCEPTION, answered=True)
-            return address_text(frame.data)
+    def address_query(self) -> tuple[bytes, Callable[[bytearray], tuple[Any, int]], Callable[[Any], bool]]:
+        return (read_address_request(), find_frame,
+                lambda f: f.is_reply and f.function == READ_ADDRESS and f.address != WILDCARD)
+
+    def address_found(self, frame: Frame) -> str:
+        if len(frame.data) != 6:
+            raise RequestFailed(f"read-address reply carries {len(frame.data)} bytes, not 6",
+                                Quality.CORRUPT, answered=True)
+        return address_text(frame.data)

@@ -16,12 +16,8 @@ request and reply cost on a real line at the baud rate, plus the meter's turnaro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import termios
 import time
-import tty
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +27,7 @@ from drivers.bcd import address_bytes, int_to_bcd, parse_format
 from drivers.di_layout import resolve_point
 from drivers.model import FrameOptions, PointConfig
 from drivers.profiles import load_profile
+from hil.pty_port import PtyPort
 from hil.sim_meter import SimMeter
 
 log = logging.getLogger(__name__)
@@ -64,52 +61,31 @@ def di_meter(name: str, address: str, protocol: str, points: list[PointConfig] |
     return SimMeter(name=name, unit=0, points=resolved, address=address, frame=frame, **kw)
 
 
-class DiLine:
+class DiLine(PtyPort):
     """The meters' side of one DL/T 645 or CJ/T 188 line."""
 
     def __init__(self, device: str, meters: list[SimMeter], protocol: str, baud: int = 2400,
                  char_bits: int = 11, line_rate: bool = False, turnaround: float = 0.02) -> None:
         if protocol not in ("dlt645", "cjt188"):
             raise ValueError(f"protocol {protocol!r}: expected dlt645 or cjt188")
-        self.device, self.protocol = device, protocol
+        super().__init__(device)
+        self.protocol = protocol
+        self.label = f"{protocol} line"
         self.meters = meters
         self.baud, self.char_bits = baud, char_bits
         self.line_rate, self.turnaround = line_rate, turnaround
         self.frames_seen = 0
         self.bad_frames = 0
-        self._fd = -1
         self._buf = bytearray()
         self._last_rx = 0.0
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
         self._find: Callable[[bytearray], tuple[Any, int]] = (
             dlt.find_frame if protocol == "dlt645" else cjt.find_frame)
 
-    async def start(self) -> DiLine:
-        self._fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self._fd, termios.TCSANOW)
-        asyncio.get_running_loop().add_reader(self._fd, self._on_readable)
-        self._task = asyncio.create_task(self._answer_loop())
-        return self
-
-    async def stop(self) -> None:
-        if self._fd >= 0:
-            asyncio.get_running_loop().remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self._fd, 4096)
-        except (BlockingIOError, InterruptedError):
+        data = self._read()
+        if not data:
             return
-        except OSError:
-            return  # the other side closed (EIO on a pty): wait for it to come back
         now = time.monotonic()
         if self._buf and now - self._last_rx > GARBAGE_GAP_S:
             self._buf.clear()
@@ -228,11 +204,3 @@ class DiLine:
             if p.unit_code:
                 out[at + length] = cjt.unit_code_for(p.unit)
         return bytes(out)
-
-    def _write(self, data: bytes) -> None:
-        if self._fd < 0:
-            return
-        try:
-            os.write(self._fd, data)
-        except OSError as e:
-            log.warning("%s line %s: write failed: %s", self.protocol, self.device, e)
