@@ -135,3 +135,41 @@ def test_heat_meter_read_in_one_request() -> None:
                 await driver.close()
                 await line.stop()
     asyncio.run(go())
+
+
+def test_vendor_deviations_are_frame_settings() -> None:
+    # A water meter that wants 90 1F, sends values high byte first and no SER byte in replies.
+    odd = FrameOptions(meter_type="10", di_order="high-first", value_order="high-first", ser=False)
+    points = [PointConfig(name="volume", di="901F", field="current_flow", unit="m3", kind="counter"),
+              PointConfig(name="volume_settlement", di="901F", field="settlement_flow", unit="m3")]
+
+    async def go() -> None:
+        sim = di_meter("w", "42", "cjt188", points, frame=odd)
+        m = MeterConfig(name="w", bus="cjt-1", address="42", frame=odd)
+        m.points = list(sim.points)
+        plain = MeterConfig(name="w2", bus="cjt-1", address="42", frame=FrameOptions(meter_type="10"))
+        plain.points = list(sim.points)
+        half = MeterConfig(name="w3", bus="cjt-1", address="42",
+                           frame=FrameOptions(meter_type="10", di_order="high-first"))
+        half.points = list(sim.points)
+        with serial_pair() as (meter_side, agent_side):
+            line = await DiLine(meter_side, [sim], "cjt188").start()
+            driver = Cjt188Driver(bus(agent_side))
+            try:
+                readings = list(await driver.read(m))
+                for r in readings:
+                    assert r.quality == Quality.GOOD, r
+                    assert sim.matches(r.point, r.ts, f"{r.value:.2f}"), r
+                # With the standard's DI order the meter refuses the request (C1h) ...
+                with pytest.raises(MeterError) as e:
+                    await driver.read(plain)
+                assert e.value.quality == Quality.EXCEPTION
+                # ... and with the DI right but values and SER as the standard has them, the
+                # values sit one byte off and reversed: no true value comes out.
+                wrong = list(await driver.read(half))
+                assert not any(r.quality == Quality.GOOD and sim.matches(r.point, r.ts, f"{r.value:.2f}")
+                               for r in wrong)
+            finally:
+                await driver.close()
+                await line.stop()
+    asyncio.run(go())
