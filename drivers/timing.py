@@ -91,7 +91,11 @@ def cycle_seconds(
 
 def dead_meter_seconds(bus: BusConfig) -> float:
     """Bus time a silent meter costs per cycle: the driver gives up on a meter after its first
-    unanswered request, which pymodbus retries `retries` times, each waiting `timeout`."""
+    unanswered request, which is tried `retries` more times, each waiting `timeout` — on DL/T
+    645 / CJ/T 188 lines plus the wire time of the request and a reply (drivers/serial_line.py
+    waits for the frames' own time on top of `timeout`)."""
+    if bus.kind in DI_FRAME_BYTES:
+        return (bus.timeout + di_request_seconds(bus, 4, turnaround_s=0.0)) * (bus.retries + 1)
     return bus.timeout * (bus.retries + 1)
 
 

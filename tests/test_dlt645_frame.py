@@ -6,10 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from drivers import cjt188_frame as cjt
 from drivers.bcd import NotBcd, address_bytes, address_text, bcd_to_int, checksum, decode_bcd, encode_bcd, parse_format
 from drivers.di_layout import decode_point, resolve_point
 from drivers.dlt645_frame import (
     BadFrame,
+    encode_frame,
     error_reply,
     error_text,
     find_frame,
@@ -140,3 +142,27 @@ def test_unknown_di_needs_a_format_and_dlt_points_need_a_di() -> None:
     assert "format" in str(resolve_point(PointConfig(name="x", di="04000401"), "dlt645", None))
     assert "required" in str(resolve_point(PointConfig(name="x", register=3), "dlt645", None))
     assert "8 hex" in str(resolve_point(PointConfig(name="x", di="901F"), "dlt645", None))
+
+
+@given(st.binary(min_size=6, max_size=6), st.integers(0, 0xFF), st.binary(max_size=60),
+       st.binary(max_size=20).filter(lambda b: 0x68 not in b))
+def test_frames_round_trip_behind_any_noise(address: bytes, control: int, data: bytes, noise: bytes) -> None:
+    raw = encode_frame(address, control, data)
+    frame, used = find_frame(bytearray(noise + raw))
+    assert frame is not None and used == len(noise) + len(raw)
+    assert (frame.address, frame.control, frame.data) == (address, control, data)
+    cj = cjt.encode_frame(0x20, address + b"\x00", control, data)
+    got, used = cjt.find_frame(bytearray(noise + cj))
+    assert got is not None and (got.address, got.control, got.data) == (address + b"\x00", control, data)
+
+
+@given(st.binary(max_size=300))
+def test_hostile_bytes_give_a_frame_a_bad_frame_or_a_wait(junk: bytes) -> None:
+    # Whatever arrives, the finders end, consume within the buffer and raise nothing but BadFrame.
+    for find in (find_frame, cjt.find_frame):
+        try:
+            _frame, used = find(bytearray(junk))
+        except BadFrame as e:
+            assert 0 < e.args[1] <= len(junk)
+            continue
+        assert 0 <= used <= len(junk)
