@@ -84,6 +84,11 @@ class DiDriver(ABC):
         request, find, accept = self.address_query()
         async with self._lock:
             frame = await self.transact(request, find, accept, "the address (AA…AA)")
+            # On a real line two meters answering at once garble each other; a simulated or
+            # buffered one may deliver both: either way the answer names no single meter.
+            if await self.line.count_more(find, accept, self.bus.timeout):
+                raise RequestFailed("more than one meter answered AA…AA — give the meter number "
+                                    "(nameplate) instead", Quality.CORRUPT, answered=True)
         if frame.abnormal:
             raise RequestFailed("the meter refused read-address", Quality.EXCEPTION, answered=True)
         return self.address_found(frame)

@@ -141,6 +141,31 @@ class SerialLine:
             await self._readable(left)
             self._read_available()
 
+    async def count_more(self, find: Callable[[bytearray], tuple[F | None, int]],
+                         accept: Callable[[F], bool], wait: float) -> int:
+        """After an answer: how many more frames `accept` takes (or malformed ones: two meters
+        talking at once garble each other) arrive within `wait` seconds."""
+        deadline = time.monotonic() + wait
+        more = 0
+        while True:
+            try:
+                frame, used = find(self._buf)
+            except BadFrame as e:
+                del self._buf[: e.args[1] if len(e.args) > 1 else len(self._buf)]
+                more += 1
+                continue
+            if frame is not None:
+                del self._buf[:used]
+                more += bool(accept(frame))
+                continue
+            if used:
+                del self._buf[:used]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return more
+            await self._readable(left)
+            self._read_available()
+
     def _read_available(self) -> None:
         try:
             data = self._port.read(4096)

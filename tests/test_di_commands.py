@@ -131,3 +131,29 @@ register = 3
             finally:
                 await line.stop()
     asyncio.run(go())
+
+
+def test_scan_on_a_two_meter_line_needs_the_address(tmp_path: Path) -> None:
+    async def go() -> None:
+        a = di_meter("a", "000000000001", "dlt645", profile="acrel-dtsd1352-dlt645")
+        b = di_meter("b", "000000000002", "dlt645", profile="acrel-dtsd1352-dlt645")
+        with serial_pair() as (meter_side, agent_side):
+            line = await DiLine(meter_side, [a, b], "dlt645").start()
+            try:
+                cfg = write_config(tmp_path, f"""
+[[bus]]
+name = "dlt-1"
+kind = "dlt645"
+device = "{agent_side}"
+parity = "N"
+timeout = 0.3
+""")
+                rc, out = await cli("scan", "-c", cfg, "dlt-1")
+                assert rc == 1 and "more than one meter answered" in out, out
+                rc, out = await cli("scan", "-c", cfg, "dlt-1", "--address", "2")
+                assert rc == 0 and "address 2 " in out and "acrel-dtsd1352-dlt645" in out, out
+                rc, out = await cli("scan", "-c", cfg, "dlt-1", "--address", "7")
+                assert rc == 1, out  # nobody there
+            finally:
+                await line.stop()
+    asyncio.run(go())

@@ -85,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profiles", help="only these profiles' probes (default: all shipped)")
     parser.add_argument("--thorough", action="store_true",
                         help="send every probe even to ids silent on the first one")
+    parser.add_argument("--address", help="DL/T 645 / CJ/T 188: the meter number to probe instead of "
+                        "asking AA…AA (which works with one meter on the line only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
     else:  # a line carries one protocol: only its profiles can match
         profiles = [n for n in profile_names() if _protocol_of(n, load_profile) == protocol]
     if protocol != "modbus":
-        return _scan_di(bus, profiles, args.timeout)
+        return _scan_di(bus, profiles, args.timeout, args.address)
+    if args.address:
+        print(f"error: --address: bus {bus.name} is Modbus; give --units", file=sys.stderr)
+        return 2
     try:
         units = parse_units(args.units)
         settings = serial_settings(bus, args.bauds, args.parities)
@@ -134,17 +139,22 @@ def _protocol_of(name: str, load: Any) -> str | None:
         return None
 
 
-def _scan_di(bus: BusConfig, profiles: list[str], timeout: float) -> int:
+def _scan_di(bus: BusConfig, profiles: list[str], timeout: float, address: str | None) -> int:
     from agent.commands.scan_di import scan_line
 
     if problem := port_in_use(bus.device or ""):
         print(f"error: {problem}", file=sys.stderr)
         return EX_PORT_BUSY
     logging.getLogger("drivers").setLevel(logging.ERROR)
-    rows = asyncio.run(scan_line(bus, profiles, timeout, sys.stderr))
+    if address is not None and not (address.isdigit() and len(address) <= (12 if bus.kind == "dlt645" else 14)):
+        print(f"error: --address: expected the meter number from its nameplate, got {address!r}",
+              file=sys.stderr)
+        return 2
+    rows = asyncio.run(scan_line(bus, profiles, timeout, sys.stderr, address))
     if not rows:
         print("no meter answered the address query (AA…AA) — with more than one meter on the line "
-              "they answer at once; disconnect the others or read the number off the nameplate")
+              "they answer at once; disconnect the others or read the number off the nameplate "
+              "and give it with --address")
         return 1
     for address, serial, candidates, evidence in rows:
         print(f"address {address}  {serial}  candidates: {', '.join(candidates) or '(unknown)'}")

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 Found = tuple[str, str, list[str], list[str]]  # address, serial settings, candidates, evidence
 
 
-async def scan_line(bus: BusConfig, profiles: list[str], timeout: float, progress: TextIO) -> list[Found]:
-    """[(address, serial, candidates, evidence)] for the meter answering the wildcard, if any."""
+async def scan_line(bus: BusConfig, profiles: list[str], timeout: float, progress: TextIO,
+                    address: str | None = None) -> list[Found]:
+    """[(address, serial, candidates, evidence)] for the meter answering the wildcard (or at
+    `address`, when given), if any."""
     from agent.commands.scan import describe_serial, plausible
     from drivers.base import MeterError, Quality
     from drivers.di_driver import DiDriver, RequestFailed
@@ -34,14 +36,17 @@ async def scan_line(bus: BusConfig, profiles: list[str], timeout: float, progres
     driver = open_driver(setting)
     assert isinstance(driver, DiDriver)
     serial = describe_serial(setting)
-    progress.write(f"scan {serial}: asking AA…AA for the address (one meter on the line only)\n")
     try:
-        try:
-            found = await driver.read_address()
-        except RequestFailed as e:
-            progress.write(f"scan {serial}: {e.what}\n")
-            return []
-        address, _, meter_type = found.partition(" type ")
+        if address is None:
+            progress.write(f"scan {serial}: asking AA…AA for the address (one meter on the line only)\n")
+            try:
+                found = await driver.read_address()
+            except RequestFailed as e:
+                progress.write(f"scan {serial}: {e.what}\n")
+                return []
+            address, _, meter_type = found.partition(" type ")
+        else:
+            meter_type = ""  # each profile's own
         candidates: list[str] = []
         evidence: list[str] = []
         for name in profiles:
@@ -70,6 +75,8 @@ async def scan_line(bus: BusConfig, profiles: list[str], timeout: float, progres
                 evidence.append(f"{name}: {shown}")
             else:
                 evidence.append(f"{name}: {shown} (implausible)")
+        if not candidates and all(e.endswith(": timeout") for e in evidence):
+            return []  # nobody at that address
         where = f"{address} (type {meter_type}h)" if meter_type else address
         return [(where, serial, candidates, evidence)]
     finally:
