@@ -154,6 +154,8 @@ timeout = 0.3
                 assert rc == 0 and "address 2 " in out and "acrel-dtsd1352-dlt645" in out, out
                 rc, out = await cli("scan", "-c", cfg, "dlt-1", "--address", "7")
                 assert rc == 1, out  # nobody there
+                rc, out = await cli("scan", "-c", cfg, "dlt-1", "--profiles", "chint-dtsu666")
+                assert rc == 2 and "do(es) not speak dlt645" in out, out
             finally:
                 await line.stop()
     asyncio.run(go())

@@ -104,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
     protocol = BUS_PROTOCOL[bus.kind]
     if args.profiles:
         profiles = args.profiles.split(",")
+        other = [n for n in profiles if _protocol_of(n, load_profile) not in (protocol, None)]
+        if other:
+            print(f"error: --profiles: {', '.join(other)} do(es) not speak {protocol}, which bus "
+                  f"{bus.name} carries (a line carries one protocol)", file=sys.stderr)
+            return 2
     else:  # a line carries one protocol: only its profiles can match
         profiles = [n for n in profile_names() if _protocol_of(n, load_profile) == protocol]
     if protocol != "modbus":
