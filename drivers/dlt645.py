@@ -55,8 +55,14 @@ class Dlt645Driver(DiDriver):
             if seq > MAX_FOLLOW_UPS:
                 raise RequestFailed(f"more than {MAX_FOLLOW_UPS} follow-up frames for {request.where}"
                                     " — the meter keeps asking to be read on", Quality.CORRUPT, answered=True)
-            frame = await self.transact(follow_up_request(address, di, seq, preamble), find_frame,
-                                        ours(READ_FOLLOW_UP), f"{request.where} frame {seq + 1}")
+            try:
+                frame = await self.transact(follow_up_request(address, di, seq, preamble), find_frame,
+                                            ours(READ_FOLLOW_UP), f"{request.where} frame {seq + 1}")
+            except RequestFailed as e:
+                # The meter did answer the read: a lost follow-up leaves this DI incomplete,
+                # it does not make the meter silent.
+                raise RequestFailed(e.what, Quality.CORRUPT if e.quality == Quality.TIMEOUT else e.quality,
+                                    answered=True) from None
             chunk = self._values(frame, echo, request)
             # A follow-up reply ends with its sequence number.
             if not chunk or chunk[-1] != seq & 0xFF:

@@ -7,7 +7,8 @@ drivers' own frame functions, so the checker knows every true value.
 
 Fault modes (`SimMeter.mode`): "ok", "silent", "slow" (`delay` seconds), "exception" (an
 error reply: D1h with `di_error`, or C1h with status bytes), "corrupt" (checksum off by one),
-"follow-up" (DL/T 645: every value split over a B1h reply and a 12h follow-up frame).
+"follow-up" (DL/T 645: every value split over a B1h reply and a 12h follow-up frame),
+"follow-up-lost" (B1h, then silence to the follow-up read).
 Counters roll over like the real BCD register (XXXXXX.XX after 999999.99); start them near
 the top with `SimMeter.counter_start`. With `line_rate=True` each reply waits for what the
 request and reply cost on a real line at the baud rate, plus the meter's turnaround.
@@ -155,7 +156,9 @@ class DiLine(PtyPort):
         values = self._values(m, opts, di)
         if values is None:
             return dlt.error_reply(address, frame.function, 0x02, pre)  # no such data
-        if m.mode != "follow-up" or len(values) < 2:
+        if m.mode == "follow-up-lost" and frame.function == dlt.READ_FOLLOW_UP:
+            return None  # announces more frames, then never sends them
+        if m.mode not in ("follow-up", "follow-up-lost") or len(values) < 2:
             if frame.function == dlt.READ_FOLLOW_UP:
                 return dlt.error_reply(address, frame.function, 0x01, pre)
             return dlt.read_reply(address, di, values, preamble=pre)

@@ -209,3 +209,18 @@ def test_block_di_reads_three_phases_in_one_request() -> None:
             finally:
                 await driver.close()
     run(go())
+
+
+def test_a_lost_follow_up_frame_leaves_corrupt_gaps_not_a_silent_meter() -> None:
+    async def go() -> None:
+        a = di_meter("m1", "1", "dlt645", POINTS)
+        a.mode = "follow-up-lost"
+        async with line([a]) as (port, _sim):
+            driver = Dlt645Driver(bus(port))
+            try:
+                readings = list(await driver.read(meter_for(a)))  # no MeterError: it answered
+                assert {r.quality for r in readings} == {Quality.CORRUPT}
+                assert "frame 2" in driver.last_failures("m1")[0]
+            finally:
+                await driver.close()
+    run(go())
