@@ -41,10 +41,12 @@ class Cjt188Driver(DiDriver):
         address = address_bytes(meter.address or "", 7)
         meter_type = int(opts.meter_type or "10", 16)
         self._ser = (self._ser + 1) & 0xFF
+        echoes = (bytes.fromhex(request.di), bytes.fromhex(request.di)[::-1])
         raw = read_request(meter_type, address, request.di, self._ser, opts.di_order, opts.preamble)
         frame: Frame = await self.transact(
             raw, find_frame,
-            lambda f: f.is_reply and f.address == address and f.function == READ_DATA,
+            lambda f: (f.is_reply and f.address == address and f.function == READ_DATA
+                       and (f.abnormal or f.data[:2] in echoes)),  # a late reply to another DI: skipped
             request.where, 16 + request.data_bytes)
         if frame.abnormal:
             raise RequestFailed(f"error reply {frame.control:02X}h reading {request.where}: meter "

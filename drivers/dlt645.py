@@ -45,7 +45,11 @@ class Dlt645Driver(DiDriver):
         echo = di_bytes(di)[::-1]
 
         def ours(function: int) -> Callable[[Frame], bool]:
-            return lambda f: f.is_reply and f.address == address and f.function == function
+            # A normal reply echoes the DI: one for another DI is a late answer to an earlier
+            # request (or another master's), skipped while ours is awaited. An error reply
+            # carries no DI.
+            return lambda f: (f.is_reply and f.address == address and f.function == function
+                              and (f.abnormal or f.data[:4] == echo))
 
         frame: Frame = await self.transact(read_request(address, di, preamble), find_frame,
                                            ours(READ), request.where, 16 + request.data_bytes)

@@ -224,3 +224,24 @@ def test_a_lost_follow_up_frame_leaves_corrupt_gaps_not_a_silent_meter() -> None
             finally:
                 await driver.close()
     run(go())
+
+
+def test_a_late_reply_is_never_taken_for_the_next_request() -> None:
+    async def go() -> None:
+        a = di_meter("m1", "1", "dlt645", POINTS)
+        a.mode, a.delay = "slow", 0.35
+        async with line([a]) as (port, sim):
+            driver = Dlt645Driver(bus(port))  # timeout 0.2 s, no retries
+            try:
+                with pytest.raises(MeterError) as e:
+                    await driver.read(meter_for(a))
+                assert e.value.quality == Quality.TIMEOUT
+                a.mode = "ok"
+                # The late answer to DI 00010000 arrives while the voltage is being asked for:
+                # it carries another DI, so it is skipped, not decoded as a voltage.
+                readings = list(await driver.read(meter_for(a, list(reversed(a.points)))))
+                check_true(a, readings)
+                assert driver.line.stray_frames == 1 and sim.frames_seen == 5
+            finally:
+                await driver.close()
+    run(go())
