@@ -46,8 +46,10 @@ class PlatformSection(Base, kw_only=True):
     # An envelope that would not fit is set aside instead of blocking the queue. MQTT 5 brokers
     # announce theirs on connect; the smaller of the two applies.
     max_packet_bytes: Annotated[int, Meta(ge=1024, le=268_435_460)] | None = None
+    # Seconds between reconnect attempts: doubling from min to max, jittered (runtime/backoff.py).
+    # A low max bounds the wait after the broker is back, whatever the outage length.
     reconnect_min: Annotated[float, Meta(gt=0)] = 1.0
-    reconnect_max: Annotated[float, Meta(gt=0)] = 60.0
+    reconnect_max: Annotated[float, Meta(gt=0)] = 10.0
     tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None
@@ -79,6 +81,19 @@ class StorageSection(Base, kw_only=True):
     retention_interval: Annotated[float, Meta(ge=1)] = 3600.0  # seconds between pruning passes
 
 
+class WebSection(Base, kw_only=True):
+    """`energy-agent serve`: the energy manager's local web page (docs/web.md)."""
+
+    listen: str = "127.0.0.1"  # anything but loopback needs tls_cert, tls_key and password_file
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8640
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    password_file: str | None = None  # made by `energy-agent web-passwd`; set: a login is required
+    session_hours: Annotated[float, Meta(gt=0, le=720)] = 12.0
+    lockout_failures: Annotated[int, Meta(ge=1, le=100)] = 5  # failed logins before a lockout
+    lockout_minutes: Annotated[float, Meta(gt=0, le=1440)] = 15.0
+
+
 class Config(Base, kw_only=True):
     agent: AgentSection
     platform: PlatformSection
@@ -87,6 +102,7 @@ class Config(Base, kw_only=True):
     storage: StorageSection = msgspec.field(default_factory=StorageSection)
     bus: list[BusConfig] = []
     meter: list[MeterConfig] = []
+    web: WebSection = msgspec.field(default_factory=WebSection)
     coefficients: dict[str, float] = {}  # energy variety -> kgce per unit (overrides GB/T 2589)
     # Where this config was loaded from; not a TOML key.
     source: str = ""
