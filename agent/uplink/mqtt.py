@@ -27,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
 from agent.protocol.acks import MAX_ACK_BYTES, AckKeyError, AckRefused, load_ack_keys, parse_acks, printable
+from agent.protocol.envelope import ack_topic
 from agent.runtime.backoff import Backoff
 from agent.runtime.conditions import Conditions
 from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
@@ -52,7 +53,7 @@ class MqttUplink:
     ) -> None:
         self.cfg = cfg
         self.client_id = cfg.client_id or f"energy-agent-{enterprise}-{gateway}"
-        self.ack_topic = f"{cfg.topic_prefix}/{enterprise}/{gateway}/down/ack"
+        self.ack_topic = ack_topic(cfg.topic_prefix, enterprise, gateway)
         self.platform_acks = cfg.ack == "platform"
         self.enterprise, self.gateway = enterprise, gateway
         self.ack_keys = self._ack_keys() if self.platform_acks else {}
