@@ -15,8 +15,11 @@ electricity coefficient reports under the equal-value convention, and every repo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Any
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+
+from agent.accounting.steam import saturated_steam_enthalpy
 
 KJ_PER_KGCE = Decimal("29307.6")
 STEAM_KGCE_PER_MJ = Decimal("0.03412")  # = 1 / 29.3076 MJ per kgce, rounded as GB/T 2589 does
@@ -69,6 +72,7 @@ class Coefficients:
 
     kgce: Mapping[str, Decimal]  # variety -> kgce per base unit
     base_units: Mapping[str, str]  # variety -> base unit of its coefficient
+    per_code: Mapping[str, Decimal] = field(default_factory=dict)  # data code -> kgce per its unit
 
     @property
     def electricity_convention(self) -> str:
@@ -94,13 +98,17 @@ class Coefficients:
             )
         return self.kgce[variety] * conv[1]
 
-    def tce(self, variety: str, unit: str, quantity: Decimal) -> Decimal:
-        """Tonnes of standard coal for `quantity` in `unit`, rounded to 0.1 kgce."""
-        kgce = quantity * self.factor(variety, unit)
+    def tce(self, variety: str, unit: str, quantity: Decimal, code: str | None = None) -> Decimal:
+        """Tonnes of standard coal for `quantity` in `unit`, rounded to 0.1 kgce. A coefficient
+        configured for the data code (measured calorific value, steam enthalpy) comes first and
+        is per the item's own unit."""
+        per = self.per_code.get(code) if code is not None else None
+        kgce = quantity * (per if per is not None else self.factor(variety, unit))
         return (kgce / 1000).quantize(TCE_PLACES, rounding=ROUND_HALF_UP)
 
 
-def coefficients(overrides: Mapping[str, float] | None = None) -> Coefficients:
+def coefficients(overrides: Mapping[str, float] | None = None,
+                 per_code: Mapping[str, Any] | None = None) -> Coefficients:
     """Defaults with the site's `Config.coefficients` applied.
 
     An override is taken per the variety's base unit when the variety is in the table (so
@@ -111,7 +119,26 @@ def coefficients(overrides: Mapping[str, float] | None = None) -> Coefficients:
     base = {v: u for v, (_, u) in DEFAULTS.items()}
     for variety, value in (overrides or {}).items():
         kgce[variety] = Decimal(repr(value))
-    return Coefficients(kgce, base)
+    codes = {code: code_coefficient(c) for code, c in (per_code or {}).items()}
+    return Coefficients(kgce, base, codes)
+
+
+def code_coefficient(c: Any) -> Decimal:
+    """kgce per unit from one `[coefficient."<code>"]` table (agent/config/schema.py)."""
+    if c.kgce is not None:
+        return Decimal(repr(c.kgce))
+    if c.enthalpy_mj_per_kg is not None:
+        return steam_coefficient(repr(c.enthalpy_mj_per_kg))
+    if c.pressure_mpa is not None:
+        return steam_coefficient(saturated_steam_enthalpy(Decimal(repr(c.pressure_mpa))))
+    if c.calorific_mj_per_m3 is not None:
+        return gas_coefficient(Decimal(repr(c.calorific_mj_per_m3)))
+    raise CoalError("coefficient: give kgce, enthalpy_mj_per_kg, pressure_mpa or calorific_mj_per_m3")
+
+
+def gas_coefficient(net_calorific_mj_per_m3: Decimal) -> Decimal:
+    """kgce per m³ of a gas from its net calorific value (1 kgce = 29.3076 MJ, GB/T 2589)."""
+    return (net_calorific_mj_per_m3 * 1000 / KJ_PER_KGCE).quantize(Decimal("0.0001"), ROUND_HALF_UP)
 
 
 def steam_coefficient(enthalpy_mj_per_kg: Decimal | float | str) -> Decimal:

@@ -32,10 +32,10 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from agent.accounting import counters, statistics
+from agent.accounting import counters, statistics, totals
 from agent.accounting.coal import coefficients
 from agent.accounting.counters import Replacement, Sample
-from agent.accounting.manual import REPLACEMENT_EVENT
+from agent.accounting.manual import REPLACEMENT_EVENT, manual_entries
 from agent.accounting.statistics import STAT_DAY, STAT_INTERVAL, Item
 from agent.config import Config
 from agent.protocol.sealer import Sealer
@@ -61,7 +61,7 @@ class Reporter:
         self.sealer = sealer  # None: compute only (export)
         self.tz = cfg.tz
         self.items = statistics.reported_items(cfg)
-        self.coefs = coefficients(cfg.coefficients)
+        self.coefs = coefficients(cfg.coefficients, cfg.coefficient)
         self.minutes = cfg.schedule.interval_minutes
         self.poll_s = cfg.schedule.poll_interval
         # More than two polls missed in a row is a gap.
@@ -200,15 +200,24 @@ class Reporter:
             (item,) = self._item_periods(it, [start, grid[-1]], seeds.get((it.meter, it.point)),
                                          now_ms, STAT_DAY, grid=grid)
             items.append(item)
+        manual = self.manual_for(day.isoformat())
+        summary = statistics.energy_summary(items, self.coefs, self.cfg.boundary, manual)
+        items += totals.computed_items(summary, items, manual, self.cfg.boundary, STAT_DAY,
+                                       statistics.rfc3339(start, self.tz), statistics.INPUT_METER)
         body: dict[str, Any] = {
             "period": day.isoformat(),
             "period_start": statistics.rfc3339(start, self.tz),
             "interval_minutes": self.minutes,
             "poll_interval_ms": int(self.poll_s * 1000),
             "items": items,
+            "manual": manual,
         }
-        body.update(statistics.energy_summary(items, self.coefs))
+        body.update(summary)
         return body
+
+    def manual_for(self, period: str) -> list[dict[str, Any]]:
+        """The manual entries for exactly this day or month that no later entry supersedes."""
+        return totals.final_entries(manual_entries(self.store, period, period))
 
     def month_body(self, month: str, now_ms: int) -> dict[str, Any]:
         """From the sealed days of the month; a day not sealed (yet) is computed."""
@@ -222,7 +231,8 @@ class Reporter:
                 days.append(sealed[day.isoformat()])
             elif since <= day < today:
                 days.append(self.day_body(day, now_ms))
-        return statistics.month_body(month, self.tz, days, self.coefs)
+        return statistics.month_body(month, self.tz, days, self.coefs, self.cfg.boundary,
+                                     self.manual_for(month))
 
     def _item_periods(self, it: Item, bounds: list[int], seed: Decimal | None, now_ms: int,
                       stat_type: int, grid: list[int] | None = None) -> list[dict[str, Any]]:

@@ -19,17 +19,15 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent.accounting.coal import CoalError, Coefficients, format_decimal
+from agent.accounting import totals
+from agent.accounting.coal import Coefficients, format_decimal
 from agent.accounting.counters import modulus_for
 from agent.config import Config
+from agent.config.schema import BoundarySection
 
 STAT_INTERVAL, STAT_DAY, STAT_MONTH = 0, 1, 2
 INPUT_METER, INPUT_MANUAL = 4, 5
 INCOMPLETE = "incomplete"  # a month with days missing
-# Data classes (CC of PP-UU-EEEE-CCTTTT-DD) that are energy or energy-consuming working media
-# and so count towards comprehensive energy consumption; 04 products, 08 indicators do not.
-ENERGY_CLASSES = frozenset({"01", "02", "03"})
-WHOLE_PLANT = "00-00-0000-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,66 +182,45 @@ def mean(values: Sequence[Decimal], decimals: int) -> Decimal | None:
     return (sum(values, Decimal(0)) / len(values)).quantize(q, rounding=ROUND_HALF_UP)
 
 
-def energy_summary(items: Sequence[dict[str, Any]], coefs: Coefficients) -> dict[str, Any]:
-    """tce per variety and the comprehensive total for a day's or month's counter items.
-
-    Each energy is counted once: when a variety has whole-plant items (data code
-    00-00-0000-…) only those count, otherwise all its items do (a site metering only its
-    sub-circuits). Only energy and working-media classes (01, 02, 03) count; an item whose
-    variety has no coefficient or whose unit cannot be converted is listed in `unconverted`.
-    """
-    by_variety: dict[str, list[dict[str, Any]]] = {}
-    unconverted: list[str] = []
-    for it in items:
-        if it["kind"] != "counter" or not it["variety"] or it["value"] == "":
-            continue
-        if it["dataCode"].split("-")[3][:2] not in ENERGY_CLASSES:
-            continue
-        by_variety.setdefault(it["variety"], []).append(it)
-    tce: dict[str, Decimal] = {}
-    for variety, its in sorted(by_variety.items()):
-        plant = [i for i in its if i["dataCode"].startswith(WHOLE_PLANT)]
-        for it in plant or its:
-            try:
-                t = coefs.tce(variety, it["unit"], Decimal(it["value"]))
-            except CoalError:
-                unconverted.append(it["dataCode"])
-                continue
-            tce[variety] = tce.get(variety, Decimal(0)) + t
-    return summary_fields(tce, coefs, unconverted)
-
-
-def summary_fields(tce: dict[str, Decimal], coefs: Coefficients,
-                   unconverted: Sequence[str] = ()) -> dict[str, Any]:
-    used = {v: format_decimal(coefs.kgce[v]) for v in tce if v in coefs.kgce}
-    return {
-        "tce": {v: format_decimal(t) for v, t in sorted(tce.items())},
-        "total_tce": format_decimal(sum(tce.values(), Decimal("0.0000"))),
-        "coefficients": used,  # kgce per base unit, as applied
+def energy_summary(items: Sequence[dict[str, Any]], coefs: Coefficients,
+                   boundary: BoundarySection | None = None,
+                   manual: Sequence[dict[str, Any]] = (), expected: Iterable[str] = ()
+                   ) -> dict[str, Any]:
+    """综合能源消费总量 of a day's or month's items and manual entries (agent/accounting/totals.py),
+    with the coefficients and the electricity convention it used."""
+    s = totals.energy_total(items, manual, coefs, boundary or BoundarySection(), expected)
+    used = {v: format_decimal(coefs.kgce[v]) for v in
+            {p["variety"] for p in s["boundary"]} if v in coefs.kgce}
+    s.update({
+        "coefficients": dict(sorted(used.items())),  # kgce per base unit, as applied
+        "code_coefficients": {c: format_decimal(k) for c, k in sorted(coefs.per_code.items())},
         "electricity_convention": coefs.electricity_convention,
         "electricity_coefficient": format_decimal(coefs.kgce["electricity"]),
-        "unconverted": sorted(set(unconverted)),
-    }
+        "unconverted": sorted({m.split(" ", 1)[0] for m in s["total_missing"]
+                               if "coefficient" in m or "measured in" in m}),
+    })
+    return s
 
 
-def month_body(month: str, tz: ZoneInfo, days: Sequence[dict[str, Any]],
-               coefs: Coefficients) -> dict[str, Any]:
-    """A month from its days' bodies: every value and tce is the exact sum of the days'.
+def month_body(month: str, tz: ZoneInfo, days: Sequence[dict[str, Any]], coefs: Coefficients,
+               boundary: BoundarySection | None = None,
+               month_manual: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """A month from its days' bodies: every item's value is the exact sum of the days'.
 
     `days` are the daily bodies available (sealed or computed); a missing day, or a day where
-    an item has no value, marks that item "incomplete".
+    an item has no value, marks that item "incomplete". The total and unit consumption are
+    computed again from the month's sums and the manual entries that cover the month: the days'
+    entries, unless an entry for the whole month replaces them for its code (an invoice).
     """
+    b = boundary or BoundarySection()
     expected = len(month_days(month))
     start = rfc3339(day_start_ms(month_days(month)[0], tz), tz)
     acc: dict[tuple[str, str, str], dict[str, Any]] = {}
     order: list[tuple[str, str, str]] = []
-    tce: dict[str, Decimal] = {}
-    unconverted: set[str] = set()
     for body in days:
-        unconverted.update(body.get("unconverted", []))
-        for v, t in body.get("tce", {}).items():
-            tce[v] = tce.get(v, Decimal(0)) + Decimal(t)
         for it in body["items"]:
+            if it.get("kind") in totals.COMPUTED_KINDS:
+                continue
             key = (it["meter"], it["point"], it["dataCode"])
             if key not in acc:
                 order.append(key)
@@ -271,7 +248,13 @@ def month_body(month: str, tz: ZoneInfo, days: Sequence[dict[str, Any]],
             "flags": sorted(flags), "days": len(values), "daysExpected": expected,
         })
         items.append(it)
+    whole = {m["dataCode"] for m in month_manual}
+    manual = [*month_manual, *(m for body in days for m in body.get("manual", [])
+                               if m["dataCode"] not in whole)]
+    declared = [*b.inputs, *b.outputs]
+    summary = energy_summary(items, coefs, b, manual, expected=declared)
+    items += totals.computed_items(summary, items, manual, b, STAT_MONTH, start, INPUT_METER)
     body = {"period": month, "period_start": start, "days": len(days),
-            "days_expected": expected, "items": items}
-    body.update(summary_fields(tce, coefs, sorted(unconverted)))
+            "days_expected": expected, "items": items, "manual": manual}
+    body.update(summary)
     return body

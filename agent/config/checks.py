@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from agent.accounting import coal
+from agent.config.boundary import check_boundary
 from agent.config.credit_code import credit_code_problem
 from agent.config.schema import DATA_CODE, Config
 from drivers.model import MeterConfig, PointConfig, Profile, ProfileInfo
@@ -85,6 +87,14 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
         if m.unit == 0:
             err(f"{key}.unit", "expected 1–247 (0 is broadcast and never answers)")
         _resolve_points(m, key, err, profiles, shared)
+        names = {p.name: p for p in m.points}
+        for p in m.points:
+            if p.freeze_of is not None and (p.freeze_of not in names
+                                            or names[p.freeze_of].kind != "counter"):
+                err(f"{key}.point.{p.name}.freeze_of",
+                    f"expected the name of a counter point of this meter, got {p.freeze_of!r}")
+    if not errors:
+        check_boundary(cfg, err, lambda v: v in coal.DEFAULTS or v in cfg.coefficients)
 
 
 def _resolve_points(
