@@ -90,7 +90,7 @@ def test_export_marks_unsealed_periods_and_reads_sealed_ones(site: Path, tmp_pat
     daily = [r for r in rows if r["type"] == "daily" and r["dataCode"] == "00-00-0000-020201-10"]
     assert len(daily) == 1 and daily[0]["status"] == "not yet sealed"
     # The total is an ordinary item of the daily report, under its own code.
-    (total,) = [r for r in rows if r["type"] == "daily" and r["dataCode"] == "00-00-0000-080001-00"]
+    (total,) = [r for r in rows if r["type"] == "daily" and r["dataCode"] == "00-00-0000-080000-00"]
     assert total["value"] == "0.0885" and total["unit"] == "tce"
     assert daily[0]["value"] == "720.00" and daily[0]["completeness"] == "1.0000"
     assert len([r for r in rows if r["type"] == "interval"]) == 96

@@ -15,9 +15,9 @@ electricity coefficient reports under the equal-value convention, and every repo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from agent.accounting.steam import saturated_steam_enthalpy
 
@@ -80,30 +80,34 @@ class Coefficients:
         e = self.kgce.get("electricity", ELECTRICITY_EQUIVALENT)
         return "equivalent" if e == ELECTRICITY_EQUIVALENT else "equal"
 
-    def factor(self, variety: str, unit: str) -> Decimal:
-        """kgce per `unit` of `variety` (the coefficient adjusted for the unit's scale)."""
-        if variety not in self.kgce:
+    def factor(self, variety: str, unit: str, code: str | None = None) -> Decimal:
+        """kgce per `unit` of `variety` (the coefficient adjusted for the unit's scale). A
+        coefficient configured for the data code comes first; it is per the variety's base
+        unit (kg of steam, m³ of gas), or per the item's own unit for a variety of the site's
+        own naming."""
+        per = self.per_code.get(code) if code is not None else None
+        if per is None and variety not in self.kgce:
             raise CoalError(
                 f"energy variety {variety!r} has no standard-coal coefficient: add "
                 f"coefficients.{variety} = <kgce per unit> to the config"
             )
+        k = per if per is not None else self.kgce[variety]
         base = self.base_units.get(variety)
         if base is None or unit == base:
-            return self.kgce[variety]  # a site coefficient is taken as per the point's own unit
+            return k  # a site coefficient is taken as per the point's own unit
         conv = UNITS.get(unit)
         if conv is None or conv[0] != base:
             raise CoalError(
                 f"energy variety {variety!r} is measured in {unit!r}, but its coefficient is per "
                 f"{base}: use a unit convertible to {base} or set coefficients.{variety} per {unit}"
             )
-        return self.kgce[variety] * conv[1]
+        return k * conv[1]
 
     def tce(self, variety: str, unit: str, quantity: Decimal, code: str | None = None) -> Decimal:
         """Tonnes of standard coal for `quantity` in `unit`, rounded to 0.1 kgce. A coefficient
         configured for the data code (measured calorific value, steam enthalpy) comes first and
         is per the item's own unit."""
-        per = self.per_code.get(code) if code is not None else None
-        kgce = quantity * (per if per is not None else self.factor(variety, unit))
+        kgce = quantity * self.factor(variety, unit, code)
         return (kgce / 1000).quantize(TCE_PLACES, rounding=ROUND_HALF_UP)
 
 

@@ -11,6 +11,7 @@ this range, so the error is under 1 kJ/kg (0.04 %). Superheated steam: configure
 
 from __future__ import annotations
 
+import itertools
 from decimal import ROUND_HALF_UP, Decimal
 
 # absolute pressure MPa -> h'' kJ/kg
@@ -32,7 +33,7 @@ def saturated_steam_enthalpy(pressure_mpa: Decimal) -> Decimal:
     if not lo <= pressure_mpa <= hi:
         raise SteamError(f"saturated steam table covers {lo}–{hi} MPa (absolute), got "
                          f"{pressure_mpa}: configure enthalpy_mj_per_kg instead")
-    for (p0, h0), (p1, h1) in zip(SATURATED, SATURATED[1:], strict=False):
+    for (p0, h0), (p1, h1) in itertools.pairwise(SATURATED):
         if p0 <= pressure_mpa <= p1:
             h = h0 + (h1 - h0) * (pressure_mpa - p0) / (p1 - p0)
             return (h / 1000).quantize(Decimal("0.0001"), ROUND_HALF_UP)

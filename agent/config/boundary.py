@@ -57,6 +57,12 @@ def check_boundary(cfg: Config, err: Callable[[str, str], None],
     for k in b.products:
         if not DATA_CODE.match(k) or split_code(k).class_ != PRODUCT_CLASS:
             err(f"boundary.products.{k}", "expected a product output code (data class 04)")
+    products = {p.code for m in cfg.meter for p in m.points
+                if p.code and DATA_CODE.match(p.code) and split_code(p.code).class_ == PRODUCT_CLASS}
+    for code in sorted(products | set(b.products)):
+        if DATA_CODE.match(code) and unit_consumption_code(code, b) == b.total_code:
+            err(f"boundary.products.{code}", f"its unit consumption would use {b.total_code}, "
+                "the total's code: give it another code here")
 
     known = varieties()
     counted: dict[str, str] = {}
@@ -106,6 +112,9 @@ def check_boundary(cfg: Config, err: Callable[[str, str], None],
             err(key, f"expected a data code PP-UU-EEEE-CCTTTT-DD, got {code!r}")
         given = [n for n in ("kgce", "enthalpy_mj_per_kg", "pressure_mpa", "calorific_mj_per_m3")
                  if getattr(c, n) is not None]
+        if c.pressure_mpa is not None and not 0.1 <= c.pressure_mpa <= 4.0:
+            err(f"{key}.pressure_mpa", "the saturated-steam table covers 0.1–4.0 MPa absolute: "
+                "give enthalpy_mj_per_kg for other steam")
         if len(given) != 1:
             err(key, "give exactly one of kgce, enthalpy_mj_per_kg, pressure_mpa, "
                 f"calorific_mj_per_m3 (got {', '.join(given) or 'none'})")

@@ -87,7 +87,7 @@ class BoundarySection(Base, kw_only=True):
     outputs: list[str] = []  # sold or transferred out: subtracted
     sub_meters: list[str] = []  # inside the boundary: kept and uploaded, never summed
     # The item 综合能源消费总量 (tce) is uploaded under; class 08 = energy-efficiency indicators.
-    total_code: str = "00-00-0000-080001-00"
+    total_code: str = "00-00-0000-080000-00"
     # product output code (class 04) -> code of its unit consumption (kgce per unit of product);
     # a product not listed gets its own code with class 04 replaced by 08.
     products: dict[str, str] = {}
@@ -96,7 +96,7 @@ class BoundarySection(Base, kw_only=True):
 class CodeCoefficient(Base, kw_only=True):
     """One data code's standard-coal coefficient: exactly one way of giving it."""
 
-    kgce: Annotated[float, Meta(gt=0)] | None = None  # kgce per unit of the item
+    kgce: Annotated[float, Meta(gt=0)] | None = None  # kgce per base unit (kWh, kg, m3, MJ)
     enthalpy_mj_per_kg: Annotated[float, Meta(gt=0, lt=5)] | None = None  # steam
     pressure_mpa: Annotated[float, Meta(gt=0, le=22)] | None = None  # saturated steam, absolute
     calorific_mj_per_m3: Annotated[float, Meta(gt=0, lt=100)] | None = None  # gas, net (低位)
