@@ -147,13 +147,10 @@ def test_product_output_gives_unit_consumption(rig):
                             entered_ms=ms("2026-11-22T08:00"), day="2026-11-21")
     seal_manual(store, sealer, b, period)
     body = Reporter(cfg, store, sealer).day_body(date(2026, 11, 21), ms("2026-12-01T09:00"))
-    unit = _item(body, "00-00-0000-080000-00" if False else "00-00-0000-080000-00")
-    assert unit["kind"] == "total"
-    per = _item(body, "00-00-0000-080000-00".replace("080001", "080001"))
-    assert per is not None
+    assert _item(body, "00-00-0000-080000-00")["kind"] == "total"
     # 8 603.0 kgce / 250 t = 34.4120 kgce/t, under the product's code with class 08.
-    (uc,) = [i for i in body["items"] if i["kind"] == "unit_consumption"]
-    assert uc["dataCode"] == "00-00-0000-080000-00" or uc["product"] == "00-00-0000-040001-00"
+    uc = _item(body, "00-00-0000-080001-00")
+    assert uc["kind"] == "unit_consumption" and uc["product"] == "00-00-0000-040001-00"
     assert uc["value"] == "34.4120" and uc["unit"] == "kgce/t" and uc["output"] == "250"
 
 
