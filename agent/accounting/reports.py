@@ -179,8 +179,10 @@ class Reporter:
         labels = [statistics.interval_label(s, self.tz) for s in bounds[:-1]]
         prev = statistics.interval_label(start_ms - step, self.tz)
         seeds = self._seeds("interval", prev)
+        rates = self._rates(statistics.local_day(start_ms, self.tz))
         per_item = {it: self._item_periods(it, bounds, seeds.get((it.meter, it.point)), now_ms,
-                                           STAT_INTERVAL) for it in self.items}
+                                           STAT_INTERVAL, rates=rates.get(it))
+                    for it in self.items}
         bodies = {}
         for k, label in enumerate(labels):
             bodies[label] = {
@@ -195,10 +197,11 @@ class Reporter:
         start = statistics.day_start_ms(day, self.tz)
         grid = statistics.interval_bounds(day, self.tz, self.minutes)
         seeds = self._seeds("daily", (day - timedelta(days=1)).isoformat())
+        rates = self._rates(day)
         items = []
         for it in self.items:
             (item,) = self._item_periods(it, [start, grid[-1]], seeds.get((it.meter, it.point)),
-                                         now_ms, STAT_DAY, grid=grid)
+                                         now_ms, STAT_DAY, grid=grid, rates=rates.get(it))
             items.append(item)
         manual = self.manual_for(day.isoformat())
         summary = statistics.energy_summary(items, self.coefs, self.cfg.boundary, manual)
@@ -235,7 +238,8 @@ class Reporter:
                                      self.manual_for(month))
 
     def _item_periods(self, it: Item, bounds: list[int], seed: Decimal | None, now_ms: int,
-                      stat_type: int, grid: list[int] | None = None) -> list[dict[str, Any]]:
+                      stat_type: int, grid: list[int] | None = None,
+                      rates: counters.Rates | None = None) -> list[dict[str, Any]]:
         lo = bounds[0] - (0 if seed is not None else LOOKBACK_MS)
         hi = min(bounds[-1] + CONTEXT_MS, now_ms + 1)
         good = [r for r in self.store.readings.readings_for(it.meter, it.point, lo, hi) if _good(r)]
@@ -247,7 +251,8 @@ class Reporter:
                        if r.value is not None]
             pvs = counters.close_periods(
                 bounds, samples, decimals=it.decimals, modulus=it.modulus, seed=seed,
-                replacements=self.replacements(it), gap_ms=self.gap_ms)
+                replacements=self.replacements(it), gap_ms=self.gap_ms,
+                rates=rates or counters.Rates(maximum=it.max_rate))
             for pv in pvs:
                 flags = set(pv.flags)
                 if any(pv.start <= t < pv.end for t in clock):
@@ -299,6 +304,24 @@ class Reporter:
         for it in _body(rows[0].payload)["items"]:
             if it.get("endValue"):
                 out[(it["meter"], it["point"])] = Decimal(it["endValue"])
+        return out
+
+    def _rates(self, day: date) -> dict[Item, counters.Rates]:
+        """Each counter's expected rate from its last sealed day in the week before `day` (its
+        own history), with its configured maximum: what a long outage may have hidden."""
+        rows = self.store.outbox.envelopes("daily", (day - timedelta(days=7)).isoformat(),
+                                           (day - timedelta(days=1)).isoformat())
+        values: dict[tuple[str, str], Decimal] = {}
+        for r in rows:  # oldest first: the newest day wins
+            for i in _body(r.payload)["items"]:
+                if i.get("kind") == "counter" and i["value"] not in ("", None) and \
+                        counters.NO_DATA not in i["flags"]:
+                    values[(i["meter"], i["point"])] = Decimal(i["value"])
+        out = {}
+        for it in self.items:
+            v = values.get((it.meter, it.point))
+            expected = v / 86_400_000 if v is not None and v > 0 else None
+            out[it] = counters.Rates(expected, it.max_rate)
         return out
 
     def _last_good(self, it: Item, now_ms: int) -> int | None:

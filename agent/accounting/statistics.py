@@ -23,6 +23,7 @@ from agent.accounting import totals
 from agent.accounting.coal import Coefficients, format_decimal
 from agent.accounting.counters import modulus_for
 from agent.config import Config
+from agent.config.codes import variety_of
 from agent.config.schema import BoundarySection
 
 STAT_INTERVAL, STAT_DAY, STAT_MONTH = 0, 1, 2
@@ -42,18 +43,24 @@ class Item:
     kind: str  # counter | instantaneous
     decimals: int
     modulus: Decimal | None
+    max_rate: Decimal | None = None  # plausible maximum, units per ms (PointConfig.max_rate)
+    freeze: str | None = None  # the meter's point holding this counter's daily freeze
 
 
 def reported_items(cfg: Config) -> list[Item]:
     """Every point with a data code, in config order."""
     out = []
     for m in cfg.meter:
+        freezes = {p.freeze_of: p.name for p in m.points if p.freeze_of}
         for p in m.points:
             if p.code is None:
                 continue
             d = p.value_decimals
             mod = modulus_for(p.type, p.scale, p.modulus, d) if p.kind == "counter" else None
-            out.append(Item(m.name, p.name, p.code, p.variety or "", p.unit, p.kind, d, mod))
+            rate = Decimal(repr(p.max_rate)) / 3_600_000 if p.max_rate else None
+            variety = p.variety or variety_of(p.code) or ""
+            out.append(Item(m.name, p.name, p.code, variety, p.unit, p.kind, d, mod, rate,
+                            freezes.get(p.name)))
     return out
 
 
