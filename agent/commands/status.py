@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
     from agent.accounting.reports import completeness
     from agent.accounting.statistics import local_day
+    from buffer.retention import storage_alarm
 
     statuses = {s.meter: s for s in store.state.meter_statuses()}
     today = completeness(store, cfg, local_day(now_ms, cfg.tz), now_ms)
@@ -83,8 +84,13 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
         if counters.get(name):
             hint = " — `energy-agent resend` lists them" if name == "rejected_envelopes" else ""
             warnings.append(f"{name.replace('_', ' ')}: {counters[name]}{hint}")
+    alarm = storage_alarm(store)
+    if alarm is not None:
+        warnings.append(f"storage alarm: {alarm['used_bytes']} bytes used, budget "
+                        f"{alarm['budget_bytes']} — {alarm['reason']}")
     return {
         "now_ms": now_ms, "store": str(cfg.db_path), "store_bytes": store.size_bytes(),
+        "storage_alarm": alarm,
         "meters": meters,
         "backlog": {"pending": pending, "oldest_ms": oldest},
         "last_delivered": {"seq": last_seq, "at_ms": last_at},

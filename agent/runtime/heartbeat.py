@@ -14,6 +14,7 @@ from agent.protocol.canonical import canonical
 from agent.protocol.envelope import will_topic
 from agent.protocol.signing import Signer
 from buffer.names import MQTT
+from buffer.retention import storage_alarm
 from buffer.store import Store
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ class Heartbeat:
             "counters": {k: int(v) for k, v in sorted(self.store.state.counters().items())},
             "overruns": dict(sorted(self.overruns.items())),
         }
+        alarm = storage_alarm(self.store)
+        if alarm is not None:
+            body["storage_alarm"] = alarm  # the budget cannot hold 6 months of reports
         return body
 
     def _uplink(self) -> dict[str, Any]:
