@@ -36,6 +36,7 @@ from agent.accounting import counters, statistics, totals
 from agent.accounting.coal import coefficients
 from agent.accounting.counters import Replacement, Sample
 from agent.accounting.manual import REPLACEMENT_EVENT, manual_entries
+from agent.accounting.restate import restate_due
 from agent.accounting.statistics import STAT_DAY, STAT_INTERVAL, Item
 from agent.config import Config
 from agent.protocol.sealer import Sealer
@@ -81,6 +82,7 @@ class Reporter:
         day_seqs, open_day = self._seal_days(now_ms, since, last_good)
         seqs += day_seqs
         seqs += self._seal_months(now_ms, since)
+        seqs += restate_due(self, now_ms)
         self._hold_readings(min(open_interval, open_day) - LOOKBACK_MS)
         return seqs
 
@@ -301,7 +303,7 @@ class Reporter:
         if not rows:
             return {}
         out = {}
-        for it in _body(rows[0].payload)["items"]:
+        for it in _body(rows[-1].payload)["items"]:  # the newest: a restatement is final
             if it.get("endValue"):
                 out[(it["meter"], it["point"])] = Decimal(it["endValue"])
         return out
