@@ -59,7 +59,7 @@ def test_late_manual_entry_restates_day_and_month_and_reaches_the_platform(rig):
     rep = Reporter(cfg, store, sealer)
     rep.seal_due(ms(NOW))
     day_id, day_seq, day = _newest(store, "daily", "2026-11-30")
-    month_id, _, month = _newest(store, "monthly", "2026-11")
+    month_id, _, _ = _newest(store, "monthly", "2026-11")
     assert day["total_tce"] == "0.0885" and "supersedes" not in day
 
     # The weighbridge slip for the 30th comes in the next morning: 10 t of raw coal.
@@ -111,16 +111,18 @@ def test_late_manual_entry_restates_day_and_month_and_reaches_the_platform(rig):
 
 def test_late_replacement_restates_the_day_and_the_next(rig):
     cfg, store, sealer, _, tmp = rig
-    # The meter is swapped at 12:00 on the 29th (old 5 360.00, new from 0): the day is sealed
-    # as "backwards" before anyone records it.
+    # The meter is swapped at 12:00 on the 29th (old 5 360.00, the new one from 100.00): the
+    # day and the next are sealed "backwards" before anyone records it.
     _reads(store, "2026-11-29T00:00", "2026-11-29T12:00", 5000.0, 0.5)
-    _reads(store, "2026-11-29T12:00", "2026-12-01T00:30", 0.0, 0.5)
+    _reads(store, "2026-11-29T12:00", "2026-12-01T00:30", 100.0, 0.5)
     rep = Reporter(cfg, store, sealer)
     rep.seal_due(ms(NOW))
     old_id, _, old = _newest(store, "daily", "2026-11-29")
     (it,) = [i for i in old["items"] if i["kind"] == "counter"]
     assert "backwards" in it["flags"] and it["value"] != "720.00"
-    data = replacement_event(cfg, "main", "kwh", "5360.00", "0", ms("2026-11-29T12:00"))
+    _, _, old30 = _newest(store, "daily", "2026-11-30")
+    assert [i["value"] for i in old30["items"] if i["kind"] == "counter"] == ["0"]
+    data = replacement_event(cfg, "main", "kwh", "5360.00", "100", ms("2026-11-29T12:00"))
     record_replacement(store, data)
     assert rep.seal_due(ms(NOW) + MIN)
     nid, _, new = _newest(store, "daily", "2026-11-29")
