@@ -35,6 +35,7 @@ from typing import Any
 from agent.accounting import counters, statistics, totals
 from agent.accounting.coal import coefficients
 from agent.accounting.counters import Replacement, Sample
+from agent.accounting.freeze import freeze_sample
 from agent.accounting.manual import REPLACEMENT_EVENT, manual_entries
 from agent.accounting.restate import restate_due
 from agent.accounting.statistics import STAT_DAY, STAT_INTERVAL, Item
@@ -251,6 +252,12 @@ class Reporter:
         if it.kind == "counter":
             samples = [Sample(r.ts, counters.to_decimal(r.value, it.decimals)) for r in good
                        if r.value is not None]
+            frozen = None
+            if stat_type == STAT_DAY and it.freeze is not None:
+                reads = self.store.readings.readings_for(it.meter, it.freeze, bounds[-1], hi)
+                frozen = freeze_sample(reads, samples, bounds[-1], it.decimals, it.modulus)
+                if frozen is not None:
+                    samples = sorted([*samples, frozen], key=lambda x: x.ts)
             pvs = counters.close_periods(
                 bounds, samples, decimals=it.decimals, modulus=it.modulus, seed=seed,
                 replacements=self.replacements(it), gap_ms=self.gap_ms,
@@ -259,9 +266,15 @@ class Reporter:
                 flags = set(pv.flags)
                 if any(pv.start <= t < pv.end for t in clock):
                     flags.add(counters.CLOCK)
+                extra = {}
+                if it.freeze is not None and stat_type == STAT_DAY:
+                    # Says how the day closed: the meter's freeze register, or interpolation.
+                    extra["closedBy"] = "freeze" if frozen is not None else "interpolation"
+                    if frozen is not None:
+                        flags.add(counters.FREEZE)
                 out.append(self._item(it, stat_type, pv.start, pv.end, pv.consumption, flags,
                                       good, grid, startValue=pv.start_value,
-                                      endValue=pv.end_value))
+                                      endValue=pv.end_value, **extra))
         else:
             for s, e in itertools.pairwise(bounds):
                 vals = [counters.to_decimal(r.value, it.decimals) for r in good
