@@ -2,9 +2,10 @@
 
 Pure functions over already-fetched data; agent/accounting/reports.py does the store reading and sealing.
 Values travel as decimal strings and are summed as Decimal, so a month is exactly the sum of its
-days (DOMAIN.md §4: daily and monthly figures must agree within 5 % — here they agree exactly).
+days (the platform's data-quality rules ask daily and monthly figures to agree within 5 %; here a
+month's items are the exact sums of its days').
 
-Every period is labelled with its local start (DOMAIN.md §2): interval "2026-11-21T10:15",
+Every period is labelled with its local start (the platform's rule): interval "2026-11-21T10:15",
 day "2026-11-21", month "2026-11"; items carry the same start as RFC 3339 with offset.
 """
 

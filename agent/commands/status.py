@@ -15,7 +15,7 @@ from typing import Any
 from agent.commands._common import add_config_argument, load_or_exit
 from buffer.names import MQTT
 
-COMPLETENESS_MIN = 0.90  # the regulator's threshold (DOMAIN.md §4)
+COMPLETENESS_MIN = 0.90  # the platform's data-completeness threshold (≥ 90 %)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
