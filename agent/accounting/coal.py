@@ -1,9 +1,11 @@
 """Standard-coal conversion (GB/T 2589): kgce per unit of each energy variety.
 
 The defaults are the reference values of GB/T 2589 (综合能耗计算通则, appendix tables; the
-working-media values as its 2008 edition lists them), tabulated with sources in docs/accounting.md. Provinces publish their own coefficient
-per energy code and a measured calorific value beats any table, so `Config.coefficients`
-(variety → kgce per unit) overrides them site by site. Everything here is Decimal so a report's
+working-media values as its 2008 edition lists them), tabulated with sources in
+docs/accounting.md. Provinces publish their own coefficient per energy code and a measured
+calorific value beats any table, so `Config.coefficients` (variety → kgce per unit) and
+`Config.coefficient` (data code → kgce, steam enthalpy or pressure, gas calorific value)
+override them site by site. Everything here is Decimal so a report's
 tonnes of standard coal equivalent (tce) are reproducible to the last digit from the figures in
 the envelope.
 

@@ -1,8 +1,8 @@
 """The shipped dictionaries of data-code fields: energy varieties (TTTT) and usages (DD).
 
 A data code is PP-UU-EEEE-CCTTTT-DD. Which variety a TTTT names and which boundary role a DD
-gives are data, not code: config/codes/varieties.toml and usages.toml (shipped in the wheel as
-agent/config/codes), each entry with its Chinese name and whether a public source confirmed it.
+gives are data, not code: config/codes/varieties.toml and usages.toml (shipped in the wheel in
+agent/config/dictionaries), each entry with its Chinese name and whether a public source confirmed it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def split_code(code: str) -> CodeFields:
 
 def codes_dirs() -> list[Path]:
     here = Path(__file__).resolve().parent
-    return [here / "codes", here.parents[1] / "config" / "codes"]
+    return [here / "dictionaries", here.parents[1] / "config" / "codes"]
 
 
 def _read(name: str) -> dict:
