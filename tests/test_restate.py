@@ -129,6 +129,12 @@ def test_late_replacement_restates_the_day_and_the_next(rig):
     (it,) = [i for i in new["items"] if i["kind"] == "counter"]
     assert new["supersedes"] == old_id and "replaced" in new["restated"]
     assert it["value"] == "720.00" and "replaced" in it["flags"]
+    # The sealed intervals follow: 12:00 on the 29th counts both meters, and the 30th's first
+    # quarter hour, sealed as 0 (backwards from the held old value), is 7.50 kWh.
+    for label, want in (("2026-11-29T12:00", "7.50"), ("2026-11-30T00:00", "7.50")):
+        _, _, iv = _newest(store, "interval", label)
+        (i,) = [i for i in iv["items"] if i["kind"] == "counter"]
+        assert iv.get("supersedes") and i["value"] == want, (label, i)
     # The 30th opened from the held old value: it follows with 720.00 too.
     _, _, nxt = _newest(store, "daily", "2026-11-30")
     (it30,) = [i for i in nxt["items"] if i["kind"] == "counter"]

@@ -46,13 +46,15 @@ def _figures(body: dict[str, Any]) -> Any:
     return items, manual, body.get("total_tce"), body.get("total_status")
 
 
-def restate_period(rep: Reporter, type_: str, period: str, reason: str, now_ms: int) -> list[int]:
+def restate_period(rep: Reporter, type_: str, period: str, reason: str, now_ms: int,
+                   intervals: bool = False) -> list[int]:
     """Restate one sealed day ("daily", "YYYY-MM-DD") or month ("monthly", "YYYY-MM"), the days
-    that follow a day, and the months they are in. Returns the new envelopes' seqs ([] when
-    every figure is unchanged)."""
+    that follow a day, and the months they are in; with `intervals` (a counter changed, not
+    only a manual entry) also the sealed intervals of those days. Returns the new envelopes'
+    seqs ([] when every figure is unchanged)."""
     if type_ == "daily":
         day = date.fromisoformat(period)
-        seqs = _restate_days(rep, day, reason, now_ms)
+        seqs = _restate_days(rep, day, reason, now_ms, intervals)
         months = {statistics.month_of(day)}
         if seqs:
             months |= {statistics.month_of(d) for d in _sealed_days_from(rep, day)}
@@ -70,7 +72,8 @@ def _sealed_days_from(rep: Reporter, day: date) -> list[date]:
     return sorted(date.fromisoformat(p) for p in rows)
 
 
-def _restate_days(rep: Reporter, day: date, reason: str, now_ms: int) -> list[int]:
+def _restate_days(rep: Reporter, day: date, reason: str, now_ms: int,
+                  intervals: bool) -> list[int]:
     """The day, then each following sealed day while its figures change."""
     seqs: list[int] = []
     sealed = set(_sealed_days_from(rep, day))
@@ -78,6 +81,8 @@ def _restate_days(rep: Reporter, day: date, reason: str, now_ms: int) -> list[in
         raise RestateError(f"day {day} is not sealed: it will be sealed with the change")
     d, why = day, reason
     while d in sealed:
+        if intervals:
+            seqs += _restate_intervals(rep, d, why, now_ms)
         new = _restate_one(rep, "daily", d.isoformat(), rep.day_body(d, now_ms), why)
         if not new:
             break
@@ -100,6 +105,20 @@ def _restate_one(rep: Reporter, type_: str, period: str, body: dict[str, Any],
     log.info("restated %s report %s (seq %d supersedes %s): %s", type_, period, seq, old.id,
              reason[:200])
     return [seq]
+
+
+def _restate_intervals(rep: Reporter, day: date, reason: str, now_ms: int) -> list[int]:
+    """The sealed intervals of `day` whose figures change, computed in one pass (each opens
+    with the one before it), from the interval before the day's."""
+    grid = statistics.interval_bounds(day, rep.tz, rep.minutes)
+    labels = [statistics.interval_label(s, rep.tz) for s in grid[:-1]]
+    if not rep.store.outbox.sealed_periods("interval", labels[0], labels[-1]):
+        return []
+    bodies = rep.interval_bodies(grid[0], grid[-1], now_ms)
+    seqs: list[int] = []
+    for label in labels:
+        seqs += _restate_one(rep, "interval", label, bodies[label], reason)
+    return seqs
 
 
 def restate_due(rep: Reporter, now_ms: int) -> list[int]:
@@ -133,7 +152,8 @@ def restate_due(rep: Reporter, now_ms: int) -> list[int]:
             if store.outbox.sealed_periods("daily", day.isoformat(), day.isoformat()):
                 why = (f"meter {data.get('meter')}.{data.get('point')} replaced at "
                        f"{statistics.rfc3339(at_ms, rep.tz)}, recorded late")
-                seqs += restate_period(rep, "daily", day.isoformat(), why, now_ms)
+                seqs += restate_period(rep, "daily", day.isoformat(), why, now_ms,
+                                       intervals=True)
     if cursor != top:
         store.state.set_cursor(REPLACEMENT_CURSOR, top)
     return seqs
