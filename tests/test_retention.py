@@ -305,3 +305,19 @@ def test_budget_never_deletes_delivered_reports_younger_than_the_history_window(
     assert outbox_seqs(store) == sorted(s for v in young.values() for s in v)
     assert report.history_envelopes == len(old) and report.budget_envelopes == len(raw)
     assert report.over_budget and storage_alarm(store) is not None
+
+
+def test_status_shows_the_storage_alarm(store: Store, tmp_path: Path) -> None:
+    from agent.commands.status import collect
+    from agent.config import load_config
+    from tests.test_reports import CONFIG
+
+    (tmp_path / "agent.toml").write_text(CONFIG.format(dir=tmp_path))
+    cfg = load_config(tmp_path / "agent.toml")
+    add_envelopes(store, 5, NOW - DAY, type_="daily")
+    assert not any("storage alarm" in w for w in collect(cfg, store, NOW)["warnings"])
+    prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)
+    report = collect(cfg, store, NOW)
+    assert report["storage_alarm"]["budget_bytes"] == 1
+    assert any(w.startswith("storage alarm:") and "raise storage.budget_mb" in w
+               for w in report["warnings"])
