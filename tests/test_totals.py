@@ -23,25 +23,10 @@ from agent.protocol.sealer import Sealer
 from agent.protocol.signing import generate_key, load_signer
 from buffer.store import Store
 from drivers.base import Quality, Reading
-from tests.test_reports import TZ, ms
+from tests.test_reports import CONFIG, TZ, ms
 
-HEAD = """
-[agent]
-gateway = "gw-01"
-enterprise = "91370600780790663W"
-data_dir = "{dir}"
-
-[platform]
-host = "127.0.0.1"
-
-[signing]
-key_file = "{dir}/key.pem"
-
-[[bus]]
-name = "tcp1"
-kind = "modbus-tcp"
-host = "127.0.0.1"
-"""
+# The site of tests/test_reports.py without its meter.
+HEAD = CONFIG.split("[[meter]]")[0]
 
 METER = """
 [[meter]]
