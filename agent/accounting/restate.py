@@ -127,13 +127,12 @@ def restate_due(rep: Reporter, now_ms: int) -> list[int]:
     (cursors); the first run only sets the cursors."""
     store = rep.store
     seqs: list[int] = []
-    manual = store.outbox.envelopes("manual")
-    top = max((r.seq for r in manual), default=0)
     cursor = store.state.cursor(MANUAL_CURSOR, default=-1)
+    # Only the entries sealed since the last look: this runs every minute.
+    manual = store.outbox.envelopes("manual", after_seq=max(cursor, 0))
+    top = max((r.seq for r in manual), default=max(cursor, 0))
     if cursor >= 0:
         for r in manual:
-            if r.seq <= cursor:
-                continue
             kind = "monthly" if len(r.period) == 7 else "daily"
             sealed = store.outbox.envelopes(kind, r.period, r.period)
             if sealed and sealed[-1].seq < r.seq:
