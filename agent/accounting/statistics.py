@@ -204,8 +204,6 @@ def energy_summary(items: Sequence[dict[str, Any]], coefs: Coefficients,
         "code_coefficients": {c: format_decimal(k) for c, k in sorted(coefs.per_code.items())},
         "electricity_convention": coefs.electricity_convention,
         "electricity_coefficient": format_decimal(coefs.kgce["electricity"]),
-        "unconverted": sorted({m.split(" ", 1)[0] for m in s["total_missing"]
-                               if "coefficient" in m or "measured in" in m}),
     })
     return s
 

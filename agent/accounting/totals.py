@@ -57,6 +57,7 @@ def energy_total(items: Iterable[dict[str, Any]], manual: Iterable[dict[str, Any
     entry in the period (a month's declared inputs and outputs entered by hand)."""
     parts: list[Part] = []
     missing: list[str] = []
+    unconverted: list[str] = []
     tce_by_variety: dict[str, Decimal] = {}
     total = Decimal("0.0000")
     sources = [(it, f"{it.get('meter', '')}.{it.get('point', '')}") for it in items
@@ -79,6 +80,7 @@ def energy_total(items: Iterable[dict[str, Any]], manual: Iterable[dict[str, Any
         try:
             t = coefs.tce(variety, it["unit"], Decimal(it["value"]), code=code)
         except CoalError as e:
+            unconverted.append(code)
             if role in ("input", "output"):
                 missing.append(f"{code} ({role}, {source}): {e}")
             continue
@@ -97,6 +99,7 @@ def energy_total(items: Iterable[dict[str, Any]], manual: Iterable[dict[str, Any
         "total_tce": format_decimal(total),
         "total_status": INCOMPLETE if missing else "complete",
         "total_missing": missing,
+        "unconverted": sorted(set(unconverted)),
         "boundary": [{"dataCode": p.code, "role": p.role, "variety": p.variety,
                       "value": p.quantity, "unit": p.unit, "tce": p.tce, "source": p.source}
                      for p in parts],
