@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -59,7 +60,7 @@ def test_late_manual_entry_restates_day_and_month_and_reaches_the_platform(rig):
     rep = Reporter(cfg, store, sealer)
     rep.seal_due(ms(NOW))
     day_id, day_seq, day = _newest(store, "daily", "2026-11-30")
-    month_id, _, _ = _newest(store, "monthly", "2026-11")
+    month_id, _, month = _newest(store, "monthly", "2026-11")
     assert day["total_tce"] == "0.0885" and "supersedes" not in day
 
     # The weighbridge slip for the 30th comes in the next morning: 10 t of raw coal.
@@ -99,6 +100,7 @@ def test_late_manual_entry_restates_day_and_month_and_reaches_the_platform(rig):
             with sim._lock:
                 got = sim.db.execute("SELECT id, type, wire FROM envelope WHERE type IN "
                                      "('daily', 'monthly') ORDER BY seq").fetchall()
+            final_days, final_months = sim.final_reports("daily"), sim.final_reports("monthly")
         finally:
             pub.loop_stop()
             pub.disconnect()
@@ -107,6 +109,10 @@ def test_late_manual_entry_restates_day_and_month_and_reaches_the_platform(rig):
     bodies = {i: json.loads(w)["body"] for i, _, w in got}
     assert bodies[rid]["supersedes"] == day_id and day_id in bodies
     assert bodies[mid]["supersedes"] == month_id and month_id in bodies
+    # What the platform keeps as final: the restated day and the month that followed it.
+    assert final_days["2026-11-30"]["total_tce"] == "7.2315"
+    assert final_months["2026-11"]["supersedes"] == month_id
+    assert Decimal(final_months["2026-11"]["total_tce"]) == Decimal(month["total_tce"]) + Decimal("7.1430")
 
 
 def test_late_replacement_restates_the_day_and_the_next(rig):
