@@ -127,7 +127,7 @@ def test_export_today_so_far(site: Path, tmp_path: Path):
     out = tmp_path / "today.csv"
     assert main(["export", "-c", str(site), "--day", today, "-o", str(out)]) == 0
     rows_out = list(csv.DictReader(out.open()))
-    daily = [r for r in rows_out if r["type"] == "daily"]
+    daily = [r for r in rows_out if r["type"] == "daily" and r["meter"] == "main"]
     assert len(daily) == 1 and daily[0]["status"] == "not yet sealed"
     intervals = [r for r in rows_out if r["type"] == "interval"]
     # Only the intervals begun by now, the last one still running.

@@ -282,7 +282,7 @@ def test_first_start_at_14_00_leaves_the_morning_without_values_not_zero(rig, tm
         assert item["startValue"] == "" and item["endValue"] == ""
     (first,) = intervals["2026-11-21T14:00"]["items"]
     assert first["value"] == "15.00"  # 14:00:00.150 → 14:15: the first interval with reads
-    (day,) = _bodies(store, "daily")["2026-11-21"]["items"]
+    (day,) = _counters(_bodies(store, "daily")["2026-11-21"])
     assert Decimal(day["value"]) == Decimal("600.00")  # 14:00 → 24:00, nothing invented before
     # export writes the same: an empty value, never "0".
     from agent.cli import main
