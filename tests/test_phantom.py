@@ -92,12 +92,17 @@ def test_one_near_zero_read_moves_a_day_by_no_more_than_the_rate_allows(h):
     # can do in them (here it loses nothing: the read is dropped).
     assert abs(once.consumption - clean) <= rate.maximum * 2 * MIN
     assert once.consumption == clean
-    # Cut anywhere and chained from the closing values, the day adds up the same.
-    seed, total = None, D(0)
-    for s, e in itertools.pairwise(cuts):
-        (pv,) = close_periods([s, e], bad, decimals=2, seed=seed, rates=rate)
-        total, seed = total + pv.consumption, pv.end_value
-    assert total == clean
+    # Cut anywhere and chained from the closing values, the day adds up as without the low
+    # read. (Against the one pass it may differ by the rounding of a seed between two reads,
+    # low read or not.)
+    def chained(samples: list[Sample]) -> D:
+        seed, total = None, D(0)
+        for s, e in itertools.pairwise(cuts):
+            (pv,) = close_periods([s, e], samples, decimals=2, seed=seed, rates=rate)
+            total, seed = total + pv.consumption, pv.end_value
+        return total
+
+    assert chained(bad) == chained(good)
 
 
 @settings(max_examples=300, deadline=None)

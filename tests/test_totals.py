@@ -168,17 +168,17 @@ def test_check_config_flags_contradictions(tmp_path: Path):
 def test_per_code_coefficients_steam_by_pressure_and_gas_by_calorific_value():
     from agent.config.schema import CodeCoefficient
     c = coefficients(per_code={
-        "00-00-0000-020301-10": CodeCoefficient(pressure_mpa=1.0),
+        "00-00-0000-020203-10": CodeCoefficient(pressure_mpa=1.0),
         "00-00-0000-010103-10": CodeCoefficient(calorific_mj_per_m3=35.588),
-        "00-00-0000-020302-10": CodeCoefficient(enthalpy_mj_per_kg=2.9),
+        "01-00-0000-020203-10": CodeCoefficient(enthalpy_mj_per_kg=2.9),
     })
     # Saturated steam at 1.0 MPa: h'' = 2 777.1 kJ/kg (IAPWS-IF97) × 0.03412 = 0.0948 kgce/kg,
     # not the 0.1284 default (35 % above).
-    assert c.per_code["00-00-0000-020301-10"] == Decimal("0.0948")
-    assert c.tce("steam", "t", Decimal("10"), code="00-00-0000-020301-10") == Decimal("0.9480")
+    assert c.per_code["00-00-0000-020203-10"] == Decimal("0.0948")
+    assert c.tce("steam", "t", Decimal("10"), code="00-00-0000-020203-10") == Decimal("0.9480")
     # Natural gas of 35.588 MJ/m³: 35 588 / 29 307.6 = 1.2143 kgce/m³.
     assert c.per_code["00-00-0000-010103-10"] == Decimal("1.2143")
-    assert c.per_code["00-00-0000-020302-10"] == Decimal("0.0989")
+    assert c.per_code["01-00-0000-020203-10"] == Decimal("0.0989")
 
 
 VARIETIES = {"electricity": ("0201", "02", "kWh"), "natural_gas": ("0103", "01", "m3"),
@@ -228,3 +228,13 @@ def test_superseded_manual_entry_counts_once():
     entries = [("e-1", {"dataCode": "x", "supersedes": ""}), ("e-2", {"dataCode": "x", "supersedes": "e-1"})]
     assert [e["envelope"] for e in totals.final_entries(entries)] == ["e-2"]
     assert json.dumps(totals.final_entries([]))
+
+
+def test_check_config_refuses_ambiguous_or_out_of_table_coefficients(tmp_path: Path):
+    extra = ('[coefficient."00-00-0000-020203-10"]\nkgce = 0.1\npressure_mpa = 1.0\n\n'
+             '[coefficient."01-00-0000-020203-10"]\npressure_mpa = 9.0\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(_site(tmp_path, SITE, extra))
+    text = "\n".join(e.value.lines)
+    assert "give exactly one of" in text and "(got kgce, pressure_mpa)" in text
+    assert "0.1–4.0 MPa" in text
