@@ -20,8 +20,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.accounting import statistics
-from agent.accounting.coal import format_decimal
+from agent.accounting.coal import CoalError, coefficients, format_decimal
 from agent.config import DATA_CODE, Config
+from agent.config.boundary import role_of
+from agent.config.codes import variety_of
 from agent.protocol.sealer import Sealer
 from buffer.store import Store
 
@@ -83,6 +85,48 @@ def seal_manual(store: Store, sealer: Sealer, body: dict[str, Any], period: str)
     if sup and not any(r.id == sup for r in store.outbox.envelopes("manual")):
         raise ManualError(f"--supersedes {sup}: no manual entry with that id (see `export`)")
     return sealer.seal("manual", body, period=period)
+
+
+def added_tce(cfg: Config, code: str, variety: str, unit: str, value: str) -> str | None:
+    """Tonnes of standard coal a manual value adds to 综合能源消费总量, as shown before it is
+    saved: negative for an output of the boundary; None when it does not count (a sub-meter,
+    not an energy or working-medium class, or no variety known for it)."""
+    parse_code(code)
+    v = parse_value(value)
+    role = role_of(code, cfg.boundary)
+    variety = variety or variety_of(code) or ""
+    if not variety or role not in ("input", "output"):
+        return None
+    try:
+        t = coefficients(cfg.coefficients, cfg.coefficient).tce(variety, unit.strip(), v, code=code)
+    except CoalError as e:
+        raise ManualError(str(e)) from None
+    return format_decimal(t if role == "input" else -t)
+
+
+def enter_value(cfg: Config, code: str, value: str, unit: str, *, entered_ms: int,
+                month: str | None = None, day: str | None = None, note: str = "",
+                supersedes: str = "", variety: str = "") -> tuple[str, dict[str, Any], str]:
+    """Validate, sign and seal one manual value into the store: (envelope id, body, period).
+    What `energy-agent enter` and the web page's manual entry both run."""
+    from agent.protocol.signing import KeyFileError, load_signer
+    from buffer.store import StoreError
+
+    body, period = manual_body(code, value, unit, tz=cfg.tz, entered_ms=entered_ms, month=month,
+                               day=day, note=note, supersedes=supersedes, variety=variety)
+    try:
+        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
+        store = Store(cfg.db_path)
+    except (KeyFileError, StoreError) as e:
+        raise ManualError(str(e)) from None
+    try:
+        seq = seal_manual(store, Sealer(cfg, store, signer), body, period)
+        row = next(r for r in store.outbox.envelopes("manual", period, period) if r.seq == seq)
+    except StoreError as e:
+        raise ManualError(str(e)) from None
+    finally:
+        store.close()
+    return row.id, body, period
 
 
 def parse_time(text: str, tz: ZoneInfo) -> int:

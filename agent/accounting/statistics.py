@@ -30,6 +30,8 @@ from agent.config.schema import BoundarySection
 STAT_INTERVAL, STAT_DAY, STAT_MONTH = 0, 1, 2
 INPUT_METER, INPUT_MANUAL = 4, 5
 INCOMPLETE = "incomplete"  # a month with days missing
+# The regulator's data-quality line: values uploaded ÷ values expected ≥ 90 % per item.
+COMPLETENESS_MIN = 0.90
 
 
 @dataclass(frozen=True, slots=True)
