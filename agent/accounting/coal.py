@@ -1,9 +1,8 @@
 """Standard-coal conversion (GB/T 2589): kgce per unit of each energy variety.
 
-The defaults are the reference values of GB/T 2589 (综合能耗计算通则, appendix tables; the
-working-media values as its 2008 edition lists them), tabulated with sources in
-docs/accounting.md. Provinces publish their own coefficient per energy code and a measured
-calorific value beats any table, so `Config.coefficients` (variety → kgce per unit) and
+The defaults are GB/T 2589-2020's reference values (1 kgce = 29,307.6 kJ), tabulated with
+sources in docs/accounting.md. Provinces publish their own coefficient per energy code and a
+measured calorific value beats any table, so `Config.coefficients` (variety → kgce per unit) and
 `Config.coefficient` (data code → kgce, steam enthalpy or pressure, gas calorific value)
 override them site by site. Everything here is Decimal so a report's
 tonnes of standard coal equivalent (tce) are reproducible to the last digit from the figures in
@@ -29,8 +28,9 @@ STEAM_KGCE_PER_MJ = Decimal("0.03412")  # = 1 / 29.3076 MJ per kgce, rounded as 
 ELECTRICITY_EQUIVALENT = Decimal("0.1229")
 TCE_PLACES = Decimal("0.0001")  # tonnes of standard coal to 0.1 kgce
 
-# variety -> (kgce per base unit, base unit). [K] marks values to confirm against the
-# province's published table; sites override them via Config.coefficients.
+# variety -> (kgce per base unit, base unit). [P]: the value a provincial platform's open-source
+# client uses (github.com/OceanWht/yn-nhjc); [K]: a commonly quoted value not checked against the
+# standard's text — confirm against the province's table; sites override via Config.coefficients.
 DEFAULTS: dict[str, tuple[Decimal, str]] = {
     "electricity": (ELECTRICITY_EQUIVALENT, "kWh"),  # equivalent value [P]
     "heat": (Decimal("0.03412"), "MJ"),  # 34.12 kgce per GJ [P]
