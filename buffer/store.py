@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,24 @@ log = logging.getLogger("buffer.store")
 class Store:
     ZERO_HASH = schema.ZERO_HASH
 
-    def __init__(self, path: str | Path, destinations: Sequence[str] = (names.MQTT,),
+    def __init__(self, path: str | Path,
+                 destinations: Sequence[str] | Mapping[str, Collection[str] | None] = (names.MQTT,),
                  readonly: bool = False) -> None:
         """Open (create, migrate, check) the store. `readonly` is for inspecting the store of
-        a running agent (status, export): no migration, no repair, and every write fails."""
+        a running agent (status, export): no migration, no repair, and every write fails.
+
+        `destinations` names each destination, or maps each name to the envelope types it
+        takes (None: all). An envelope of a type a destination does not take is done for it
+        from the moment it is sealed, so it never counts in that destination's backlog and
+        never holds back retention."""
         self.path = Path(path)
         self.readonly = readonly
-        self.destinations: tuple[str, ...] = tuple(destinations)
+        if isinstance(destinations, Mapping):
+            self.types: dict[str, frozenset[str] | None] = {
+                d: None if t is None else frozenset(t) for d, t in destinations.items()}
+        else:
+            self.types = dict.fromkeys(destinations)
+        self.destinations: tuple[str, ...] = tuple(self.types)
         if not self.destinations:
             raise ValueError("a store needs at least one destination")
         try:
@@ -59,6 +70,8 @@ class Store:
         self.state = State(self)
         self.outbox = Outbox(self)
         self.readings = Readings(self)
+        if not readonly:
+            self.outbox.skip_unwanted()
 
     def close(self) -> None:
         self._conn.close()

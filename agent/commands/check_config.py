@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from agent.commands._common import add_config_argument, load_or_exit
+from agent.config.destinations import broker_list, wanted_types
+from agent.config.schema import MqttDestination
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +21,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_or_exit(args.file or args.config)
     interval = cfg.schedule.poll_interval
     print(f"{cfg.source}: OK")
-    print(
-        f"gateway {cfg.agent.gateway}, enterprise {cfg.agent.enterprise}, "
-        f"timezone {cfg.agent.timezone}, platform {cfg.platform.host}:{cfg.platform.port} "
-        f"(ack {cfg.platform.ack})"
-    )
+    print(f"gateway {cfg.agent.gateway}, enterprise {cfg.agent.enterprise}, timezone {cfg.agent.timezone}")
+    for d in cfg.destination:
+        types = ", ".join(sorted(wanted_types(d)))
+        if isinstance(d, MqttDestination):
+            where = ", ".join(f"{h}:{p}" for h, p in broker_list(d))
+            print(f"destination {d.name} (mqtt {where}, ack {d.ack}): {types}")
+        else:
+            print(f"destination {d.name} (province-https {d.url}): {types}")
     print(f"{len(cfg.bus)} bus(es), {len(cfg.meter)} meter(s), "
           f"{sum(len(m.points) for m in cfg.meter)} point(s); poll every {interval:g} s")
     too_slow = 0

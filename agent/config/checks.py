@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from agent.config.credit_code import credit_code_problem
+from agent.config.destinations import resolve_destinations
 from agent.config.schema import DATA_CODE, Config
 from drivers.model import MeterConfig, PointConfig, Profile, ProfileInfo
 from drivers.profiles import load_profile, profile_names
@@ -36,15 +37,7 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
     except (ZoneInfoNotFoundError, ValueError):
         err("agent.timezone", f"expected an IANA time zone like Asia/Shanghai, got {cfg.agent.timezone!r}")
 
-    p = cfg.platform
-    if p.reconnect_max < p.reconnect_min:
-        err("platform.reconnect_max", "expected a value ≥ platform.reconnect_min")
-    if (p.cert_file is None) != (p.key_file is None):
-        err("platform.cert_file", "cert_file and key_file go together (TLS client certificate)")
-    if (p.ca_file or p.cert_file) and not p.tls:
-        err("platform.tls", "expected true when ca_file or cert_file is set")
-    if "#" in p.topic_prefix or "+" in p.topic_prefix or p.topic_prefix.endswith("/"):
-        err("platform.topic_prefix", f"expected an MQTT topic without wildcards, got {p.topic_prefix!r}")
+    resolve_destinations(cfg, err)
 
     buses: dict[str, int] = {}
     for i, b in enumerate(cfg.bus):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -22,6 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agent.config import Config
+from agent.config.destinations import destination_types
 from agent.protocol.sealer import ClockImplausible, Sealer
 from agent.protocol.signing import load_signer
 from agent.runtime import sdnotify
@@ -32,9 +34,8 @@ from agent.runtime.malloc_tuning import keep_small_buffers_off_mmap
 from agent.runtime.poller import BusPoller
 from agent.runtime.supervise import supervise
 from agent.runtime.watchdog import Watchdog
+from agent.uplink.factory import backoff, open_uplink, window
 from agent.uplink.forwarder import Forwarder
-from agent.uplink.mqtt import MqttUplink
-from buffer.names import MQTT
 from buffer.retention import prune
 from buffer.store import MeterStatus, Store, StoreError
 from drivers.base import Reading
@@ -74,16 +75,22 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
-        self.store = await self.in_db(Store, cfg.db_path, (MQTT,))
+        self.store = await self.in_db(Store, cfg.db_path, destination_types(cfg))
         self.sealer = Sealer(cfg, self.store, signer)
         self.reporter = self._reporter()
         self.heartbeat = Heartbeat(cfg, self.store, signer)
         self.clock = ClockWatch()
         self.heartbeat.clock = self.clock
-        self.uplink = MqttUplink(cfg.platform, cfg.agent.enterprise, cfg.agent.gateway,
-                                 will=self.heartbeat.will())
-        self.forwarder = Forwarder(self.store, self.db, self.uplink, MQTT, cfg.platform.inflight)
-        self.heartbeat.forwarder = self.forwarder
+        # One uplink and one forwarder task per destination: each has its own cursor, window
+        # and back-off, so one being down, slow or refusing never delays another.
+        will = self.heartbeat.will()
+        self.forwarders: list[Forwarder] = []
+        for dest in cfg.destination:
+            uplink = open_uplink(dest, cfg, self.store, self.db, will)
+            lo, hi = backoff(dest)
+            self.forwarders.append(Forwarder(self.store, self.db, uplink, dest.name, window(dest),
+                                             backoff_min=lo, backoff_max=hi))
+        self.heartbeat.forwarders = self.forwarders
         self.watchdog = Watchdog()
         self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4),
                                      committed=self._committed, failed=self._fatal)
@@ -94,14 +101,18 @@ class App:
             self.watchdog.register(p.bus.name, cfg.schedule.poll_interval)
         self.heartbeat.pollers = self.pollers
 
-        await self.uplink.start()
+        for f in self.forwarders:
+            await f.uplink.start()
         scheduler = self._scheduler()
         tasks = [
             asyncio.create_task(
-                supervise("forwarder", lambda: self.forwarder.run(self.forward_stop), self.forward_stop)
-            ),
-            asyncio.create_task(supervise("watchdog", lambda: self.watchdog.run(self.stop), self.stop)),
+                supervise(f"forwarder {f.destination}", functools.partial(f.run, self.forward_stop),
+                          self.forward_stop)
+            )
+            for f in self.forwarders
         ]
+        tasks.append(
+            asyncio.create_task(supervise("watchdog", lambda: self.watchdog.run(self.stop), self.stop)))
         log.info(
             "started: gateway %s, %d bus(es), %d meter(s), poll every %g s, store %s",
             cfg.agent.gateway, len(cfg.bus), len(cfg.meter), cfg.schedule.poll_interval, cfg.db_path,
@@ -155,7 +166,8 @@ class App:
             await self._seal()
         await self._flush(grace=3.0)
         self.forward_stop.set()
-        await self.uplink.stop(grace=2.0)
+        for f in self.forwarders:
+            await f.uplink.stop(grace=2.0)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -170,15 +182,21 @@ class App:
         """Give the outbox a short chance to empty; whatever is left goes out after restart."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.uplink.connected and loop.time() < deadline:
+        waiting = [f for f in self.forwarders if f.uplink.connected]
+        while waiting and loop.time() < deadline:
             try:
-                pending, _ = await self.in_db(self.store.outbox.backlog, MQTT)
+                pending = [(f, (await self.in_db(self.store.outbox.backlog, f.destination))[0])
+                           for f in waiting]
             except StoreError:
                 return
-            if pending == 0:
-                return
-            self.forwarder.wake()
+            waiting = [f for f, n in pending if n > 0 and f.uplink.connected and not f.deferred]
+            for f in waiting:
+                f.wake()
             await asyncio.sleep(0.05)
+
+    def _wake_forwarders(self) -> None:
+        for f in self.forwarders:
+            f.wake()
 
     def _pollers(self) -> list[BusPoller]:
         pollers = []
@@ -290,7 +308,7 @@ class App:
             self._fatal(e)
             return
         if made:
-            self.forwarder.wake()
+            self._wake_forwarders()
 
     def _seal_in_db(self) -> int:
         step = self.clock.check()
@@ -306,7 +324,7 @@ class App:
         try:
             await self.in_db(self.sealer.check_clock)
             await self.in_db(self.heartbeat.seal_status, self.sealer)
-            self.forwarder.wake()
+            self._wake_forwarders()
         except ClockImplausible:
             pass
         except StoreError as e:

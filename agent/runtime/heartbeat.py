@@ -13,7 +13,6 @@ from agent.config import Config
 from agent.protocol.canonical import canonical
 from agent.protocol.envelope import will_topic
 from agent.protocol.signing import Signer
-from buffer.names import MQTT
 from buffer.store import Store
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ class Heartbeat:
         self.signer = signer
         self.started = time.time()
         self.pollers: list[BusPoller] = []
-        self.forwarder: Forwarder | None = None
+        self.forwarders: list[Forwarder] = []
         self.overruns: dict[str, int] = {}
         self.clock: ClockWatch | None = None
 
@@ -46,7 +45,13 @@ class Heartbeat:
 
     def body(self, clock_problem: str | None) -> dict[str, Any]:
         """Runs on the store thread. Integers and strings only (the envelope rule)."""
-        count, oldest = self.store.outbox.backlog(MQTT)
+        backlog: dict[str, Any] = {}
+        delivered: dict[str, Any] = {}
+        for d in self.store.destinations:
+            count, oldest = self.store.outbox.backlog(d)
+            backlog[d] = {"pending": count, **({"oldest": oldest} if oldest else {})}
+            last_seq, last_at = self.store.outbox.last_delivered(d)
+            delivered[d] = {"seq": last_seq or 0, "at": last_at or 0}
         meters = []
         for p in self.pollers:
             for h in p.health.values():
@@ -62,13 +67,12 @@ class Heartbeat:
                 meters.append(m)
         data_dir = str(self.cfg.db_path.parent)
         free = shutil.disk_usage(data_dir).free if os.path.isdir(data_dir) else 0
-        last_seq, last_at = self.store.outbox.last_delivered(MQTT)
         body: dict[str, Any] = {
             "version": __version__,
             "uptime_s": int(time.time() - self.started),
             "meters": meters,
-            "backlog": {MQTT: {"pending": count, **({"oldest": oldest} if oldest else {})}},
-            "last_delivered": {MQTT: {"seq": last_seq or 0, "at": last_at or 0}},
+            "backlog": backlog,
+            "last_delivered": delivered,
             "disk": {
                 "store_bytes": self.store.size_bytes(),
                 "budget_bytes": int(self.cfg.storage.budget_mb * 1024 * 1024),
@@ -84,16 +88,19 @@ class Heartbeat:
         return body
 
     def _uplink(self) -> dict[str, Any]:
-        if self.forwarder is None:
-            return {}
-        f = self.forwarder
-        out: dict[str, Any] = {
-            "connected": "yes" if f.uplink.connected else "no",
-            "delivered_total": f.delivered_total, "rejected_total": f.rejected_total,
-            "failures_total": f.failures_total,
-        }
-        if f.last_error:
-            out["last_error"] = str(f.last_error)
+        """Each destination's forwarder, by name (integers and strings only)."""
+        out: dict[str, Any] = {}
+        for f in self.forwarders:
+            s = f.stats()
+            d: dict[str, Any] = {
+                "connected": "yes" if s["connected"] else "no",
+                "endpoint": str(s["endpoint"]),
+                "delivered_total": s["delivered_total"], "rejected_total": s["rejected_total"],
+                "failures_total": s["failures_total"], "deferred": s["deferred"],
+            }
+            if s["last_error"]:
+                d["last_error"] = str(s["last_error"])[:300]
+            out[f.destination] = d
         return out
 
     def seal_status(self, sealer: Sealer) -> int:

@@ -54,12 +54,33 @@ class TooLarge(Undeliverable):
     """The envelope is larger than the broker accepts (it would disconnect us every time)."""
 
 
+class Deferred(Exception):
+    """Not now, but nothing is wrong: the destination takes this envelope only later (the
+    provincial upload slot for daily and monthly values). Envelopes behind it go on."""
+
+    def __init__(self, reason: str, retry_in: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_in = retry_in
+
+
 class Uplink(Protocol):
+    """One destination's transport. `publish` returns when the destination has the envelope
+    (PUBACK, the platform's ack, "RECEIVE SUCCESS") and raises UplinkDown, AckTimeout,
+    Undeliverable or Deferred otherwise."""
+
     name: str
     connection_changed: asyncio.Event  # set on every connect/disconnect; consumers clear it
 
     @property
     def connected(self) -> bool: ...
+
+    @property
+    def endpoint(self) -> str: ...  # where it is sending now (a broker, a URL), for status
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float = 2.0) -> None: ...
 
     async def publish(self, topic: str, payload: bytes, envelope_id: str) -> None: ...
 
@@ -92,7 +113,9 @@ class Forwarder:
         self.last_delivered_seq: int | None = None
         self.last_delivered_ms: int | None = None
         self.last_error: str | None = None
+        self.deferred: dict[int, str] = {}  # seq -> why, while a destination holds it back
         self._failures_in_row = 0
+        self._retry_deferred: float | None = None
 
     def wake(self) -> None:
         """New envelopes were enqueued (or we are stopping): look at the outbox now."""
@@ -102,6 +125,8 @@ class Forwarder:
         return {
             "destination": self.destination,
             "connected": self.uplink.connected,
+            "endpoint": getattr(self.uplink, "endpoint", ""),
+            "deferred": len(self.deferred),
             "delivered_total": self.delivered_total,
             "rejected_total": self.rejected_total,
             "failures_total": self.failures_total,
@@ -132,7 +157,10 @@ class Forwarder:
                 self._failed(f"{type(e).__name__}: {e}", unexpected=True)
                 ok = False
             if ok is None:
-                await self._sleep(stop, self.idle_check)  # nothing pending
+                wait = self.idle_check
+                if self._retry_deferred is not None:
+                    wait = min(wait, max(0.05, self._retry_deferred - time.monotonic()))
+                await self._sleep(stop, wait)  # nothing pending (or only what is deferred)
             elif not ok:
                 await self._sleep(stop, self._backoff(), wake=False)
 
@@ -200,17 +228,29 @@ class Forwarder:
                 failure = failure or f"{row.id}: cancelled"
                 continue
             exc = task.exception()
+            if not isinstance(exc, Deferred) and self.deferred.pop(row.seq, None) is not None:
+                log.info("destination %s: envelope %s (seq %d) no longer held back",
+                         self.destination, row.id, row.seq)
             if exc is None:
                 delivered.append(row.seq)
+            elif isinstance(exc, Deferred):
+                if row.seq not in self.deferred:
+                    log.info("destination %s: envelope %s (seq %d) held back: %s",
+                             self.destination, row.id, row.seq, exc.reason)
+                self.deferred[row.seq] = exc.reason
+                at = time.monotonic() + exc.retry_in
+                if self._retry_deferred is None or at < self._retry_deferred or \
+                        self._retry_deferred < time.monotonic():
+                    self._retry_deferred = at
             elif isinstance(exc, Undeliverable):
                 self.rejected_total += 1
                 if isinstance(exc, TooLarge):
-                    log.error("envelope %s (seq %d) set aside, not sent: %s — raise the broker's "
-                              "limit (and platform.max_packet_bytes), then `energy-agent resend %d`",
-                              row.id, row.seq, exc.reason, row.seq)
+                    log.error("destination %s: envelope %s (seq %d) set aside, not sent: %s — raise "
+                              "the broker's limit (and max_packet_bytes), then `energy-agent resend %d`",
+                              self.destination, row.id, row.seq, exc.reason, row.seq)
                 else:
-                    log.warning("envelope %s (seq %d) rejected by the platform, not resent: %s",
-                                row.id, row.seq, exc.reason)
+                    log.warning("destination %s: envelope %s (seq %d) rejected by the platform, "
+                                "not resent: %s", self.destination, row.id, row.seq, exc.reason)
                 await self._store(self.store.outbox.mark_rejected, self.destination, row.seq, exc.reason)
             elif isinstance(exc, (UplinkDown, AckTimeout)):
                 failure = failure or f"{row.id}: {type(exc).__name__}: {exc}"
@@ -230,8 +270,11 @@ class Forwarder:
         if self.last_delivered_seq is None or top > self.last_delivered_seq:
             self.last_delivered_seq = top
         self.last_delivered_ms = int(time.time() * 1000)
+        if self._failures_in_row:
+            log.info("destination %s: forwarding again after %d failed round(s)",
+                     self.destination, self._failures_in_row)
         self._failures_in_row = 0
-        log.debug("delivered %d envelope(s) up to seq %d", len(seqs), top)
+        log.debug("destination %s: delivered %d envelope(s) up to seq %d", self.destination, len(seqs), top)
 
     async def _store(self, fn: Callable[..., _R], *args: Any) -> _R:
         try:
@@ -247,11 +290,12 @@ class Forwarder:
         self.last_error = what
         # One line per failed round, not per envelope; an outage logs at DEBUG after the first.
         if unexpected:
-            log.error("forwarder round failed: %s", what, exc_info=True)
+            log.error("destination %s: forwarder round failed: %s", self.destination, what, exc_info=True)
         elif self._failures_in_row == 1:
-            log.warning("forwarding paused: %s", what)
+            log.warning("destination %s: forwarding paused: %s", self.destination, what)
         else:
-            log.debug("forwarding still failing (%d): %s", self._failures_in_row, what)
+            log.debug("destination %s: forwarding still failing (%d): %s", self.destination,
+                      self._failures_in_row, what)
 
     def _backoff(self) -> float:
         n = max(0, self._failures_in_row - 1)

@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
+from agent.config.destinations import broker_list
 from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
 from buffer.names import MQTT
 
@@ -34,9 +35,13 @@ log = logging.getLogger("energy_agent.uplink.mqtt")
 
 
 class MqttUplink:
-    """One MQTT connection to the platform; `publish` returns when the envelope is acked."""
+    """One MQTT connection to the platform; `publish` returns when the envelope is acked.
 
-    name = MQTT
+    A destination may list several brokers (a cluster behind several addresses): after a
+    failed connect or a lost connection the next reconnect goes to the next broker, in turn.
+    The session semantics do not change with the broker: every connection starts a clean
+    session, and whatever was not acknowledged is resent from SQLite, byte-identical.
+    """
 
     def __init__(
         self,
@@ -46,6 +51,10 @@ class MqttUplink:
         will: tuple[str, bytes] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.name: str = getattr(cfg, "name", MQTT)
+        self.brokers = broker_list(cfg)
+        self._broker = 0  # index into brokers of the one we are on (or trying)
+        self._move_on = False  # set on a failure: the next reconnect tries the next broker
         self.client_id = cfg.client_id or f"energy-agent-{enterprise}-{gateway}"
         self.ack_topic = f"{cfg.topic_prefix}/{enterprise}/{gateway}/down/ack"
         self.platform_acks = cfg.ack == "platform"
@@ -101,6 +110,7 @@ class MqttUplink:
         client.max_inflight_messages_set(cfg.inflight)
         # Counts in-flight too; room for a forwarder window a little larger than `inflight`.
         client.max_queued_messages_set(cfg.inflight * 2)
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -120,7 +130,8 @@ class MqttUplink:
         kwargs: dict[str, Any] = {}
         if cfg.mqtt_version == "5":
             kwargs["clean_start"] = True
-        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive, **kwargs)
+        host, port = self.brokers[self._broker]
+        self._client.connect_async(host, port, keepalive=cfg.keepalive, **kwargs)
         self._client.loop_start()
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -135,7 +146,7 @@ class MqttUplink:
         self._set_down("stopped")  # no new publishes; late waiters get UplinkDown
         client = self._client
         await asyncio.to_thread(lambda: (client.disconnect(), client.loop_stop()))
-        log.info("mqtt disconnected from %s:%d (stopped)", self.cfg.host, self.cfg.port)
+        log.info("mqtt %s disconnected from %s (stopped)", self.name, self.endpoint)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -149,6 +160,12 @@ class MqttUplink:
     @property
     def connected(self) -> bool:
         return self._up.is_set()
+
+    @property
+    def endpoint(self) -> str:
+        """The broker we are connected to, or trying next: "host:port"."""
+        host, port = self.brokers[self._broker]
+        return f"{host}:{port}"
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
@@ -264,10 +281,29 @@ class MqttUplink:
             with contextlib.suppress(RuntimeError):  # loop closed between check and call
                 loop.call_soon_threadsafe(fn, *args)
 
+    def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
+        """Fail-over: runs in paho's thread inside reconnect(), before the socket is made."""
+        if not self._move_on or len(self.brokers) < 2:
+            return
+        self._move_on = False
+        old = self.endpoint
+        self._broker = (self._broker + 1) % len(self.brokers)
+        host, port = self.brokers[self._broker]
+        # paho's public host/port setters refuse while a reconnect is under way, which is
+        # exactly when we switch; its private fields are what reconnect() reads next (paho
+        # is pinned <3).
+        client._host, client._port = host, port
+        self._call(self._moved, old)
+
+    def _moved(self, old: str) -> None:
+        log.warning("mqtt %s: broker %s failed, moving to %s", self.name, old, self.endpoint)
+        self.connection_changed.set()
+
     def _on_connect(
         self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         if rc.is_failure:
+            self._move_on = True
             self._call(self._log_refused, rc)
             return
         _forget_paho_outgoing(client)
@@ -279,8 +315,8 @@ class MqttUplink:
     def _connected(self, rc: ReasonCode, broker_max: int | None = None) -> None:
         self._broker_max = broker_max
         log.info(
-            "mqtt connected to %s:%d as %s (%s%s)",
-            self.cfg.host, self.cfg.port, self.client_id, rc,
+            "mqtt %s connected to %s as %s (%s%s)",
+            self.name, self.endpoint, self.client_id, rc,
             f"; packets up to {broker_max} bytes" if broker_max else "",
         )
         if not self.platform_acks:
@@ -289,9 +325,10 @@ class MqttUplink:
     def _log_refused(self, rc: ReasonCode) -> None:
         self._connect_failures += 1
         level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
-        log.log(level, "mqtt connection to %s:%d refused: %s", self.cfg.host, self.cfg.port, rc)
+        log.log(level, "mqtt %s: connection to %s refused: %s", self.name, self.endpoint, rc)
 
     def _on_connect_fail(self, _client: mqtt.Client, _u: Any) -> None:
+        self._move_on = True
         self._call(self._connect_failed)
 
     def _connect_failed(self) -> None:
@@ -299,19 +336,22 @@ class MqttUplink:
         self._connect_failures += 1
         level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
         log.log(
-            level, "mqtt cannot connect to %s:%d (attempt %d); retrying",
-            self.cfg.host, self.cfg.port, self._connect_failures,
+            level, "mqtt %s cannot connect to %s (attempt %d); retrying%s",
+            self.name, self.endpoint, self._connect_failures,
+            " on the next broker" if len(self.brokers) > 1 else "",
         )
 
     def _on_disconnect(
         self, _client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _props: Any
     ) -> None:
+        if not self._stopping:
+            self._move_on = True
         self._call(self._disconnected, rc)
 
     def _disconnected(self, rc: ReasonCode) -> None:
         if not self._stopping:
             level = logging.WARNING if rc.is_failure else logging.INFO
-            log.log(level, "mqtt disconnected from %s:%d (%s)", self.cfg.host, self.cfg.port, rc)
+            log.log(level, "mqtt %s disconnected from %s (%s)", self.name, self.endpoint, rc)
         self._set_down(f"disconnected: {rc}")
 
     def _on_subscribe(
@@ -322,7 +362,8 @@ class MqttUplink:
 
     def _subscribed(self, bad: list[ReasonCode]) -> None:
         if bad:
-            log.warning("mqtt subscribe to %s refused: %s", self.ack_topic, bad[0])
+            self._move_on = True
+            log.warning("mqtt %s: subscribe to %s refused: %s", self.name, self.ack_topic, bad[0])
             return  # without the ack topic, platform mode cannot deliver: stay "down"
         self._set_up()
 
