@@ -59,6 +59,7 @@ class ProvinceSim:
     def __init__(self, work: Path, accounts: dict[str, tuple[str, str]], *, token_ttl: float = 600.0,
                  upload_time: str | None = None, tls: bool = True) -> None:
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         self.accounts = accounts  # enterprise code -> (working key, password)
         self.token_ttl = token_ttl
         self.upload_time = upload_time
@@ -73,7 +74,7 @@ class ProvinceSim:
         self._posts_on_token = 0
         self._fail = 0
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (enterprise, expires)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _refused() is also called with it held
         self.db = sqlite3.connect(work / "province.db", check_same_thread=False)
         self.db.executescript(
             "CREATE TABLE IF NOT EXISTS records (enterprise TEXT, dataCode TEXT, statType INT,"
