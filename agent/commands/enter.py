@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from agent.commands._common import add_config_argument, load_or_exit
+from agent.config.destinations import destination_types
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             month=args.period, day=args.day, note=args.note, supersedes=args.supersedes,
             variety=args.variety)
         signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
-        store = Store(Path(cfg.agent.data_dir) / "agent.db")
+        store = Store(Path(cfg.agent.data_dir) / "agent.db", destination_types(cfg))
     except (ManualError, KeyFileError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

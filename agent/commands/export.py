@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.commands._common import add_config_argument, load_or_exit
+from agent.config.destinations import destination_types
 
 COLUMNS = ["type", "period", "status", "envelope", "dataCode", "meter", "point", "variety",
            "unit", "value", "statType", "inputType", "periodStart", "flags", "samples",
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_or_exit(args.config)
     try:
-        store = Store(Path(cfg.agent.data_dir) / "agent.db")
+        store = Store(Path(cfg.agent.data_dir) / "agent.db", destination_types(cfg))
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
