@@ -55,3 +55,12 @@ def test_key_and_iv_are_the_first_16_characters() -> None:
         encrypt_pin("abc123", "short", ENTERPRISE)
     with pytest.raises(PinError):
         decrypt_pin("00" * 16, SECRET, ENTERPRISE)  # not a PIN block once decrypted
+
+
+def test_the_daemon_computes_it_in_a_child_process() -> None:
+    """What the daemon runs (cryptography's cipher bindings stay out of its memory)."""
+    from agent.uplink.sm4_pin import encrypt_pin_in_child
+
+    assert encrypt_pin_in_child("abc123", SECRET, ENTERPRISE) == encrypt_pin("abc123", SECRET, ENTERPRISE)
+    with pytest.raises(PinError, match="at most 14"):
+        encrypt_pin_in_child("p" * 15, SECRET, ENTERPRISE)

@@ -43,7 +43,7 @@ from agent.uplink.province_records import (
     envelope_records,
     items_hash,
 )
-from agent.uplink.sm4_pin import PinError, encrypt_pin
+from agent.uplink.sm4_pin import PinError, encrypt_pin_in_child
 
 log = logging.getLogger("energy_agent.uplink.province")
 
@@ -91,7 +91,8 @@ class ProvinceHttpsUplink:
         try:
             self.secret = Path(dest.secret_key_file).read_text(encoding="utf-8").strip()
             self.password = Path(dest.password_file).read_text(encoding="utf-8").strip()
-            encrypt_pin(self.password, self.secret, self.enterprise)  # fail now, not at 3 a.m.
+            # Once, at start: a bad password or key fails now, not at 3 a.m.
+            self.pin_hex = encrypt_pin_in_child(self.password, self.secret, self.enterprise)
             self.tls = ssl.create_default_context(cafile=dest.ca_file) if self.https else None
         except (OSError, ssl.SSLError, PinError) as e:
             raise ConfigError([f"destination {dest.name}: {e}"]) from None
@@ -182,9 +183,8 @@ class ProvinceHttpsUplink:
         if self._token is not None and time.monotonic() < self._token_renew_at:
             return
         self._token = None
-        pin = encrypt_pin(self.password, self.secret, self.enterprise)
         status, doc = await self._post(self.base + "/requestAK",
-                                       {"enterpriseCode": self.enterprise, "password": pin}, None)
+                                       {"enterpriseCode": self.enterprise, "password": self.pin_hex}, None)
         code, message, data = _fields(doc)
         if status != 200 or code != 200 or not isinstance(data, dict) or not isinstance(data.get("token"), str):
             raise UplinkDown(f"token refused (HTTP {status}, responseCode {code}): {printable(message)} "

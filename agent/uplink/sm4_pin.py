@@ -67,3 +67,43 @@ def _first16(text: str, what: str) -> bytes:
     if len(text) < BLOCK or not text[:BLOCK].isascii():
         raise PinError(f"the {what} needs at least {BLOCK} ASCII characters")
     return text[:BLOCK].encode("ascii")
+
+
+def encrypt_pin_in_child(pin: str, secret_key: str, enterprise_code: str) -> str:
+    """encrypt_pin in a short-lived child process: importing cryptography's cipher bindings
+    would stay in the daemon's memory for good (+6.6 MiB measured) for one block that never
+    changes (the PIN block is deterministic: same password, key and IV, same 32 hex). The
+    secrets go through a pipe, never the command line. Raises PinError."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        r = subprocess.run([sys.executable, "-m", "agent.uplink.sm4_pin"], capture_output=True,
+                           text=True, timeout=60,
+                           input=json.dumps({"pin": pin, "key": secret_key, "iv": enterprise_code}))
+    except (OSError, subprocess.SubprocessError) as e:
+        raise PinError(f"cannot run the PIN block helper: {e}") from None
+    if r.returncode != 0:
+        raise PinError(r.stdout.strip()[:200] or f"PIN block helper failed: {r.stderr.strip()[-200:]}")
+    return r.stdout.strip()
+
+
+def _main() -> int:
+    import json
+    import sys
+
+    try:
+        args = json.loads(sys.stdin.read())
+        print(encrypt_pin(str(args["pin"]), str(args["key"]), str(args["iv"])))
+    except PinError as e:
+        print(e)
+        return 2
+    except (ValueError, KeyError) as e:
+        print(f"bad helper input: {type(e).__name__}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
