@@ -259,3 +259,18 @@ def test_items_registered_again_only_when_they_change(tmp_path: Path, sim: Provi
     asyncio.run(once("scope = 2", "3.00", "2026-11-23"))  # the items' scope changed
     assert sim.counters.registrations == 2
     assert json.loads(sim.db.execute("SELECT body FROM items LIMIT 1").fetchone()[0])["scope"] == 2
+
+
+def test_a_password_too_long_for_a_pin_block_stops_the_daemon_with_one_line(
+        tmp_path: Path, sim: ProvinceSim) -> None:
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path, sim)
+    generate_key(tmp_path / "key.pem")
+    (tmp_path / "password").write_text("p" * 15)
+    r = subprocess.run([sys.executable, "-m", "agent", "run", "-c", str(cfg)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 78, r.stderr
+    assert "destination province: the password has 15 characters; a PIN block holds at most 14" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -103,7 +103,7 @@ class ProvinceHttpsDestination(Base, tag="province-https", tag_field="kind", kw_
     token_refresh_margin: Annotated[float, Meta(ge=0)] = 120.0  # seconds before expiry
     max_reply_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
     backoff_min: Annotated[float, Meta(gt=0)] = 1.0
-    backoff_max: Annotated[float, Meta(gt=0)] = 300.0
+    backoff_max: Annotated[float, Meta(gt=0)] = 60.0
     item: list[ProvinceItem] = []
 
 
