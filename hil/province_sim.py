@@ -10,7 +10,8 @@ Faults, set at any time: `down` (every request 503), `fail_next(n)` (n × 500), 
 to wait before answering: client timeouts), `expire_tokens()` (every token dies now),
 `expire_every` (every token dies after that many data posts: expiry mid-drain and, with
 several posts per envelope, mid-envelope), `refuse`
-(data codes whose records are refused), `slot_closed` (daily/monthly refused: slot closed).
+(data codes whose records are refused), `slot_closed` (daily/monthly refused: slot closed),
+`reply_padding` (every reply that many bytes larger).
 
 A record's key is (enterprise, dataCode, statType, inputType, statDate): the same key posted
 again is counted as a duplicate (and kept once).
@@ -68,6 +69,7 @@ class ProvinceSim:
         self.counters = Counters()
         self.down = False
         self.hang = 0.0
+        self.reply_padding = 0  # bytes of filler in every reply (an oversized answer)
         self.refuse: set[str] = set()
         self.slot_closed = False
         self.expire_every: int | None = None
@@ -282,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.platform.hang:
             time.sleep(self.platform.hang)
         status, doc = self.platform.handle(self.path, token, body)
+        if self.platform.reply_padding:
+            doc = {**doc, "padding": "x" * self.platform.reply_padding}
         self._send(status, doc)
 
     def _send(self, status: int, doc: dict[str, Any], close: bool = False) -> None:

@@ -274,3 +274,29 @@ def test_a_password_too_long_for_a_pin_block_stops_the_daemon_with_one_line(
     assert r.returncode == 78, r.stderr
     assert "destination province: the password has 15 characters; a PIN block holds at most 14" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_oversized_reply_is_not_read_past_its_bound(tmp_path: Path, sim: ProvinceSim) -> None:
+    sim.reply_padding = 5000
+
+    async def main() -> None:
+        async with rig(write_config(tmp_path, sim, "max_reply_bytes = 1024")) as r:
+            await r.seal("daily", {A: "1.00"}, "2026-11-21", 1)
+            await r.until(lambda: r.fwd.failures_total >= 1)
+            assert "larger than 1024 bytes" in (r.fwd.last_error or "")
+            sim.reply_padding = 0
+            await r.until(pending(r))
+
+    asyncio.run(main())
+    assert len(sim.records()) == 1
+
+
+def test_mqtt_alone_never_loads_the_provincial_client() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, agent.runtime.app, agent.uplink.factory, agent.commands.run;"
+            "print(sorted(m for m in ('agent.uplink.province_https', 'agent.uplink.province_records',"
+            " 'cryptography.hazmat.primitives.ciphers') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -7,6 +7,9 @@ again. Acknowledged seqs are marked delivered in batches (everything that comple
 the previous store call ran). On a link failure the window stops growing, drains, and the
 same rows are retried — byte-identical, straight from the store — after a back-off.
 
+An envelope the destination takes only later (Deferred: the provincial upload slot) is held
+back without holding up the ones behind it, and looked at again when it may go.
+
 Store calls go through the app's single SQLite thread (`db_executor`). A store failure ends
 `run()` (the app must stop); anything the uplink throws is logged in one line and retried.
 """
@@ -158,8 +161,13 @@ class Forwarder:
                 ok = False
             if ok is None:
                 wait = self.idle_check
-                if self._retry_deferred is not None:
+                if not self.deferred:
+                    self._retry_deferred = None
+                elif self._retry_deferred is not None:
+                    # Look again when the first held-back envelope may go (it is then either
+                    # sent or held back again, with a new time): never a busy loop.
                     wait = min(wait, max(0.05, self._retry_deferred - time.monotonic()))
+                    self._retry_deferred = None
                 await self._sleep(stop, wait)  # nothing pending (or only what is deferred)
             elif not ok:
                 await self._sleep(stop, self._backoff(), wake=False)
@@ -239,8 +247,7 @@ class Forwarder:
                              self.destination, row.id, row.seq, exc.reason)
                 self.deferred[row.seq] = exc.reason
                 at = time.monotonic() + exc.retry_in
-                if self._retry_deferred is None or at < self._retry_deferred or \
-                        self._retry_deferred < time.monotonic():
+                if self._retry_deferred is None or at < self._retry_deferred:
                     self._retry_deferred = at
             elif isinstance(exc, Undeliverable):
                 self.rejected_total += 1
