@@ -95,5 +95,5 @@ def test_daemon_delivers_to_both_and_one_outage_does_not_stop_the_other(tmp_path
     assert set(heartbeat["backlog"]) == {"mqtt", "province"}
     assert sim.counters.duplicates == 0 and sim.counters.pin_failures == 0
     log = (tmp_path / "agent.log").read_text()
-    assert "destination province: forwarding paused" in log and "forwarding again" in log
+    assert "destination province: forwarding paused" in log and "destination province: forwarding resumed" in log
     assert d["province"]["rejected"] == 0

@@ -46,8 +46,10 @@ class PlatformSection(Base, kw_only=True):
     # An envelope that would not fit is set aside instead of blocking the queue. MQTT 5 brokers
     # announce theirs on connect; the smaller of the two applies.
     max_packet_bytes: Annotated[int, Meta(ge=1024, le=268_435_460)] | None = None
+    # Seconds between reconnect attempts: doubling from min to max, jittered (runtime/backoff.py).
+    # A low max bounds the wait after the broker is back, whatever the outage length.
     reconnect_min: Annotated[float, Meta(gt=0)] = 1.0
-    reconnect_max: Annotated[float, Meta(gt=0)] = 60.0
+    reconnect_max: Annotated[float, Meta(gt=0)] = 10.0
     tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None

@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.config.schema import Destination, MqttDestination
-from agent.uplink.forwarder import Uplink
+from agent.uplink.forwarder import BACKOFF_CAP, BACKOFF_FIRST, Uplink
 
 # Records go one envelope at a time, in order, to the provincial platform.
 PROVINCE_WINDOW = 1
@@ -48,6 +48,8 @@ def window(dest: Destination) -> int:
 
 
 def backoff(dest: Destination) -> tuple[float, float]:
+    """(first, cap) of the forwarder's back-off: the forwarder's own for MQTT (its link state
+    wakes it anyway), the destination's settings for the provincial interface."""
     if isinstance(dest, MqttDestination):
-        return 0.5, 30.0
+        return BACKOFF_FIRST, BACKOFF_CAP
     return dest.backoff_min, dest.backoff_max

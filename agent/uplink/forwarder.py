@@ -20,16 +20,21 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol, TypeVar
 
+from agent.runtime.backoff import Backoff
+from agent.runtime.conditions import Conditions
 from buffer.names import MQTT
 
 log = logging.getLogger("energy_agent.forwarder")
 _R = TypeVar("_R")
+
+
+# After a failed round: 0.5 s, doubling, at most 10 s (low: see agent/runtime/backoff.py).
+BACKOFF_FIRST, BACKOFF_CAP = 0.5, 10.0
 
 
 class UplinkDown(Exception):
@@ -97,8 +102,8 @@ class Forwarder:
         destination: str = MQTT,
         window: int = 20,
         idle_check: float = 5.0,
-        backoff_min: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_min: float = BACKOFF_FIRST,
+        backoff_max: float = BACKOFF_CAP,
     ) -> None:
         self.store = store
         self.db = db_executor
@@ -106,8 +111,9 @@ class Forwarder:
         self.destination = destination
         self.window = max(1, window)
         self.idle_check = idle_check
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
+        # Low cap: once the link is back, the next round follows within seconds (see backoff.py).
+        self.backoff = Backoff(backoff_min, backoff_max)
+        self._conditions = Conditions(log)
         self._wake = asyncio.Event()
         # Stats for status/heartbeat.
         self.delivered_total = 0
@@ -117,7 +123,6 @@ class Forwarder:
         self.last_delivered_ms: int | None = None
         self.last_error: str | None = None
         self.deferred: dict[int, str] = {}  # seq -> why, while a destination holds it back
-        self._failures_in_row = 0
         self._retry_deferred: float | None = None
 
     def wake(self) -> None:
@@ -170,7 +175,7 @@ class Forwarder:
                     self._retry_deferred = None
                 await self._sleep(stop, wait)  # nothing pending (or only what is deferred)
             elif not ok:
-                await self._sleep(stop, self._backoff(), wake=False)
+                await self._sleep(stop, self.backoff.next(), wake=False)
 
     async def _drain(self, stop: asyncio.Event) -> bool | None:
         """Send until the outbox is empty (None), a failure (False) or stop (True)."""
@@ -277,10 +282,8 @@ class Forwarder:
         if self.last_delivered_seq is None or top > self.last_delivered_seq:
             self.last_delivered_seq = top
         self.last_delivered_ms = int(time.time() * 1000)
-        if self._failures_in_row:
-            log.info("destination %s: forwarding again after %d failed round(s)",
-                     self.destination, self._failures_in_row)
-        self._failures_in_row = 0
+        self.backoff.reset()
+        self._conditions.over("paused", f"destination {self.destination}: forwarding resumed")
         log.debug("destination %s: delivered %d envelope(s) up to seq %d", self.destination, len(seqs), top)
 
     async def _store(self, fn: Callable[..., _R], *args: Any) -> _R:
@@ -293,21 +296,14 @@ class Forwarder:
 
     def _failed(self, what: str, unexpected: bool = False) -> None:
         self.failures_total += 1
-        self._failures_in_row += 1
         self.last_error = what
-        # One line per failed round, not per envelope; an outage logs at DEBUG after the first.
         if unexpected:
             log.error("destination %s: forwarder round failed: %s", self.destination, what, exc_info=True)
-        elif self._failures_in_row == 1:
-            log.warning("destination %s: forwarding paused: %s", self.destination, what)
-        else:
-            log.debug("destination %s: forwarding still failing (%d): %s", self.destination,
-                      self._failures_in_row, what)
-
-    def _backoff(self) -> float:
-        n = max(0, self._failures_in_row - 1)
-        cap = min(self.backoff_max, self.backoff_min * (2**min(n, 20)))
-        return cap * (0.5 + random.random() / 2)  # jitter: many gateways, one broker
+        # One line when forwarding stops, one an hour while it stays stopped, one when it resumes.
+        self._conditions.happening(
+            "paused", f"destination {self.destination}: forwarding paused: {what}",
+            f"destination {self.destination}: forwarding still paused", what,
+        )
 
     async def _sleep(self, stop: asyncio.Event, seconds: float, wake: bool = True) -> None:
         """Sleep until the timeout, stop, the link changing state, or (if wake) wake()."""

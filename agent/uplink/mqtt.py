@@ -26,6 +26,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
 from agent.config.destinations import broker_list
+from agent.runtime.backoff import Backoff
+from agent.runtime.conditions import Conditions
 from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
 from buffer.names import MQTT
 
@@ -52,6 +54,8 @@ class MqttUplink:
     ) -> None:
         self.cfg = cfg
         self.name: str = getattr(cfg, "name", MQTT)
+        # How log lines name it: plain "mqtt" for the one destination of old.
+        self._label = "mqtt" if self.name == MQTT else f"mqtt {self.name}"
         self.brokers = broker_list(cfg)
         self._broker = 0  # index into brokers of the one we are on (or trying)
         self._move_on = False  # set on a failure: the next reconnect tries the next broker
@@ -64,6 +68,10 @@ class MqttUplink:
         self._by_mid: dict[int, asyncio.Future[None]] = {}
         self._by_id: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._connect_failures = 0
+        # paho's own reconnect delay doubles without jitter; ours replaces it before every wait
+        # (set from paho's thread, in the callbacks that precede the wait).
+        self._reconnect = Backoff(cfg.reconnect_min, cfg.reconnect_max)
+        self._conditions = Conditions(log)
         self._broker_max: int | None = None  # MQTT 5 CONNACK's Maximum Packet Size
         self._started = False
         self._stopping = False
@@ -102,10 +110,12 @@ class MqttUplink:
                              ("key_file", cfg.key_file), ("password_file", cfg.password_file))
                 if v
             )
-            raise ConfigError([f"platform: cannot load {files}: {e}"]) from None
+            where = "platform" if getattr(cfg, "name", MQTT) == MQTT else f"destination {cfg.name}"  # type: ignore[attr-defined]
+            raise ConfigError([f"{where}: cannot load {files}: {e}"]) from None
         if will:
             client.will_set(will[0], will[1], qos=1, retain=False)
-        # paho sleeps these with time.sleep: fractions of a second work (tests use them).
+        # paho sleeps these with time.sleep: fractions of a second work (tests use them). Only
+        # the first retry uses them as they are; _next_reconnect sets each later one.
         client.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)  # type: ignore[arg-type]
         client.max_inflight_messages_set(cfg.inflight)
         # Counts in-flight too; room for a forwarder window a little larger than `inflight`.
@@ -146,7 +156,7 @@ class MqttUplink:
         self._set_down("stopped")  # no new publishes; late waiters get UplinkDown
         client = self._client
         await asyncio.to_thread(lambda: (client.disconnect(), client.loop_stop()))
-        log.info("mqtt %s disconnected from %s (stopped)", self.name, self.endpoint)
+        log.info("%s disconnected from %s (stopped)", self._label, self.endpoint)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -296,8 +306,13 @@ class MqttUplink:
         self._call(self._moved, old)
 
     def _moved(self, old: str) -> None:
-        log.warning("mqtt %s: broker %s failed, moving to %s", self.name, old, self.endpoint)
+        log.warning("%s: broker %s failed, moving to %s", self._label, old, self.endpoint)
         self.connection_changed.set()
+
+    def _next_reconnect(self, client: mqtt.Client) -> None:
+        """Paho's thread, before it waits to reconnect: make that wait our jittered delay."""
+        delay = self._reconnect.next()
+        client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
 
     def _on_connect(
         self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, props: Any
@@ -306,52 +321,63 @@ class MqttUplink:
             self._move_on = True
             self._call(self._log_refused, rc)
             return
+        self._reconnect.reset()
         _forget_paho_outgoing(client)
         if self.platform_acks:
             client.subscribe(self.ack_topic, qos=1)  # connected once the SUBACK is in
         # MQTT 5: the broker's largest packet, if it has a limit (absent: none).
         self._call(self._connected, rc, getattr(props, "MaximumPacketSize", None))
 
+    def _where(self) -> str:
+        return self.endpoint
+
+    def _down(self, first: str, detail: str, level: int = logging.WARNING) -> None:
+        """The broker is unreachable: one line when that starts, one an hour while it lasts."""
+        self._conditions.happening(
+            "down", first, f"{self._label}: {self._where()} still unreachable", detail, level=level,
+        )
+
     def _connected(self, rc: ReasonCode, broker_max: int | None = None) -> None:
         self._broker_max = broker_max
-        log.info(
-            "mqtt %s connected to %s as %s (%s%s)",
-            self.name, self.endpoint, self.client_id, rc,
-            f"; packets up to {broker_max} bytes" if broker_max else "",
+        self._connect_failures = 0
+        message = (
+            f"{self._label} connected to {self._where()} as {self.client_id} ({rc}"
+            + (f"; packets up to {broker_max} bytes" if broker_max else "") + ")"
         )
+        if not self._conditions.over("down", message):
+            log.info("%s", message)
         if not self.platform_acks:
             self._set_up()
 
     def _log_refused(self, rc: ReasonCode) -> None:
         self._connect_failures += 1
-        level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
-        log.log(level, "mqtt %s: connection to %s refused: %s", self.name, self.endpoint, rc)
+        self._down(f"{self._label} connection to {self._where()} refused: {rc}", f"refused: {rc}")
 
-    def _on_connect_fail(self, _client: mqtt.Client, _u: Any) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
         self._move_on = True
+        self._next_reconnect(client)
         self._call(self._connect_failed)
 
     def _connect_failed(self) -> None:
-        # A broker that is down fails every reconnect_delay: say it once, then at DEBUG.
         self._connect_failures += 1
-        level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
-        log.log(
-            level, "mqtt %s cannot connect to %s (attempt %d); retrying%s",
-            self.name, self.endpoint, self._connect_failures,
-            " on the next broker" if len(self.brokers) > 1 else "",
+        self._down(
+            f"{self._label} cannot connect to {self._where()}; retrying every {self.cfg.reconnect_max:g} s "
+            "at most (jittered)" + (", on the next broker in turn" if len(self.brokers) > 1 else ""),
+            f"{self._connect_failures} attempts",
         )
 
     def _on_disconnect(
-        self, _client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _props: Any
+        self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _props: Any
     ) -> None:
         if not self._stopping:
             self._move_on = True
+        self._next_reconnect(client)
         self._call(self._disconnected, rc)
 
     def _disconnected(self, rc: ReasonCode) -> None:
         if not self._stopping:
-            level = logging.WARNING if rc.is_failure else logging.INFO
-            log.log(level, "mqtt %s disconnected from %s (%s)", self.name, self.endpoint, rc)
+            self._down(f"{self._label} disconnected from {self._where()} ({rc})", f"disconnected: {rc}",
+                       level=logging.WARNING if rc.is_failure else logging.INFO)
         self._set_down(f"disconnected: {rc}")
 
     def _on_subscribe(
@@ -363,7 +389,7 @@ class MqttUplink:
     def _subscribed(self, bad: list[ReasonCode]) -> None:
         if bad:
             self._move_on = True
-            log.warning("mqtt %s: subscribe to %s refused: %s", self.name, self.ack_topic, bad[0])
+            log.warning("%s: subscribe to %s refused: %s", self._label, self.ack_topic, bad[0])
             return  # without the ack topic, platform mode cannot deliver: stay "down"
         self._set_up()
 
