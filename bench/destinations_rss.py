@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.poll_cpu_rss import POINTS, proc_rss_mib, unit_environment  # noqa: E402
+from bench.poll_cpu_rss import POINTS, meter_lines, proc_rss_mib, unit_environment  # noqa: E402
 
 SECRET, PASSWORD = "Wk-0123456789abcdef-bench", "bench-pw"
 ENTERPRISE = "91370600780790663W"
@@ -47,14 +47,7 @@ seal_interval = 5
 heartbeat = 3600
 {province}
 """]
-    for i, port in enumerate(ports):
-        lines.append(f'[[bus]]\nname = "b{i}"\nkind = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
-                     f'timeout = 1.0\nretries = 0\n')
-        lines.append(f'[[meter]]\nname = "m{i}"\nbus = "b{i}"\nunit = 1\n')
-        for j in range(POINTS):
-            typ = "u32" if j < POINTS // 2 else "f32"
-            kind = "counter" if j < POINTS // 2 else "instantaneous"
-            lines.append(f'[[meter.point]]\nname = "p{j}"\nregister = {2 * j}\ntype = "{typ}"\nkind = "{kind}"\n')
+    lines += meter_lines(ports)
     path = tmp / "agent.toml"
     path.write_text("".join(lines))
     return path

@@ -173,6 +173,21 @@ def floor_environment(tuned: bool) -> dict[str, str]:
     return env
 
 
+def meter_lines(ports: list[int]) -> list[str]:
+    """Config tables for the farm: one modbus-tcp bus and one 12-point meter per port."""
+    lines = []
+    for i, port in enumerate(ports):
+        lines.append(f'[[bus]]\nname = "b{i}"\nkind = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+                     f'timeout = 1.0\nretries = 0\n')
+        lines.append(f'[[meter]]\nname = "m{i}"\nbus = "b{i}"\nunit = 1\n')
+        for j in range(POINTS):
+            typ = "u32" if j < POINTS // 2 else "f32"
+            kind = "counter" if j < POINTS // 2 else "instantaneous"
+            lines.append(f'[[meter.point]]\nname = "p{j}"\nregister = {2 * j}\ntype = "{typ}"\n'
+                         f'kind = "{kind}"\n')
+    return lines
+
+
 def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path, ports_file: Path,
               seal_interval: float, tune_floor: bool) -> tuple[dict[str, Any], dict[str, float]]:
     """(the agent's figures, the floor's): the floor polls the same meters in another process
@@ -200,15 +215,7 @@ poll_interval = 1
 seal_interval = {seal_interval:g}
 heartbeat = 3600
 """]
-        for i, port in enumerate(ports):
-            lines.append(f'[[bus]]\nname = "b{i}"\nkind = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
-                         f'timeout = 1.0\nretries = 0\n')
-            lines.append(f'[[meter]]\nname = "m{i}"\nbus = "b{i}"\nunit = 1\n')
-            for j in range(POINTS):
-                typ = "u32" if j < POINTS // 2 else "f32"
-                kind = "counter" if j < POINTS // 2 else "instantaneous"
-                lines.append(f'[[meter.point]]\nname = "p{j}"\nregister = {2 * j}\ntype = "{typ}"\n'
-                             f'kind = "{kind}"\n')
+        lines += meter_lines(ports)
         cfg = tmp / "agent.toml"
         cfg.write_text("".join(lines))
         with open(tmp / "agent.log", "wb") as log:

@@ -65,6 +65,8 @@ def test_destinations_without_platform(tmp_path: Path) -> None:
     (CLUSTER.replace('"10.0.0.2"', '"10.0.0.2:http"'), NO_PLATFORM,
      "destination[0].brokers[1]: expected \"host:port\""),
     ('\n[[destination]]\nname = "x"\nkind = "amqp"\n', NO_PLATFORM, "destination[0]"),
+    (CLUSTER + 'topic_prefix = "other"\n', GOOD,
+     "destination[0].topic_prefix: every mqtt destination publishes under one prefix"),
     (PROVINCE + '\n[[destination.item]]\ncode = "1-2"\n', GOOD,
      "destination[0].item[0].code: expected a data code"),
 ])

@@ -145,6 +145,13 @@ def resolve_destinations(cfg: Config, err: Err) -> None:
         check_mqtt_settings(cfg.platform, "platform", err)
         legacy = MqttDestination(name=MQTT, **msgspec.structs.asdict(cfg.platform))
         cfg.destination = [legacy, *cfg.destination]
+    mqtts = [(i, d) for i, d in enumerate(cfg.destination) if isinstance(d, MqttDestination)]
+    for i, d in mqtts[1:]:
+        # Topics are sealed into the outbox once, with the first mqtt destination's prefix.
+        if d.topic_prefix != mqtts[0][1].topic_prefix:
+            key = f"destination[{i - (1 if platform_given else 0)}].topic_prefix"
+            err(key, f"every mqtt destination publishes under one prefix, the first one's "
+                f"({mqtts[0][1].topic_prefix!r}); got {d.topic_prefix!r}")
     if not cfg.destination:
         err("destination", 'expected [platform] or at least one [[destination]] (kind = "mqtt" or '
             '"province-https")')
