@@ -259,6 +259,7 @@ async def run_drill(drill: Drill, work: Path) -> DrillReport:
                 await asyncio.sleep(drill.tick)
             for e in events:  # lift whatever is still on
                 await _apply(e, broker, sim, down_since, down)
+            sim.hang = 0.0
             for name in list(down_since):
                 await _apply({"do": f"{name}.up"}, broker, sim, down_since, down)
             report.drained = await _drain(loop, db, store, forwarders, drill.drain_timeout)
@@ -320,6 +321,12 @@ async def _apply(e: dict[str, Any], broker: Mosquitto, sim: ProvinceSim,
         since["province"] = now
     elif do == "province.up":
         sim.down = False
+        down["province"].append((since.pop("province", now), now))
+    elif do == "province.slow":  # answers, but each request after `seconds`
+        sim.hang = float(e["seconds"])
+        since["province"] = now
+    elif do == "province.fast":
+        sim.hang = 0.0
         down["province"].append((since.pop("province", now), now))
     elif do == "province.expire_tokens_every":
         sim.expire_every = int(e["posts"])
