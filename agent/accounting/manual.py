@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.accounting import statistics
-from agent.accounting.coal import format_decimal
+from agent.accounting.coal import CoalError, coefficients, format_decimal
 from agent.config import DATA_CODE, Config
 from agent.protocol.sealer import Sealer
 from buffer.store import Store
@@ -83,6 +83,45 @@ def seal_manual(store: Store, sealer: Sealer, body: dict[str, Any], period: str)
     if sup and not any(r.id == sup for r in store.outbox.envelopes("manual")):
         raise ManualError(f"--supersedes {sup}: no manual entry with that id (see `export`)")
     return sealer.seal("manual", body, period=period)
+
+
+def added_tce(cfg: Config, code: str, variety: str, unit: str, value: str) -> str | None:
+    """Tonnes of standard coal a manual value adds, as shown before it is saved; None when it
+    does not count (not an energy or working-medium class, or no variety)."""
+    parse_code(code)
+    v = parse_value(value)
+    if not variety or code.split("-")[3][:2] not in statistics.ENERGY_CLASSES:
+        return None
+    try:
+        return format_decimal(coefficients(cfg.coefficients).tce(variety, unit.strip(), v))
+    except CoalError as e:
+        raise ManualError(str(e)) from None
+
+
+def enter_value(cfg: Config, code: str, value: str, unit: str, *, entered_ms: int,
+                month: str | None = None, day: str | None = None, note: str = "",
+                supersedes: str = "", variety: str = "") -> tuple[str, dict[str, Any], str]:
+    """Validate, sign and seal one manual value into the store: (envelope id, body, period).
+    What `energy-agent enter` and the web page's manual entry both run."""
+    from agent.config.destinations import destination_types
+    from agent.protocol.signing import KeyFileError, load_signer
+    from buffer.store import StoreError
+
+    body, period = manual_body(code, value, unit, tz=cfg.tz, entered_ms=entered_ms, month=month,
+                               day=day, note=note, supersedes=supersedes, variety=variety)
+    try:
+        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
+        store = Store(cfg.db_path, destination_types(cfg))
+    except (KeyFileError, StoreError) as e:
+        raise ManualError(str(e)) from None
+    try:
+        seq = seal_manual(store, Sealer(cfg, store, signer), body, period)
+        row = next(r for r in store.outbox.envelopes("manual", period, period) if r.seq == seq)
+    except StoreError as e:
+        raise ManualError(str(e)) from None
+    finally:
+        store.close()
+    return row.id, body, period
 
 
 def parse_time(text: str, tz: ZoneInfo) -> int:

@@ -6,6 +6,7 @@ Each problem is one line naming the key path; `check` also resolves every meter'
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
         err("agent.timezone", f"expected an IANA time zone like Asia/Shanghai, got {cfg.agent.timezone!r}")
 
     resolve_destinations(cfg, err)
+
+    check_web(cfg, err)
 
     buses: dict[str, int] = {}
     for i, b in enumerate(cfg.bus):
@@ -148,3 +151,23 @@ def _check_point(p: PointConfig, key: str, err: Any) -> None:
     if p.modulus is not None and p.kind != "counter":
         err(f"{key}.modulus", "only counters roll over; set kind = \"counter\" or remove modulus")
 
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_web(cfg: Config, err: Any) -> None:
+    """The web page leaves loopback only behind TLS and a login: readings, the signing action
+    (manual entry) and the outbox must not be one unauthenticated LAN request away."""
+    w = cfg.web
+    if (w.tls_cert is None) != (w.tls_key is None):
+        err("web.tls_cert", "tls_cert and tls_key go together")
+    if not is_loopback(w.listen):
+        missing = [k for k in ("tls_cert", "tls_key", "password_file") if getattr(w, k) is None]
+        if missing:
+            err("web.listen", f"{w.listen!r} is not loopback: set web.{', web.'.join(missing)} "
+                "(TLS and a login) or listen on 127.0.0.1")
