@@ -54,3 +54,23 @@ def test_a_destination_added_later_skips_old_envelopes_of_other_types(tmp_path: 
     ro = Store(tmp_path / "a.db", {"mqtt": None, "province": {"interval", "manual"}}, readonly=True)
     assert ro.outbox.backlog("province") == (0, None)
     ro.close()
+
+
+def test_the_web_deliveries_page_lists_each_configured_destination(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.config.destinations import destination_types
+    from agent.web import data
+    from tests.test_config_destinations import PROVINCE
+    from tests.test_reports import CONFIG
+
+    (tmp_path / "agent.toml").write_text(CONFIG.format(dir=tmp_path) + PROVINCE)
+    cfg = load_config(tmp_path / "agent.toml")
+    store = Store(cfg.db_path, destination_types(cfg))
+    now = int(time.time() * 1000)
+    enqueue(store, "readings", now)
+    enqueue(store, "daily", now)
+    store.close()
+    ro = Store(cfg.db_path, destination_types(cfg), readonly=True)
+    d = {x["destination"]: x for x in data.deliveries(cfg, ro, now, None)["destinations"]}
+    ro.close()
+    assert d["mqtt"]["pending"] == 2 and d["yunnan"]["pending"] == 1
