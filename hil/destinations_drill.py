@@ -26,7 +26,6 @@ import contextlib
 import json
 import time
 import tomllib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from zoneinfo import ZoneInfo
 
 from agent.config import load_config
 from agent.config.destinations import destination_types
+from agent.runtime.store_thread import StoreThread
 from agent.uplink.factory import backoff, open_uplink, window
 from agent.uplink.forwarder import Forwarder
 from hil.broker import Mosquitto, Subscriber
@@ -205,8 +205,7 @@ async def run_drill(drill: Drill, work: Path) -> DrillReport:
     from drivers.base import Quality, Reading
 
     work.mkdir(parents=True, exist_ok=True)
-    loop = asyncio.get_running_loop()
-    db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+    db = StoreThread()
     report = DrillReport(drill.name)
     with contextlib.ExitStack() as stack:
         broker = stack.enter_context(Mosquitto(persistence=True))
@@ -216,7 +215,7 @@ async def run_drill(drill: Drill, work: Path) -> DrillReport:
         stack.enter_context(sim)
         cfg = load_config(_config(work, broker.port, sim))
         generate_key(cfg.signing.key_file)
-        store = await loop.run_in_executor(db, Store, cfg.db_path, destination_types(cfg))
+        store = await db.call(Store, cfg.db_path, destination_types(cfg))
         now_ms = _local_ms(drill.start)
         sealer = Sealer(cfg, store, load_signer(cfg.signing.key_file), clock=lambda: now_ms / 1000)
         reporter = Reporter(cfg, store, sealer)
@@ -243,8 +242,8 @@ async def run_drill(drill: Drill, work: Path) -> DrillReport:
                     await _apply(events.pop(0), broker, sim, down_since, down)
                 readings = [Reading("main", name, now_ms + 150, round(1000 + minute * rate, 2), Quality.GOOD)
                             for name, _, _, rate in POINTS]
-                await loop.run_in_executor(db, store.readings.add_readings, readings)
-                seqs = await loop.run_in_executor(db, reporter.seal_due, now_ms + 30_000)
+                await db.call(store.readings.add_readings, readings)
+                seqs = await db.call(reporter.seal_due, now_ms + 30_000)
                 t = time.monotonic()
                 for s in seqs if minute else ():  # the catch-up pass is not timed (below)
                     sealed_at[s] = t
@@ -255,22 +254,22 @@ async def run_drill(drill: Drill, work: Path) -> DrillReport:
                     # The first pass catches up on the day so far (empty intervals since
                     # midnight); let both destinations take that before the clock runs, so
                     # the delays measured are those of the timeline, not of the catch-up.
-                    await _drain(loop, db, store, forwarders, drill.drain_timeout)
+                    await _drain(db, store, forwarders, drill.drain_timeout)
                 await asyncio.sleep(drill.tick)
             for e in events:  # lift whatever is still on
                 await _apply(e, broker, sim, down_since, down)
             sim.hang = 0.0
             for name in list(down_since):
                 await _apply({"do": f"{name}.up"}, broker, sim, down_since, down)
-            report.drained = await _drain(loop, db, store, forwarders, drill.drain_timeout)
+            report.drained = await _drain(db, store, forwarders, drill.drain_timeout)
             await asyncio.sleep(0.5)  # the subscriber's last messages
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             for f in forwarders:
                 await f.uplink.stop()
-        rows = await loop.run_in_executor(db, _sealed_rows, store)
-        await loop.run_in_executor(db, store.close)
+        rows = await db.call(_sealed_rows, store)
+        await db.call(store.close)
         db.shutdown()
         report.envelopes = {t: sum(1 for r in rows if r[1] == t) for t in sorted({r[1] for r in rows})}
         expected = _expected_values(rows)
@@ -293,11 +292,11 @@ async def run_drill(drill: Drill, work: Path) -> DrillReport:
     return report
 
 
-async def _drain(loop: asyncio.AbstractEventLoop, db: ThreadPoolExecutor, store: Any,
+async def _drain(db: StoreThread, store: Any,
                  forwarders: list[Forwarder], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = [await loop.run_in_executor(db, store.outbox.backlog, f.destination) for f in forwarders]
+        left = [await db.call(store.outbox.backlog, f.destination) for f in forwarders]
         if all(n == 0 for n, _ in left):
             return True
         for f in forwarders:

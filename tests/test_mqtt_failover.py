@@ -51,7 +51,7 @@ def test_stopping_the_first_broker_moves_delivery_to_the_second(
             assert set(first + during + after) <= got, "nothing lost across the move"
             assert set(during + after) <= set(_ids(sb))
             s = r.forwarder.stats()
-            assert s["endpoint"] == f"127.0.0.1:{b.port}" and s["destination"] == "mqtt"
+            assert s.endpoint == f"127.0.0.1:{b.port}" and s.destination == "mqtt"
             print(f"moved to the second broker and drained 50 envelopes in {moved:.2f} s")
 
     with Mosquitto() as a, Mosquitto() as b:

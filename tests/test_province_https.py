@@ -7,7 +7,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from agent.config import ConfigError, load_config
 from agent.config.destinations import destination_types
 from agent.protocol.sealer import Sealer
 from agent.protocol.signing import generate_key, load_signer
+from agent.runtime.store_thread import StoreThread
 from agent.uplink.factory import open_uplink
 from agent.uplink.forwarder import Forwarder
 from buffer.store import Store
@@ -69,11 +69,11 @@ stat_types = [0, 1, 2]
 
 
 class Rig:
-    def __init__(self, db: ThreadPoolExecutor, store: Store, sealer: Sealer, fwd: Forwarder) -> None:
+    def __init__(self, db: StoreThread, store: Store, sealer: Sealer, fwd: Forwarder) -> None:
         self.db, self.store, self.sealer, self.fwd = db, store, sealer, fwd
 
     async def call(self, fn: Callable[..., _R], *args: Any) -> _R:
-        return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
+        return await self.db.call(fn, *args)
 
     async def seal(self, type_: str, values: dict[str, str], start: str, stat: int) -> int:
         items = [{"dataCode": c, "value": v, "statType": stat, "inputType": 4,
@@ -94,9 +94,8 @@ async def rig(config: Path) -> AsyncIterator[Rig]:
     cfg = load_config(config)
     if not Path(cfg.signing.key_file).exists():
         generate_key(cfg.signing.key_file)
-    db = ThreadPoolExecutor(max_workers=1)
-    loop = asyncio.get_running_loop()
-    store = await loop.run_in_executor(db, Store, cfg.db_path, destination_types(cfg))
+    db = StoreThread()
+    store = await db.call(Store, cfg.db_path, destination_types(cfg))
     sealer = Sealer(cfg, store, load_signer(cfg.signing.key_file))
     (dest,) = cfg.destination
     fwd = Forwarder(store, db, open_uplink(dest, cfg, store, db, None), dest.name, 1,
@@ -110,7 +109,7 @@ async def rig(config: Path) -> AsyncIterator[Rig]:
         fwd.wake()
         await asyncio.wait_for(task, 5)
         await fwd.uplink.stop()
-        await loop.run_in_executor(db, store.close)
+        await db.call(store.close)
         db.shutdown()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from buffer.retention import prune
 from buffer.store import EnvelopeMeta, Store
+from tests.store_helpers import enqueue as put
 
 DAY = 86_400_000
 
@@ -16,7 +17,7 @@ DAY = 86_400_000
 def enqueue(store: Store, type_: str, created_ms: int) -> int:
     seq, _ = store.outbox.chain_head()
     meta = EnvelopeMeta(seq, f"E-G-{seq}", type_, f"energy/E/G/up/{type_}", created_ms)
-    return store.outbox.enqueue(b'{"seq": %d}' % seq, meta)
+    return put(store, b'{"seq": %d}' % seq, meta)
 
 
 def test_types_a_destination_does_not_take_are_done_for_it(tmp_path: Path) -> None:

@@ -3,20 +3,18 @@ destination of that kind is configured (the provincial client is not loaded for 
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from concurrent.futures import Executor
 from typing import Any
 
 from agent.config import Config
 from agent.config.schema import Destination, MqttDestination
+from agent.runtime.store_thread import StoreThread
 from agent.uplink.forwarder import BACKOFF_CAP, BACKOFF_FIRST, Uplink
 
 # Records go one envelope at a time, in order, to the provincial platform.
 PROVINCE_WINDOW = 1
 
 
-def open_uplink(dest: Destination, cfg: Config, store: Any, db: Executor,
+def open_uplink(dest: Destination, cfg: Config, store: Any, store_thread: StoreThread,
                 will: tuple[str, bytes] | None) -> Uplink:
     a = cfg.agent
     if isinstance(dest, MqttDestination):
@@ -31,14 +29,11 @@ def open_uplink(dest: Destination, cfg: Config, store: Any, db: Executor,
     stats = [STAT_OF_TYPE[t] for t in wanted_types(dest) if t in STAT_OF_TYPE]
     items = data_items(dest, dest.enterprise_code or a.enterprise, reported_items(cfg), stats)
 
-    async def in_db(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(db, functools.partial(fn, *args))
-
     async def get(key: str) -> str | None:
-        return await in_db(store.state.get, key)  # type: ignore[no-any-return]
+        return await store_thread.call(store.state.get, key)  # type: ignore[no-any-return]
 
     async def put(key: str, value: str) -> None:
-        await in_db(store.state.set, key, value)
+        await store_thread.call(store.state.set, key, value)
 
     return ProvinceHttpsUplink(dest, a.enterprise, a.gateway, cfg.tz, items, get, put)
 
