@@ -135,7 +135,10 @@ def test_records_from_sealed_envelopes(tmp_path: Path, sim: ProvinceSim) -> None
     assert sorted(sim.records()) == [(B, 1, 4, "2026-11-21 00:00:00", "2.50", 1),
                                      (B, 1, 4, "2026-11-22 00:00:00", "3.00", 1),
                                      (A, 1, 4, "2026-11-21 00:00:00", "1140.10", 1)]
-    assert sim.items() == {(A, 0), (A, 1), (B, 0), (B, 1), (B, 2)}
+    # The configured items, and the comprehensive total (综合能源消费总量) daily and monthly
+    # bodies compute under boundary.total_code.
+    total = "00-00-0000-080000-00"
+    assert sim.items() == {(A, 0), (A, 1), (B, 0), (B, 1), (B, 2), (total, 1), (total, 2)}
     assert sim.counters.tokens == 1 and sim.counters.registrations == 1 and sim.counters.duplicates == 0
 
 

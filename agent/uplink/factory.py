@@ -27,7 +27,9 @@ def open_uplink(dest: Destination, cfg: Config, store: Any, store_thread: StoreT
     from agent.uplink.province_records import STAT_OF_TYPE, data_items
 
     stats = [STAT_OF_TYPE[t] for t in wanted_types(dest) if t in STAT_OF_TYPE]
-    items = data_items(dest, dest.enterprise_code or a.enterprise, reported_items(cfg), stats)
+    metered = reported_items(cfg)
+    items = data_items(dest, dest.enterprise_code or a.enterprise, metered, stats,
+                       computed_codes(cfg, [m.code for m in metered] + [i.code for i in dest.item]))
 
     async def get(key: str) -> str | None:
         return await store_thread.call(store.state.get, key)  # type: ignore[no-any-return]
@@ -36,6 +38,18 @@ def open_uplink(dest: Destination, cfg: Config, store: Any, store_thread: StoreT
         await store_thread.call(store.state.set, key, value)
 
     return ProvinceHttpsUplink(dest, a.enterprise, a.gateway, cfg.tz, items, get, put)
+
+
+def computed_codes(cfg: Config, codes: list[str]) -> list[tuple[str, str]]:
+    """(code, name) of what daily and monthly bodies compute: the comprehensive total
+    (综合能源消费总量) and the unit consumption of each product (class 04) among `codes`."""
+    from agent.config.boundary import unit_consumption_code
+
+    b = cfg.boundary
+    out = [(b.total_code, "综合能源消费总量")]
+    products = sorted({c for c in [*codes, *b.products] if c.split("-")[3][:2] == "04"})
+    out += [(unit_consumption_code(c, b), f"单位产品综合能耗 {c}") for c in products]
+    return out
 
 
 def window(dest: Destination) -> int:

@@ -84,10 +84,11 @@ def chunks(records: Sequence[dict[str, Any]], size: int) -> list[Sequence[dict[s
 
 
 def data_items(dest: ProvinceHttpsDestination, enterprise_code: str, metered: Iterable[Any],
-               stat_types: Iterable[int]) -> list[dict[str, Any]]:
+               stat_types: Iterable[int], computed: Iterable[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """What to register: each metered item (statistics.Item) once per stat type the
-    destination sends, then the configured extra items (manual entries). A configured item
-    with a metered code gives that code its name and bounds instead."""
+    destination sends, the computed daily/monthly items (`computed`: (code, name) of the
+    comprehensive total and each product's unit consumption), then the configured extra items
+    (manual entries). A configured item with the same code gives it its name and bounds."""
     extra = {it.code: it for it in dest.item}
     out: list[dict[str, Any]] = []
     seen: set[tuple[str, int]] = set()
@@ -100,6 +101,14 @@ def data_items(dest: ProvinceHttpsDestination, enterprise_code: str, metered: It
             if (m.code, st) not in seen:
                 seen.add((m.code, st))
                 out.append(_item(enterprise_code, m.code, name, 4, st, lo, hi, dest.scope))
+    for code, name in computed:
+        conf = extra.get(code)
+        lo, hi = (conf.min, conf.max) if conf else ("0", "999999999")
+        for st in stats:
+            if st in (1, 2) and (code, st) not in seen:
+                seen.add((code, st))
+                out.append(_item(enterprise_code, code, conf.name if conf and conf.name else name, 4, st,
+                                 lo, hi, dest.scope))
     for it in dest.item:
         for st in it.stat_types:
             if (it.code, st) not in seen:
