@@ -180,6 +180,24 @@ def floor_environment(tuned: bool) -> dict[str, str]:
     return env
 
 
+def meter_lines(ports: list[int], codes: bool = False) -> list[str]:
+    """Config tables for the farm: one modbus-tcp bus and one 12-point meter per port (with
+    `codes`, each meter's first counter has a data code, so reports are sealed)."""
+    lines = []
+    for i, port in enumerate(ports):
+        lines.append(f'[[bus]]\nname = "b{i}"\nkind = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+                     f'timeout = 1.0\nretries = 0\n')
+        lines.append(f'[[meter]]\nname = "m{i}"\nbus = "b{i}"\nunit = 1\n')
+        for j in range(POINTS):
+            typ = "u32" if j < POINTS // 2 else "f32"
+            kind = "counter" if j < POINTS // 2 else "instantaneous"
+            lines.append(f'[[meter.point]]\nname = "p{j}"\nregister = {2 * j}\ntype = "{typ}"\n'
+                         f'kind = "{kind}"\n')
+            if codes and j == 0:
+                lines.append(f'unit = "kWh"\nvariety = "electricity"\ncode = "01-{i % 100:02d}-0000-020101-10"\n')
+    return lines
+
+
 def page_client(port: int, stop_at: float) -> int:
     """Load the pages and their JSON every 2 s until stop_at; returns the requests made."""
     import urllib.request
@@ -226,17 +244,7 @@ heartbeat = 3600
 [web]
 port = {web_port}
 """]
-        for i, port in enumerate(ports):
-            lines.append(f'[[bus]]\nname = "b{i}"\nkind = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
-                         f'timeout = 1.0\nretries = 0\n')
-            lines.append(f'[[meter]]\nname = "m{i}"\nbus = "b{i}"\nunit = 1\n')
-            for j in range(POINTS):
-                typ = "u32" if j < POINTS // 2 else "f32"
-                kind = "counter" if j < POINTS // 2 else "instantaneous"
-                lines.append(f'[[meter.point]]\nname = "p{j}"\nregister = {2 * j}\ntype = "{typ}"\n'
-                             f'kind = "{kind}"\n')
-                if (codes or serve) and j == 0:
-                    lines.append(f'unit = "kWh"\nvariety = "electricity"\ncode = "01-{i % 100:02d}-0000-020101-10"\n')
+        lines += meter_lines(ports, codes or serve)
         cfg = tmp / "agent.toml"
         cfg.write_text("".join(lines))
         with open(tmp / "agent.log", "wb") as log:

@@ -116,9 +116,28 @@ class Outbox:
         c.execute("INSERT INTO payloads(seq, payload) VALUES (?, ?)", (meta.seq, payload))
         c.execute("UPDATE chain SET next_seq = ?, head = ? WHERE id = 1",
                   (meta.seq + 1, digest.hex()))
+        for d, types in self._store.types.items():
+            if types is not None and meta.type not in types:
+                c.execute("INSERT OR IGNORE INTO delivery_marks VALUES (?, ?)", (d, meta.seq))
         if cursor is not None:
             set_cursor_in(c, cursor[0], cursor[1])
         return digest.hex()
+
+    def skip_unwanted(self) -> None:
+        """Mark done, for each destination, the pending envelopes of types it does not take:
+        those sealed before it was configured (or before its `types` changed). A type added
+        later applies to envelopes sealed from then on."""
+        with self._store.transaction() as c:
+            for d, types in self._store.types.items():
+                if types is None:
+                    continue
+                marks = ", ".join("?" * len(types))
+                unwanted = f" AND o.type NOT IN ({marks})" if types else ""
+                c.execute(
+                    "INSERT OR IGNORE INTO delivery_marks(destination, seq) SELECT ?, o.seq"
+                    " FROM outbox o WHERE o.seq > (SELECT watermark FROM delivery WHERE destination = ?)"
+                    + unwanted, (d, d, *sorted(types)))
+                self._advance(c, d)
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -288,6 +307,13 @@ class Outbox:
             sql += " AND o.period <= ?"
             params.append(period_to)
         return self._verified(self._store.rows(sql + " ORDER BY o.seq", params))
+
+    def latest(self, type: str) -> OutboxRow | None:
+        """The newest envelope of `type` (e.g. the last heartbeat, for `status`)."""
+        rows = self._verified(self._store.rows(
+            f"SELECT {_OUTBOX_COLS} FROM outbox o JOIN payloads p ON p.seq = o.seq"
+            " WHERE o.type = ? ORDER BY o.seq DESC LIMIT 1", (type,)))
+        return rows[0] if rows else None
 
     def sealed_periods(self, type: str, period_from: str, period_to: str) -> set[str]:
         """The periods from period_from to period_to (inclusive) that have an envelope of

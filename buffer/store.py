@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,25 @@ log = logging.getLogger("buffer.store")
 class Store:
     ZERO_HASH = schema.ZERO_HASH
 
-    def __init__(self, path: str | Path, destinations: Sequence[str] = (names.MQTT,),
+    def __init__(self, path: str | Path,
+                 destinations: Sequence[str] | Mapping[str, Collection[str] | None] = (names.MQTT,),
                  readonly: bool = False, topic_of: Callable[[str], str] | None = None) -> None:
         """Open (create, migrate, check) the store. `readonly` is for inspecting the store of
         a running agent (status, export): no migration, no repair, and every write fails.
-        `topic_of(type)` names an envelope type's topic, for salvaging a corrupt store
-        (buffer/salvage.py)."""
+
+        `destinations` names each destination, or maps each name to the envelope types it
+        takes (None: all). An envelope of a type a destination does not take is done for it
+        from the moment it is sealed, so it never counts in that destination's backlog and
+        never holds back retention. `topic_of(type)` names an envelope type's topic, for
+        salvaging a corrupt store (buffer/salvage.py)."""
         self.path = Path(path)
         self.readonly = readonly
-        self.destinations: tuple[str, ...] = tuple(destinations)
+        if isinstance(destinations, Mapping):
+            self.types: dict[str, frozenset[str] | None] = {
+                d: None if t is None else frozenset(t) for d, t in destinations.items()}
+        else:
+            self.types = dict.fromkeys(destinations)
+        self.destinations: tuple[str, ...] = tuple(self.types)
         if not self.destinations:
             raise ValueError("a store needs at least one destination")
         try:
@@ -64,6 +74,9 @@ class Store:
         # Whatever took the store back in time (a lost WAL, a restored backup, a salvage), the
         # chain continues above every seq ever sealed (buffer/highwater.py).
         self.chain_reset = None if readonly else highwater.reconcile(self, salvage)
+        if not readonly:
+            # After the salvage: envelopes it brought back are skipped where unwanted too.
+            self.outbox.skip_unwanted()
 
     def close(self) -> None:
         self._conn.close()

@@ -2,6 +2,7 @@
 
     python -m hil run hil/scenarios/normal-hour.toml [--short] [--workdir DIR]
     python -m hil platform --port 1883 --gateway E/G=BASE64 [--db platform.db] [--no-ack]
+    python -m hil run hil/scenarios/destinations/province-down.toml [--short]
 """
 
 from __future__ import annotations
@@ -45,13 +46,29 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from hil.scenario import Scenario, run_scenario
 
-    scn = Scenario.load(args.scenario, short=args.short)
     work = Path(args.workdir) if args.workdir else None
     if work:
         work.mkdir(parents=True, exist_ok=True)
+    if Path(args.scenario).resolve().parent.name == "destinations":
+        return _drill(args, work)
+    scn = Scenario.load(args.scenario, short=args.short)
     report = asyncio.run(run_scenario(scn, work))
     print(report.text())
     return 0 if not report.failures else 1
+
+
+def _drill(args: argparse.Namespace, work: Path | None) -> int:
+    """hil/scenarios/destinations/*.toml: two destinations in simulated time."""
+    import tempfile
+
+    from hil.destinations_drill import Drill, run_drill
+
+    drill = Drill.load(args.scenario, short=args.short)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = asyncio.run(run_drill(drill, work or Path(tmp)))
+    print(report.text())
+    bad = any(r.missing or r.wrong or r.duplicates for r in report.results.values())
+    return 1 if bad or not report.drained else 0
 
 
 def _platform(args: argparse.Namespace) -> int:

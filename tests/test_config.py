@@ -192,9 +192,11 @@ def test_every_config_key_is_in_the_annotated_example() -> None:
     missing = []
     for struct in (schema.AgentSection, schema.PlatformSection, schema.SigningSection,
                    schema.ScheduleSection, schema.StorageSection, BusConfig, MeterConfig, PointConfig,
+                   schema.MqttDestination, schema.ProvinceHttpsDestination, schema.ProvinceItem,
                    schema.BoundarySection, schema.CodeCoefficient):
         for f in msgspec.structs.fields(struct):
-            if f.encode_name not in present | not_keys and f.encode_name not in {"point", "codes"}:
+            if f.encode_name not in present | not_keys and f.encode_name not in {"point", "codes", "item"}:
                 missing.append(f"{struct.__name__}.{f.encode_name}")
     assert missing == []
-    assert {"meter.point", "meter.codes", "coefficients", "storage", "schedule", "boundary"} <= sections
+    assert {"meter.point", "meter.codes", "coefficients", "storage", "schedule", "boundary",
+            "destination", "destination.item"} <= sections

@@ -45,7 +45,9 @@ def test_status_envelopes_and_last_will(tmp_path: Path) -> None:
     assert {"version", "uptime_s", "backlog", "disk", "clock", "counters", "uplink"} <= set(status)
     assert status["clock"]["state"] == "ok"
     assert status["disk"]["store_bytes"] > 0 and status["disk"]["budget_bytes"] > 0
-    assert status["uplink"]["connected"] == "yes"
+    assert status["uplink"]["mqtt"]["connected"] == "yes"
+    assert status["uplink"]["mqtt"]["endpoint"] == f"127.0.0.1:{broker.port}"
+    assert set(status["backlog"]) == {"mqtt"} and status["last_delivered"]["mqtt"]["seq"] > 0
     will = next(json.loads(p) for t, p in sub.snapshot() if t.endswith("/will"))
     assert will["type"] == "offline" and will["gateway"] == GATEWAY and will["kid"] == kid
     sig = base64.b64decode(will.pop("sig"))

@@ -69,7 +69,10 @@ code = "00-00-0000-020201-10"
     r = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(cfg)],
                        capture_output=True, text=True, timeout=60)
     assert "warning: meter gone: offline" in r.stdout
-    assert "backlog:" in r.stdout and "last delivered:" in r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.startswith("destination mqtt (mqtt, 127.0.0.1:"))
+    assert "backlog " in line and "last delivered " in line, r.stdout
+    (d,) = s["destinations"]
+    assert d["name"] == "mqtt" and d["last_seq"] and d["pending"] >= 0
 
 
 def test_status_last_good_read_is_current_while_the_daemon_runs(tmp_path: Path) -> None:

@@ -110,6 +110,7 @@ def enter_value(cfg: Config, code: str, value: str, unit: str, *, entered_ms: in
                 supersedes: str = "", variety: str = "") -> tuple[str, dict[str, Any], str]:
     """Validate, sign and seal one manual value into the store: (envelope id, body, period).
     What `energy-agent enter` and the web page's manual entry both run."""
+    from agent.config.destinations import destination_types
     from agent.protocol.signing import KeyFileError, load_signer
     from buffer.store import StoreError
 
@@ -117,7 +118,7 @@ def enter_value(cfg: Config, code: str, value: str, unit: str, *, entered_ms: in
                                day=day, note=note, supersedes=supersedes, variety=variety)
     try:
         signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
-        store = Store(cfg.db_path)
+        store = Store(cfg.db_path, destination_types(cfg))
     except (KeyFileError, StoreError) as e:
         raise ManualError(str(e)) from None
     try:

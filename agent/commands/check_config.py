@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 from agent.commands._common import add_config_argument, load_or_exit
+from agent.config.destinations import broker_list, wanted_types
+from agent.config.schema import MqttDestination
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,17 +63,31 @@ def collect(cfg: Any) -> dict[str, Any]:
     return {
         "config": str(cfg.source), "ok": True, "gateway": cfg.agent.gateway,
         "enterprise": cfg.agent.enterprise, "timezone": cfg.agent.timezone,
-        "platform": f"{cfg.platform.host}:{cfg.platform.port}", "ack": cfg.platform.ack,
+        "destinations": [_destination(d) for d in cfg.destination],
         "poll_interval": interval, "points": sum(len(m.points) for m in cfg.meter),
         "buses": buses, "warnings": warnings,
     }
 
 
+def _destination(d: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": d.name, "types": sorted(wanted_types(d))}
+    if isinstance(d, MqttDestination):
+        out.update(kind="mqtt", brokers=[f"{h}:{p}" for h, p in broker_list(d)], ack=d.ack)
+    else:
+        out.update(kind="province-https", url=d.url)
+    return out
+
+
 def print_report(cfg: Any, r: dict[str, Any]) -> None:
     interval = r["poll_interval"]
     print(f"{r['config']}: OK")
-    print(f"gateway {r['gateway']}, enterprise {r['enterprise']}, timezone {r['timezone']}, "
-          f"platform {r['platform']} (ack {r['ack']})")
+    print(f"gateway {r['gateway']}, enterprise {r['enterprise']}, timezone {r['timezone']}")
+    for d in r["destinations"]:
+        types = ", ".join(d["types"])
+        if d["kind"] == "mqtt":
+            print(f"destination {d['name']} (mqtt {', '.join(d['brokers'])}, ack {d['ack']}): {types}")
+        else:
+            print(f"destination {d['name']} (province-https {d['url']}): {types}")
     print(f"{len(cfg.bus)} bus(es), {len(cfg.meter)} meter(s), {r['points']} point(s); "
           f"poll every {interval:g} s")
     for b in r["buses"]:

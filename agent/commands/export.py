@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.commands._common import add_config_argument, load_or_exit
+from agent.config.destinations import destination_types
 
 COLUMNS = ["type", "period", "status", "envelope", "dataCode", "meter", "point", "variety",
            "unit", "value", "statType", "inputType", "periodStart", "flags", "samples",
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        store = Store(path, readonly=True)
+        store = Store(path, destination_types(cfg), readonly=True)
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

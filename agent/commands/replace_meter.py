@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from agent.commands._common import add_config_argument, load_or_exit
+from agent.config.destinations import destination_types
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         data = replacement_event(cfg, args.meter, args.point, args.old_final, args.new_initial,
                                  parse_time(args.at, cfg.tz))
-        store = Store(Path(cfg.agent.data_dir) / "agent.db")
+        store = Store(Path(cfg.agent.data_dir) / "agent.db", destination_types(cfg))
         try:
             event = record_replacement(store, data)
         finally:

@@ -9,15 +9,16 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 
 from agent.commands._common import add_config_argument, load_or_exit
+from agent.config.destinations import destination_types
 from buffer.names import MQTT
-
-DESTINATION = MQTT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("seq", nargs="*", type=int,
                         help="seqs to send again, byte-identical; none: list what was set aside")
+    parser.add_argument("--destination", default=MQTT,
+                        help=f"the destination's name (default {MQTT!r})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -27,17 +28,22 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_or_exit(args.config)
     path = Path(cfg.agent.data_dir) / "agent.db"
     try:
-        store = Store(path, readonly=not args.seq)
+        types = destination_types(cfg)
+        if args.destination not in types:
+            print(f"error: no destination named {args.destination!r} (configured: {', '.join(types)})",
+                  file=sys.stderr)
+            return 2
+        store = Store(path, types, readonly=not args.seq)
         try:
             if not args.seq:
-                dead = store.outbox.rejected(DESTINATION)
+                dead = store.outbox.rejected(args.destination)
                 if args.json:
                     print(json.dumps({"set_aside": [{"seq": seq, "reason": reason, "at_ms": ts}
                                                     for seq, reason, ts in dead]}, indent=2,
                                      ensure_ascii=False))
                     return 0
                 return _list(dead, cfg.tz)
-            done = store.outbox.requeue(DESTINATION, args.seq)
+            done = store.outbox.requeue(args.destination, args.seq)
         finally:
             store.close()
     except StoreError as e:

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     faulthandler.enable()
     cfg = load_or_exit(args.config)
     logging.getLogger().setLevel(cfg.agent.log_level.upper())
-    from agent.config import ConfigError
+    from agent.config import EX_CONFIG, ConfigError
     from agent.protocol.signing import KeyFileError
     from agent.runtime.app import run_agent
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyFileError as e:
         logging.getLogger("agent").error("%s", e)
         return 78
-    except ConfigError as e:  # found only once the daemon sets up (key files, TLS material)
+    except ConfigError as e:  # found while wiring: key material of a destination, its password
         for line in e.lines:
             logging.getLogger("agent").error("%s", line)
-        return 78
+        return EX_CONFIG

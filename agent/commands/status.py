@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.commands._common import add_config_argument, load_or_exit
-from buffer.names import MQTT
+from agent.config.destinations import describe, destination_types
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no store at {cfg.db_path} — has `energy-agent run` started with this config?")
         return 1
     try:
-        store = Store(cfg.db_path, (MQTT,), readonly=True)
+        store = Store(cfg.db_path, destination_types(cfg), readonly=True)
     except StoreError as e:
         print(f"error: {e}")
         return 1
@@ -81,12 +81,21 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
             points = sorted(p for (meter, p), r in today.items() if meter == m.name and r < COMPLETENESS_MIN)
             warnings.append(f"meter {m.name}: completeness today {worst:.0%} < 90 % "
                             f"({', '.join(points)})")
-    pending, oldest = store.outbox.backlog(MQTT)
-    last_seq, last_at = store.outbox.last_delivered(MQTT)
     counters = store.state.counters()
-    if oldest is not None and now_ms - oldest > 24 * 3600 * 1000:
-        warnings.append(f"backlog: oldest unsent envelope is {_age(now_ms - oldest)} old — "
-                        "the platform has not had today's data; check the link and the broker")
+    live = _last_heartbeat(store)
+    destinations = []
+    for d in cfg.destination:
+        pending, oldest = store.outbox.backlog(d.name)
+        last_seq, last_at = store.outbox.last_delivered(d.name)
+        up = live.get(d.name, {})
+        destinations.append({
+            "name": d.name, "kind": describe(d), "endpoint": up.get("endpoint") or _where(d),
+            "pending": pending, "oldest_ms": oldest, "last_seq": last_seq, "last_at_ms": last_at,
+            "rejected": len(store.outbox.rejected(d.name)), "last_error": up.get("last_error"),
+        })
+        if oldest is not None and now_ms - oldest > 24 * 3600 * 1000:
+            warnings.append(f"destination {d.name}: oldest unsent envelope is {_age(now_ms - oldest)} "
+                            "old — the platform has not had today's data; check the link")
     for name in ("dropped_envelopes", "corrupt_envelopes", "rejected_envelopes", "corrupt_db_moved"):
         if counters.get(name):
             hint = " — `energy-agent resend` lists them" if name == "rejected_envelopes" else ""
@@ -112,8 +121,7 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
         "meters": meters,
         # Set on the agent's first day: completeness counts from its first poll, not midnight.
         "completeness_since_ms": since,
-        "backlog": {"pending": pending, "oldest_ms": oldest},
-        "last_delivered": {"seq": last_seq, "at_ms": last_at},
+        "destinations": destinations,
         "next_seq": store.outbox.chain_head()[0],
         "counters": counters,
         "warnings": warnings,
@@ -148,16 +156,39 @@ def print_report(cfg: Any, r: dict[str, Any]) -> None:
             for line in m["read_plan"]:
                 print(f"    {line}")
     print()
-    b = r["backlog"]
-    print(f"backlog: {b['pending']} envelope(s) pending"
-          + (f", oldest sealed {when(b['oldest_ms'])}" if b["oldest_ms"] else ""))
-    ld = r["last_delivered"]
-    print("last delivered: " + (f"seq {ld['seq']} at {when(ld['at_ms'])}" if ld["seq"] else "nothing yet")
-          + f"; next seq {r['next_seq']}")
+    print(f"next seq {r['next_seq']}")
+    for d in r["destinations"]:
+        print(f"destination {d['name']} ({d['kind']}, {d['endpoint']}): "
+              f"backlog {d['pending']}"
+              + (f" (oldest sealed {when(d['oldest_ms'])})" if d["oldest_ms"] else "")
+              + "; last delivered "
+              + (f"seq {d['last_seq']} at {when(d['last_at_ms'])}" if d["last_seq"] else "nothing yet")
+              + (f"; {d['rejected']} rejected" if d["rejected"] else "")
+              + (f"; last error: {d['last_error'][:160]}" if d["last_error"] else ""))
     if r["warnings"]:
         print()
         for w in r["warnings"]:
             print(f"warning: {w}")
+
+
+def _last_heartbeat(store: Any) -> dict[str, Any]:
+    """Per destination, what the daemon's newest heartbeat said (endpoint, last error)."""
+    row = store.outbox.latest("status")
+    if row is None:
+        return {}
+    try:
+        up = json.loads(row.payload)["body"].get("uplink", {})
+    except (ValueError, KeyError, AttributeError):
+        return {}
+    return up if isinstance(up, dict) and all(isinstance(v, dict) for v in up.values()) else {}
+
+
+def _where(d: Any) -> str:
+    from agent.config.destinations import broker_list
+
+    if describe(d) == "mqtt":
+        return ", ".join(f"{h}:{p}" for h, p in broker_list(d))
+    return str(d.url)
 
 
 def _age(ms: int) -> str:

@@ -17,6 +17,7 @@ import msgspec
 from agent.accounting import coal
 from agent.config.boundary import check_boundary
 from agent.config.credit_code import credit_code_problem
+from agent.config.destinations import resolve_destinations
 from agent.config.schema import DATA_CODE, Config
 from drivers.di_layout import resolve_point
 from drivers.model import BUS_PROTOCOL, SERIAL_KINDS, MeterConfig, PointConfig, Profile, ProfileInfo
@@ -40,25 +41,7 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
     except (ZoneInfoNotFoundError, ValueError):
         err("agent.timezone", f"expected an IANA time zone like Asia/Shanghai, got {cfg.agent.timezone!r}")
 
-    p = cfg.platform
-    if p.reconnect_max < p.reconnect_min:
-        err("platform.reconnect_max", "expected a value ≥ platform.reconnect_min")
-    if (p.cert_file is None) != (p.key_file is None):
-        err("platform.cert_file", "cert_file and key_file go together (TLS client certificate)")
-    if (p.ca_file or p.cert_file) and not p.tls:
-        err("platform.tls", "expected true when ca_file or cert_file is set")
-    if p.ack == "platform":
-        from agent.protocol.acks import AckKeyError, load_ack_keys
-
-        if not p.ack_keys:
-            err("platform.ack_keys", 'required with ack = "platform": the platform\'s ack public '
-                "key(s), so a forged ack cannot make the agent forget data")
-        try:
-            load_ack_keys(p.ack_keys)
-        except AckKeyError as e:
-            errors.append(f"{path}: {e}")
-    if "#" in p.topic_prefix or "+" in p.topic_prefix or p.topic_prefix.endswith("/"):
-        err("platform.topic_prefix", f"expected an MQTT topic without wildcards, got {p.topic_prefix!r}")
+    resolve_destinations(cfg, err)
 
     check_web(cfg, err)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -33,7 +33,7 @@ class AgentSection(Base, kw_only=True):
 
 
 class PlatformSection(Base, kw_only=True):
-    host: str
+    host: str = ""  # required unless a [[destination]] lists brokers (checks.py)
     port: Annotated[int, Meta(ge=1, le=65535)] = 1883
     client_id: str | None = None  # default: energy-agent-{enterprise}-{gateway}
     topic_prefix: str = "energy"
@@ -60,6 +60,59 @@ class PlatformSection(Base, kw_only=True):
     username: str | None = None
     password_file: str | None = None
     send_raw: bool = True  # also upload every raw sample, not only interval statistics
+
+
+EnvelopeType = Literal["readings", "interval", "daily", "monthly", "manual", "status", "chain"]
+ENVELOPE_TYPES: tuple[str, ...] = get_args(EnvelopeType)
+# The provincial interface carries statistics only: interval (statType 0), day (1), month (2)
+# and manual entries (inputType 5); samples and heartbeats have no record form there.
+PROVINCE_TYPES = ("interval", "daily", "monthly", "manual")
+
+
+class MqttDestination(PlatformSection, tag="mqtt", tag_field="kind", kw_only=True):
+    """An MQTT broker, or a cluster of them: `brokers = ["host:port", …]` are tried in turn."""
+
+    name: Name
+    types: list[EnvelopeType] | None = None  # None: every type
+    brokers: list[str] = []
+
+
+class ProvinceItem(Base, kw_only=True):
+    """A data item to register beyond the metered points (manual entries), or bounds and a
+    name for a metered one."""
+
+    code: str
+    name: str | None = None
+    input_type: Annotated[int, Meta(ge=1, le=5)] = 5
+    stat_types: list[Literal[0, 1, 2]] = msgspec.field(default_factory=lambda: [2])
+    min: str = "0"
+    max: str = "999999999"
+
+
+class ProvinceHttpsDestination(Base, tag="province-https", tag_field="kind", kw_only=True):
+    """The de-facto provincial HTTPS/JSON interface (docs/province.md)."""
+
+    name: Name
+    types: list[EnvelopeType] | None = None  # None: interval, daily, monthly, manual
+    url: str  # base URL; /requestAK and /dataCollectConfigure are under it
+    data_path: str = "/enterpriseData"  # used when the token reply names no data URL
+    enterprise_code: str | None = None  # default: agent.enterprise
+    device_id: str | None = None  # default: agent.gateway
+    secret_key_file: str  # the working key (secretKey) the province issued for the enterprise
+    password_file: str
+    ca_file: str | None = None  # default: the system's trust store
+    allow_plain_http: bool = False  # the explicit waiver an http:// url needs
+    timeout: Annotated[float, Meta(gt=0, le=300)] = 15.0
+    batch: Annotated[int, Meta(ge=1, le=5000)] = 200  # records per data post
+    scope: int = 1
+    token_refresh_margin: Annotated[float, Meta(ge=0)] = 120.0  # seconds before expiry
+    max_reply_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+    backoff_min: Annotated[float, Meta(gt=0)] = 1.0
+    backoff_max: Annotated[float, Meta(gt=0)] = 60.0
+    item: list[ProvinceItem] = []
+
+
+Destination = MqttDestination | ProvinceHttpsDestination
 
 
 class SigningSection(Base, kw_only=True):
@@ -123,7 +176,9 @@ class WebSection(Base, kw_only=True):
 
 class Config(Base, kw_only=True):
     agent: AgentSection
-    platform: PlatformSection
+    # The single MQTT destination of old; read as [[destination]] name = "mqtt" (destinations.py).
+    platform: PlatformSection | None = None
+    destination: list[MqttDestination | ProvinceHttpsDestination] = []
     signing: SigningSection
     schedule: ScheduleSection = msgspec.field(default_factory=ScheduleSection)
     storage: StorageSection = msgspec.field(default_factory=StorageSection)

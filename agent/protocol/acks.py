@@ -155,18 +155,18 @@ def sign_acks(acks: Sequence[Ack], signer: Signer, enterprise: str, gateway: str
 
 # -- configured keys -------------------------------------------------------------------------
 
-def load_ack_keys(entries: Iterable[str]) -> dict[str, VerifyKey]:
-    """`platform.ack_keys`: each entry the base64 of a raw 32-byte Ed25519 public key, or an
-    absolute path to a file holding one (base64, or a PEM SubjectPublicKeyInfo block)."""
+def load_ack_keys(entries: Iterable[str], key: str = "platform.ack_keys") -> dict[str, VerifyKey]:
+    """`ack_keys` of an mqtt destination (`key` names it in errors): each entry the base64 of
+    a raw 32-byte Ed25519 public key, or an absolute path to a file holding one (base64, or a
+    PEM SubjectPublicKeyInfo block)."""
     keys: dict[str, VerifyKey] = {}
     for i, entry in enumerate(entries):
-        raw = _key_bytes(i, entry)
+        raw = _key_bytes(f"{key}[{i}]", entry)
         keys[key_id_for(raw)] = VerifyKey(raw)
     return keys
 
 
-def _key_bytes(i: int, entry: str) -> bytes:
-    where = f"platform.ack_keys[{i}]"
+def _key_bytes(where: str, entry: str) -> bytes:
     raw = _decode_key_text(entry)
     if raw is not None:
         return raw

@@ -15,11 +15,11 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+from agent.config.schema import ENVELOPE_TYPES
 from agent.protocol.canonical import MAX_SAFE_INTEGER, canonical
 from agent.protocol.signing import Signer
 
 VERSION = 1
-ENVELOPE_TYPES = ("readings", "interval", "daily", "monthly", "manual", "status", "chain")
 GENESIS_PREV = "0" * 64  # `prev` of seq 1: there is no previous envelope
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Enough digits for any double in fixed point (~309 integer digits) plus 9 decimals, so

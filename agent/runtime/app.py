@@ -23,6 +23,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from agent.accounting.reports import Reporter
 from agent.config import Config
+from agent.config.destinations import destination_types
 from agent.protocol.envelope import topic_for
 from agent.protocol.sealer import ClockImplausible, Sealer
 from agent.protocol.signing import Signer, load_signer
@@ -37,9 +38,8 @@ from agent.runtime.read_plans import load_read_plan, save_read_plan
 from agent.runtime.store_thread import StoreThread
 from agent.runtime.supervise import supervise
 from agent.runtime.watchdog import Watchdog
+from agent.uplink.factory import backoff, open_uplink, window
 from agent.uplink.forwarder import Forwarder
-from agent.uplink.mqtt import MqttUplink
-from buffer.names import MQTT
 from buffer.retention import prune
 from buffer.store import MeterStatus, Store, StoreError
 from drivers.base import Reading
@@ -71,9 +71,14 @@ class App:
         self.clock = ClockWatch()
         self.sealer = Sealer(cfg, store, signer)
         self.reporter = Reporter(cfg, store, self.sealer)
-        self.uplink = MqttUplink(cfg.platform, cfg.agent.enterprise, cfg.agent.gateway,
-                                 will=last_will(cfg, signer))
-        self.forwarder = Forwarder(store, store_thread, self.uplink, MQTT, cfg.platform.inflight)
+        # One uplink and one forwarder task per destination: each has its own cursor, window
+        # and back-off, so one being down, slow or refusing never delays another.
+        will = last_will(cfg, signer)
+        self.forwarders: list[Forwarder] = []
+        for dest in cfg.destination:
+            lo, hi = backoff(dest)
+            self.forwarders.append(Forwarder(store, store_thread, open_uplink(dest, cfg, store, store_thread, will),
+                                             dest.name, window(dest), backoff_min=lo, backoff_max=hi))
         self.watchdog = Watchdog()
         self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4),
                                      committed=self._committed, failed=self._fatal)
@@ -84,7 +89,7 @@ class App:
         ]
         for p in self.pollers:
             self.watchdog.register(p.bus.name, cfg.schedule.poll_interval)
-        self.heartbeat = Heartbeat(cfg, store, self.clock, self.pollers, [self.forwarder])
+        self.heartbeat = Heartbeat(cfg, store, self.clock, self.pollers, self.forwarders)
         self.scheduler = self._scheduler()
 
     async def run(self) -> int:
@@ -97,13 +102,17 @@ class App:
                  for m in cfg.meter}
         for p in self.pollers:
             p.restore(statuses, plans)
-        await self.uplink.start()
+        for f in self.forwarders:
+            await f.uplink.start()
         tasks = [
             asyncio.create_task(
-                supervise("forwarder", lambda: self.forwarder.run(self.forward_stop), self.forward_stop)
-            ),
-            asyncio.create_task(supervise("watchdog", lambda: self.watchdog.run(self.stop), self.stop)),
+                supervise(f"forwarder {f.destination}", functools.partial(f.run, self.forward_stop),
+                          self.forward_stop)
+            )
+            for f in self.forwarders
         ]
+        tasks.append(
+            asyncio.create_task(supervise("watchdog", lambda: self.watchdog.run(self.stop), self.stop)))
         log.info(
             "started: gateway %s, %d bus(es), %d meter(s), poll every %g s, store %s",
             cfg.agent.gateway, len(cfg.bus), len(cfg.meter), cfg.schedule.poll_interval, cfg.db_path,
@@ -163,7 +172,8 @@ class App:
             await self._seal()
         await self._flush(grace=3.0)
         self.forward_stop.set()
-        await self.uplink.stop(grace=2.0)
+        for f in self.forwarders:
+            await f.uplink.stop(grace=2.0)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -178,15 +188,21 @@ class App:
         """Give the outbox a short chance to empty; whatever is left goes out after restart."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.uplink.connected and loop.time() < deadline:
+        waiting = [f for f in self.forwarders if f.uplink.connected]
+        while waiting and loop.time() < deadline:
             try:
-                pending, _ = await self.store_thread.call(self.store.outbox.backlog, MQTT)
+                pending = [(f, (await self.store_thread.call(self.store.outbox.backlog, f.destination))[0])
+                           for f in waiting]
             except StoreError:
                 return
-            if pending == 0:
-                return
-            self.forwarder.wake()
+            waiting = [f for f, n in pending if n > 0 and f.uplink.connected and not f.deferred]
+            for f in waiting:
+                f.wake()
             await asyncio.sleep(0.05)
+
+    def _wake_forwarders(self) -> None:
+        for f in self.forwarders:
+            f.wake()
 
     def _sink(self, bus: str) -> Callable[[list[Sequence[Reading]], list[MeterStatus]], Any]:
         async def sink(readings: list[Sequence[Reading]], statuses: list[MeterStatus]) -> None:
@@ -285,7 +301,7 @@ class App:
             self._fatal(e)
             return
         if made:
-            self.forwarder.wake()
+            self._wake_forwarders()
 
     def _seal_in_db(self) -> int:
         step = self.clock.check()
@@ -301,7 +317,7 @@ class App:
             await self.store_thread.call(self.sealer.check_clock)
             live = self.heartbeat.live()  # here on the loop, where the pollers' state changes
             await self.store_thread.call(self.heartbeat.seal_status, self.sealer, live)
-            self.forwarder.wake()
+            self._wake_forwarders()
         except ClockImplausible:
             pass
         except StoreError as e:
@@ -334,7 +350,8 @@ async def serve(cfg: Config) -> int:
     signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
     store_thread = StoreThread()
     # topic_of: a corrupt store's envelopes whose outbox row is gone can still be salvaged.
-    store = await store_thread.call(Store, cfg.db_path, (MQTT,), False, functools.partial(
+    assert cfg.platform is not None  # resolve_destinations leaves the topics' MQTT settings
+    store = await store_thread.call(Store, cfg.db_path, destination_types(cfg), False, functools.partial(
         topic_for, cfg.platform.topic_prefix, cfg.agent.enterprise, cfg.agent.gateway))
     return await App(cfg, store_thread, store, signer).run()
 

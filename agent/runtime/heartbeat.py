@@ -15,7 +15,6 @@ from agent.config import Config
 from agent.protocol.canonical import canonical
 from agent.protocol.envelope import will_topic
 from agent.protocol.signing import Signer
-from buffer.names import MQTT
 from buffer.retention import storage_alarm
 from buffer.store import Store
 
@@ -80,7 +79,13 @@ class Heartbeat:
 
     def body(self, clock_problem: str | None, live: Live) -> dict[str, Any]:
         """Runs on the store thread. Integers and strings only (the envelope rule)."""
-        count, oldest = self.store.outbox.backlog(MQTT)
+        backlog: dict[str, Any] = {}
+        delivered: dict[str, Any] = {}
+        for d in self.store.destinations:
+            count, oldest = self.store.outbox.backlog(d)
+            backlog[d] = {"pending": count, **({"oldest": oldest} if oldest else {})}
+            last_seq, last_at = self.store.outbox.last_delivered(d)
+            delivered[d] = {"seq": last_seq or 0, "at": last_at or 0}
         meters = []
         for bus in live.buses:
             for h in bus.meters:
@@ -96,13 +101,12 @@ class Heartbeat:
                 meters.append(m)
         data_dir = str(self.cfg.db_path.parent)
         free = shutil.disk_usage(data_dir).free if os.path.isdir(data_dir) else 0
-        last_seq, last_at = self.store.outbox.last_delivered(MQTT)
         body: dict[str, Any] = {
             "version": __version__,
             "uptime_s": int(time.time() - self.started),
             "meters": meters,
-            "backlog": {MQTT: {"pending": count, **({"oldest": oldest} if oldest else {})}},
-            "last_delivered": {MQTT: {"seq": last_seq or 0, "at": last_at or 0}},
+            "backlog": backlog,
+            "last_delivered": delivered,
             "disk": {
                 "store_bytes": self.store.size_bytes(),
                 "budget_bytes": int(self.cfg.storage.budget_mb * 1024 * 1024),
@@ -111,7 +115,7 @@ class Heartbeat:
             "clock": {"state": "implausible" if clock_problem else "ok",
                       "steps": live.clock_steps,
                       **({"problem": clock_problem} if clock_problem else {})},
-            "uplink": _uplink(live.forwarders[0]) if live.forwarders else {},
+            "uplink": {f.destination: _uplink(f) for f in live.forwarders},
             "counters": {k: int(v) for k, v in sorted(self.store.state.counters().items())},
             "overruns": {b.bus: b.overruns for b in sorted(live.buses, key=lambda b: b.bus)
                          if b.overruns},
@@ -130,11 +134,12 @@ class Heartbeat:
 
 
 def _uplink(f: ForwarderStats) -> dict[str, Any]:
+    """One destination's forwarding, by name in the body (integers and strings only)."""
     out: dict[str, Any] = {
-        "connected": "yes" if f.connected else "no",
+        "connected": "yes" if f.connected else "no", "endpoint": f.endpoint,
         "delivered_total": f.delivered_total, "rejected_total": f.rejected_total,
-        "failures_total": f.failures_total, "acks_ignored": f.acks_ignored,
+        "failures_total": f.failures_total, "deferred": f.deferred, "acks_ignored": f.acks_ignored,
     }
     if f.last_error:
-        out["last_error"] = str(f.last_error)
+        out["last_error"] = str(f.last_error)[:300]
     return out

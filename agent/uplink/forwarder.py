@@ -7,6 +7,9 @@ again. Acknowledged seqs are marked delivered in batches (everything that comple
 the previous store call ran). On a link failure the window stops growing, drains, and the
 same rows are retried — byte-identical, straight from the store — after a back-off.
 
+An envelope the destination takes only later (Deferred: the provincial upload slot) is held
+back without holding up the ones behind it, and looked at again when it may go.
+
 Store calls go through the store's one thread (agent/runtime/store_thread.py). A store failure
 ends `run()` (the app must stop); anything the uplink throws is logged in one line and retried.
 """
@@ -28,6 +31,10 @@ from buffer.names import MQTT
 
 log = logging.getLogger("energy_agent.forwarder")
 _R = TypeVar("_R")
+
+
+# After a failed round: 0.5 s, doubling, at most 10 s (low: see agent/runtime/backoff.py).
+BACKOFF_FIRST, BACKOFF_CAP = 0.5, 10.0
 
 
 class UplinkDown(Exception):
@@ -55,12 +62,33 @@ class TooLarge(Undeliverable):
     """The envelope is larger than the broker accepts (it would disconnect us every time)."""
 
 
+class Deferred(Exception):
+    """Not now, but nothing is wrong: the destination takes this envelope only later (the
+    provincial upload slot for daily and monthly values). Envelopes behind it go on."""
+
+    def __init__(self, reason: str, retry_in: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_in = retry_in
+
+
 class Uplink(Protocol):
+    """One destination's transport. `publish` returns when the destination has the envelope
+    (PUBACK, the platform's ack, "RECEIVE SUCCESS") and raises UplinkDown, AckTimeout,
+    Undeliverable or Deferred otherwise."""
+
     name: str
     connection_changed: asyncio.Event  # set on every connect/disconnect; consumers clear it
 
     @property
     def connected(self) -> bool: ...
+
+    @property
+    def endpoint(self) -> str: ...  # where it is sending now (a broker, a URL), for status
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float = 2.0) -> None: ...
 
     async def publish(self, topic: str, payload: bytes, envelope_id: str) -> None: ...
 
@@ -77,6 +105,8 @@ class ForwarderStats:
     last_delivered_seq: int | None
     last_delivered_ms: int | None
     last_error: str | None
+    endpoint: str = ""  # the broker or URL in use
+    deferred: int = 0  # envelopes it holds back for now (a provincial upload slot)
     acks_ignored: int = 0  # acks that changed nothing (unverifiable, oversized, not in flight)
 
 
@@ -89,8 +119,8 @@ class Forwarder:
         destination: str = MQTT,
         window: int = 20,
         idle_check: float = 5.0,
-        backoff_min: float = 0.5,
-        backoff_max: float = 10.0,
+        backoff_min: float = BACKOFF_FIRST,
+        backoff_max: float = BACKOFF_CAP,
     ) -> None:
         self.store = store
         self.store_thread = store_thread
@@ -109,6 +139,8 @@ class Forwarder:
         self.last_delivered_seq: int | None = None
         self.last_delivered_ms: int | None = None
         self.last_error: str | None = None
+        self.deferred: dict[int, str] = {}  # seq -> why, while a destination holds it back
+        self._retry_deferred: float | None = None
 
     def wake(self) -> None:
         """New envelopes were enqueued (or we are stopping): look at the outbox now."""
@@ -118,6 +150,7 @@ class Forwarder:
         return ForwarderStats(
             self.destination, self.uplink.connected, self.delivered_total, self.rejected_total,
             self.failures_total, self.last_delivered_seq, self.last_delivered_ms, self.last_error,
+            getattr(self.uplink, "endpoint", ""), len(self.deferred),
             int(getattr(self.uplink, "acks_ignored", 0)),
         )
 
@@ -139,7 +172,15 @@ class Forwarder:
                 self._failed(f"{type(e).__name__}: {e}", unexpected=True)
                 ok = False
             if ok is None:
-                await self._sleep(stop, self.idle_check)  # nothing pending
+                wait = self.idle_check
+                if not self.deferred:
+                    self._retry_deferred = None
+                elif self._retry_deferred is not None:
+                    # Look again when the first held-back envelope may go (it is then either
+                    # sent or held back again, with a new time): never a busy loop.
+                    wait = min(wait, max(0.05, self._retry_deferred - time.monotonic()))
+                    self._retry_deferred = None
+                await self._sleep(stop, wait)  # nothing pending (or only what is deferred)
             elif not ok:
                 await self._sleep(stop, self.backoff.next(), wake=False)
 
@@ -207,17 +248,28 @@ class Forwarder:
                 failure = failure or f"{row.id}: cancelled"
                 continue
             exc = task.exception()
+            if not isinstance(exc, Deferred) and self.deferred.pop(row.seq, None) is not None:
+                log.info("destination %s: envelope %s (seq %d) no longer held back",
+                         self.destination, row.id, row.seq)
             if exc is None:
                 delivered.append(row.seq)
+            elif isinstance(exc, Deferred):
+                if row.seq not in self.deferred:
+                    log.info("destination %s: envelope %s (seq %d) held back: %s",
+                             self.destination, row.id, row.seq, exc.reason)
+                self.deferred[row.seq] = exc.reason
+                at = time.monotonic() + exc.retry_in
+                if self._retry_deferred is None or at < self._retry_deferred:
+                    self._retry_deferred = at
             elif isinstance(exc, Undeliverable):
                 self.rejected_total += 1
                 if isinstance(exc, TooLarge):
-                    log.error("envelope %s (seq %d) set aside, not sent: %s — raise the broker's "
-                              "limit (and platform.max_packet_bytes), then `energy-agent resend %d`",
-                              row.id, row.seq, exc.reason, row.seq)
+                    log.error("destination %s: envelope %s (seq %d) set aside, not sent: %s — raise "
+                              "the broker's limit (and max_packet_bytes), then `energy-agent resend %d`",
+                              self.destination, row.id, row.seq, exc.reason, row.seq)
                 else:
-                    log.warning("envelope %s (seq %d) rejected by the platform, not resent: %s",
-                                row.id, row.seq, exc.reason)
+                    log.warning("destination %s: envelope %s (seq %d) rejected by the platform, "
+                                "not resent: %s", self.destination, row.id, row.seq, exc.reason)
                 await self._store(self.store.outbox.mark_rejected, self.destination, row.seq, exc.reason)
             elif isinstance(exc, (UplinkDown, AckTimeout)):
                 failure = failure or f"{row.id}: {type(exc).__name__}: {exc}"
@@ -238,8 +290,8 @@ class Forwarder:
             self.last_delivered_seq = top
         self.last_delivered_ms = int(time.time() * 1000)
         self.backoff.reset()
-        self._conditions.over("paused", f"{self.destination}: forwarding resumed")
-        log.debug("delivered %d envelope(s) up to seq %d", len(seqs), top)
+        self._conditions.over("paused", f"destination {self.destination}: forwarding resumed")
+        log.debug("destination %s: delivered %d envelope(s) up to seq %d", self.destination, len(seqs), top)
 
     async def _store(self, fn: Callable[..., _R], *args: Any) -> _R:
         try:
@@ -253,11 +305,11 @@ class Forwarder:
         self.failures_total += 1
         self.last_error = what
         if unexpected:
-            log.error("forwarder round failed: %s", what, exc_info=True)
+            log.error("destination %s: forwarder round failed: %s", self.destination, what, exc_info=True)
         # One line when forwarding stops, one an hour while it stays stopped, one when it resumes.
         self._conditions.happening(
-            "paused", f"{self.destination}: forwarding paused: {what}",
-            f"{self.destination}: forwarding still paused", what,
+            "paused", f"destination {self.destination}: forwarding paused: {what}",
+            f"destination {self.destination}: forwarding still paused", what,
         )
 
     async def _sleep(self, stop: asyncio.Event, seconds: float, wake: bool = True) -> None:

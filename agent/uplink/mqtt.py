@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
+from agent.config.destinations import broker_list
 from agent.protocol.acks import MAX_ACK_BYTES, AckKeyError, AckRefused, load_ack_keys, parse_acks, printable
 from agent.protocol.envelope import ack_topic
 from agent.runtime.backoff import Backoff
@@ -40,9 +41,13 @@ IGNORED_LOG_EVERY = 60.0  # seconds: ignored acks are counted always, logged at 
 
 
 class MqttUplink:
-    """One MQTT connection to the platform; `publish` returns when the envelope is acked."""
+    """One MQTT connection to the platform; `publish` returns when the envelope is acked.
 
-    name = MQTT
+    A destination may list several brokers (a cluster behind several addresses): after a
+    failed connect or a lost connection the next reconnect goes to the next broker, in turn.
+    The session semantics do not change with the broker: every connection starts a clean
+    session, and whatever was not acknowledged is resent from SQLite, byte-identical.
+    """
 
     def __init__(
         self,
@@ -52,6 +57,12 @@ class MqttUplink:
         will: tuple[str, bytes] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.name: str = getattr(cfg, "name", MQTT)
+        # How log lines name it: plain "mqtt" for the one destination of old.
+        self._label = "mqtt" if self.name == MQTT else f"mqtt {self.name}"
+        self.brokers = broker_list(cfg)
+        self._broker = 0  # index into brokers of the one we are on (or trying)
+        self._move_on = False  # set on a failure: the next reconnect tries the next broker
         self.client_id = cfg.client_id or f"energy-agent-{enterprise}-{gateway}"
         self.ack_topic = ack_topic(cfg.topic_prefix, enterprise, gateway)
         self.platform_acks = cfg.ack == "platform"
@@ -119,7 +130,8 @@ class MqttUplink:
                              ("key_file", cfg.key_file), ("password_file", cfg.password_file))
                 if v
             )
-            raise ConfigError([f"platform: cannot load {files}: {e}"]) from None
+            where = "platform" if getattr(cfg, "name", MQTT) == MQTT else f"destination {cfg.name}"  # type: ignore[attr-defined]
+            raise ConfigError([f"{where}: cannot load {files}: {e}"]) from None
         if will:
             client.will_set(will[0], will[1], qos=1, retain=False)
         # paho sleeps these with time.sleep: fractions of a second work (tests use them). Only
@@ -128,6 +140,7 @@ class MqttUplink:
         client.max_inflight_messages_set(cfg.inflight)
         # Counts in-flight too; room for a forwarder window a little larger than `inflight`.
         client.max_queued_messages_set(cfg.inflight * 2)
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -147,7 +160,8 @@ class MqttUplink:
         kwargs: dict[str, Any] = {}
         if cfg.mqtt_version == "5":
             kwargs["clean_start"] = True
-        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive, **kwargs)
+        host, port = self.brokers[self._broker]
+        self._client.connect_async(host, port, keepalive=cfg.keepalive, **kwargs)
         self._client.loop_start()
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -162,7 +176,7 @@ class MqttUplink:
         self._set_down("stopped")  # no new publishes; late waiters get UplinkDown
         client = self._client
         await asyncio.to_thread(lambda: (client.disconnect(), client.loop_stop()))
-        log.info("mqtt disconnected from %s:%d (stopped)", self.cfg.host, self.cfg.port)
+        log.info("%s disconnected from %s (stopped)", self._label, self.endpoint)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -176,6 +190,12 @@ class MqttUplink:
     @property
     def connected(self) -> bool:
         return self._up.is_set()
+
+    @property
+    def endpoint(self) -> str:
+        """The broker we are connected to, or trying next: "host:port"."""
+        host, port = self.brokers[self._broker]
+        return f"{host}:{port}"
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
@@ -296,6 +316,24 @@ class MqttUplink:
             with contextlib.suppress(RuntimeError):  # loop closed between check and call
                 loop.call_soon_threadsafe(fn, *args)
 
+    def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
+        """Fail-over: runs in paho's thread inside reconnect(), before the socket is made."""
+        if not self._move_on or len(self.brokers) < 2:
+            return
+        self._move_on = False
+        old = self.endpoint
+        self._broker = (self._broker + 1) % len(self.brokers)
+        host, port = self.brokers[self._broker]
+        # paho's public host/port setters refuse while a reconnect is under way, which is
+        # exactly when we switch; its private fields are what reconnect() reads next (paho
+        # is pinned <3).
+        client._host, client._port = host, port
+        self._call(self._moved, old)
+
+    def _moved(self, old: str) -> None:
+        log.warning("%s: broker %s failed, moving to %s", self._label, old, self.endpoint)
+        self.connection_changed.set()
+
     def _next_reconnect(self, client: mqtt.Client) -> None:
         """Paho's thread, before it waits to reconnect: make that wait our jittered delay."""
         delay = self._reconnect.next()
@@ -305,6 +343,7 @@ class MqttUplink:
         self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         if rc.is_failure:
+            self._move_on = True
             self._call(self._log_refused, rc)
             return
         self._reconnect.reset()
@@ -315,19 +354,19 @@ class MqttUplink:
         self._call(self._connected, rc, getattr(props, "MaximumPacketSize", None))
 
     def _where(self) -> str:
-        return f"{self.cfg.host}:{self.cfg.port}"
+        return self.endpoint
 
     def _down(self, first: str, detail: str, level: int = logging.WARNING) -> None:
         """The broker is unreachable: one line when that starts, one an hour while it lasts."""
         self._conditions.happening(
-            "down", first, f"mqtt: {self._where()} still unreachable", detail, level=level,
+            "down", first, f"{self._label}: {self._where()} still unreachable", detail, level=level,
         )
 
     def _connected(self, rc: ReasonCode, broker_max: int | None = None) -> None:
         self._broker_max = broker_max
         self._connect_failures = 0
         message = (
-            f"mqtt connected to {self._where()} as {self.client_id} ({rc}"
+            f"{self._label} connected to {self._where()} as {self.client_id} ({rc}"
             + (f"; packets up to {broker_max} bytes" if broker_max else "") + ")"
         )
         if not self._conditions.over("down", message):
@@ -337,29 +376,32 @@ class MqttUplink:
 
     def _log_refused(self, rc: ReasonCode) -> None:
         self._connect_failures += 1
-        self._down(f"mqtt connection to {self._where()} refused: {rc}", f"refused: {rc}")
+        self._down(f"{self._label} connection to {self._where()} refused: {rc}", f"refused: {rc}")
 
     def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
+        self._move_on = True
         self._next_reconnect(client)
         self._call(self._connect_failed)
 
     def _connect_failed(self) -> None:
         self._connect_failures += 1
         self._down(
-            f"mqtt cannot connect to {self._where()}; retrying every {self.cfg.reconnect_max:g} s "
-            "at most (jittered)",
+            f"{self._label} cannot connect to {self._where()}; retrying every {self.cfg.reconnect_max:g} s "
+            "at most (jittered)" + (", on the next broker in turn" if len(self.brokers) > 1 else ""),
             f"{self._connect_failures} attempts",
         )
 
     def _on_disconnect(
         self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _props: Any
     ) -> None:
+        if not self._stopping:
+            self._move_on = True
         self._next_reconnect(client)
         self._call(self._disconnected, rc)
 
     def _disconnected(self, rc: ReasonCode) -> None:
         if not self._stopping:
-            self._down(f"mqtt disconnected from {self._where()} ({rc})", f"disconnected: {rc}",
+            self._down(f"{self._label} disconnected from {self._where()} ({rc})", f"disconnected: {rc}",
                        level=logging.WARNING if rc.is_failure else logging.INFO)
         self._set_down(f"disconnected: {rc}")
 
@@ -371,7 +413,8 @@ class MqttUplink:
 
     def _subscribed(self, bad: list[ReasonCode]) -> None:
         if bad:
-            log.warning("mqtt subscribe to %s refused: %s", self.ack_topic, bad[0])
+            self._move_on = True
+            log.warning("%s: subscribe to %s refused: %s", self._label, self.ack_topic, bad[0])
             return  # without the ack topic, platform mode cannot deliver: stay "down"
         self._set_up()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.accounting.manual import ManualError, added_tce, enter_value
 from agent.config import Config
+from agent.config.destinations import destination_types
 from buffer.store import Store
 
 MAX_NOTE = 200
@@ -49,7 +50,7 @@ def resend(cfg: Config, destination: str, seqs: list[str], known: list[str]) -> 
     nums = [int(s) for s in seqs if re.fullmatch(r"\d{1,15}", s)]
     if not nums:
         return []
-    store = Store(cfg.db_path, destinations=known)
+    store = Store(cfg.db_path, destination_types(cfg))
     try:
         return store.outbox.requeue(destination, nums)
     finally:

@@ -34,6 +34,7 @@ from starlette.routing import Route
 from agent.accounting import statistics
 from agent.config import Config
 from agent.config.checks import is_loopback
+from agent.config.destinations import destination_types
 from agent.web import auth, data, pages, series
 from agent.web.i18n import LANGS
 from buffer.store import Store, StoreError
@@ -97,7 +98,7 @@ class WebApp:
 
     def read(self, fn: Callable[[Store], Any]) -> Awaitable[Any]:
         def run() -> Any:
-            store = Store(self.cfg.db_path, readonly=True)
+            store = Store(self.cfg.db_path, destination_types(self.cfg), readonly=True)
             try:
                 return fn(store)
             finally:

@@ -55,8 +55,10 @@ def items(cfg: Config) -> list[dict[str, str]]:
 
 
 def destinations(store: Store) -> list[str]:
-    """Every destination the store keeps delivery state for (the daemon registers them)."""
-    return [str(r[0]) for r in store.rows("SELECT destination FROM delivery ORDER BY destination")]
+    """Every configured destination the store keeps delivery state for (the daemon registers
+    them; one dropped from the config keeps its row but is no longer shown)."""
+    rows = store.rows("SELECT destination FROM delivery ORDER BY destination")
+    return [str(r[0]) for r in rows if r[0] in store.destinations]
 
 
 def last_reading_ms(store: Store) -> int | None:
