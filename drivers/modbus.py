@@ -65,6 +65,15 @@ def summary(whys: list[str], most: int = 3) -> str:
     return "; ".join(distinct[:most]) + more
 
 
+class FramingError(ModbusIOException):
+    """A reply that does not frame as the answer to the request sent; `problem` says how.
+    Raised by a strict framer (drivers/modbus_tcp.py), which has closed the connection."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
 class _RequestFailed(Exception):
     """One request produced no usable registers. `answered`: the meter did reply."""
 
@@ -88,6 +97,7 @@ class RequestExecutor:
         self.guard = guard
         self.requests_sent = 0  # every request put on the wire (retries by pymodbus not counted)
         self.timed_out = False  # a request went unanswered since the driver last looked
+        self.framing_errors = 0  # replies refused by a strict framer, for status and tests
         # Why requests failed in each meter's last read, one line each (without the meter label).
         self.failures: dict[str, list[str]] = {}
         self._decoder = ReplyDecoder()
@@ -106,11 +116,11 @@ class RequestExecutor:
         answered = False
         failures: list[_RequestFailed] = []
         self.failures[meter.name] = whys = []
-        link_down = False
+        link_down: Quality | None = None  # the connection is gone: what the rest become
         for i, request in enumerate(plan):
-            if link_down:
+            if link_down is not None:
                 # Nothing more can get through this cycle; the driver reconnects next read.
-                self._gaps(got, meter, request, Quality.TIMEOUT)
+                self._gaps(got, meter, request, link_down)
                 continue
             if i and meter.pause_ms:
                 await asyncio.sleep(meter.pause_ms / 1000)
@@ -122,7 +132,8 @@ class RequestExecutor:
                     # A silent meter costs one request's timeout per cycle, not one per request.
                     raise MeterError(f"{meter_label(meter)}: {failure.what}", failure.quality) from None
                 answered = answered or failure.answered
-                link_down = failure.link_down
+                if failure.link_down:
+                    link_down = failure.quality
                 failures.append(failure)
                 self._gaps(got, meter, request, failure.quality)
                 # Busy is routine (the meter is retried next cycle), not worth a warning.
@@ -192,6 +203,13 @@ class RequestExecutor:
 
     def _failure(self, e: ModbusException | OSError, where: str) -> _RequestFailed:
         """What a pymodbus exception raised by a request means for its points."""
+        if isinstance(e, FramingError):
+            self.framing_errors += 1
+            return _RequestFailed(
+                f"reply to {where} broke Modbus TCP framing ({e.problem}) — connection closed "
+                "and its buffer discarded; check for a faulty gateway or a second client",
+                Quality.CORRUPT, answered=True, link_down=True,
+            )
         if isinstance(e, ConnectionException):
             return _RequestFailed(
                 f"connection lost reading {where} — {self.no_reply_hint}",
