@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from drivers.planner import describe_plan, plan_meter
     from drivers.timing import cycle_seconds, dead_meter_seconds
 
-    cfg = load_or_exit(args.file or args.config)
+    cfg = load_or_exit(args.file or args.config, preflight=True)
     interval = cfg.schedule.poll_interval
     print(f"{cfg.source}: OK")
     print(

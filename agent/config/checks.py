@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from agent.config.credit_code import credit_code_problem
-from agent.config.schema import DATA_CODE, Config
+from agent.config.schema import DATA_CODE, MAX_CLIENT_ID_BYTES, MAX_TOPIC_PREFIX_BYTES, Config
 from drivers.model import MeterConfig, PointConfig, Profile, ProfileInfo
 from drivers.profiles import load_profile, profile_names
-from drivers.validation import ConfigError
+from drivers.validation import ConfigError, decode_toml
 
 
 def check(cfg: Config, path: Path, errors: list[str]) -> None:
@@ -33,8 +33,10 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
         err("agent.enterprise", f"expected letters and digits only, got {cfg.agent.enterprise!r}")
     try:
         ZoneInfo(cfg.agent.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory such as "Asia"
         err("agent.timezone", f"expected an IANA time zone like Asia/Shanghai, got {cfg.agent.timezone!r}")
+    if not cfg.agent.data_dir.startswith("/"):
+        err("agent.data_dir", f"expected an absolute path, got {cfg.agent.data_dir!r}")
 
     p = cfg.platform
     if p.reconnect_max < p.reconnect_min:
@@ -43,8 +45,13 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
         err("platform.cert_file", "cert_file and key_file go together (TLS client certificate)")
     if (p.ca_file or p.cert_file) and not p.tls:
         err("platform.tls", "expected true when ca_file or cert_file is set")
-    if "#" in p.topic_prefix or "+" in p.topic_prefix or p.topic_prefix.endswith("/"):
-        err("platform.topic_prefix", f"expected an MQTT topic without wildcards, got {p.topic_prefix!r}")
+    if problem := _topic_prefix_problem(p.topic_prefix):
+        err("platform.topic_prefix", f"{problem}, got {p.topic_prefix[:80]!r}")
+    if p.client_id is not None and not 1 <= len(p.client_id.encode()) <= MAX_CLIENT_ID_BYTES:
+        err("platform.client_id", f"expected 1-{MAX_CLIENT_ID_BYTES} bytes of UTF-8, "
+            f"got {len(p.client_id.encode())}")
+    if p.allow_plaintext is not None and p.tls:
+        cfg.warnings.append(f"{path}: platform.allow_plaintext: ignored, tls = true")
 
     buses: dict[str, int] = {}
     for i, b in enumerate(cfg.bus):
@@ -84,11 +91,45 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
             units[m.bus, m.unit] = i
         if m.unit == 0:
             err(f"{key}.unit", "expected 1–247 (0 is broadcast and never answers)")
-        _resolve_points(m, key, err, profiles, shared)
+        _resolve_points(m, key, err, profiles, shared, path.parent)
+
+
+def _topic_prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot start the agent's MQTT topics (MQTT 3.1.1 §4.7), or None."""
+    if not prefix:
+        return "expected a topic prefix such as \"energy\""
+    if "#" in prefix or "+" in prefix:
+        return "expected an MQTT topic without the wildcards + and #"
+    if prefix.startswith("$"):
+        return "expected a topic not starting with $ (reserved for the broker, e.g. $SYS)"
+    if prefix.endswith("/"):
+        return "expected no trailing /"
+    if len(prefix.encode()) > MAX_TOPIC_PREFIX_BYTES:
+        return f"expected at most {MAX_TOPIC_PREFIX_BYTES} bytes of UTF-8"
+    return None
+
+
+def _profile(name: str, config_dir: Path) -> Profile:
+    """A shipped profile by name, or a profile file given as a path under the config's own
+    directory (relative to it, or absolute inside it). KeyError: no such profile; ConfigError:
+    a path outside the directory, or a broken file."""
+    if "/" not in name and not name.endswith(".toml"):
+        return load_profile(name)
+    base = config_dir.resolve()
+    try:
+        target = (base / name).resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise ConfigError([f"cannot resolve: {e}"]) from None
+    if not target.is_relative_to(base) or target.suffix != ".toml":
+        raise ConfigError([f"expected a shipped profile name or a .toml file under {base}"])
+    if not target.is_file():
+        raise ConfigError([f"{target}: file not found"])
+    return decode_toml(target, Profile)
 
 
 def _resolve_points(
-    m: MeterConfig, key: str, err: Any, profiles: dict[str, Profile], shared: dict[PointConfig, PointConfig]
+    m: MeterConfig, key: str, err: Any, profiles: dict[str, Profile], shared: dict[PointConfig, PointConfig],
+    config_dir: Path,
 ) -> None:
     points: list[PointConfig] = []
     info: ProfileInfo | None = None
@@ -96,12 +137,13 @@ def _resolve_points(
         try:
             prof = profiles.get(m.profile)
             if prof is None:
-                prof = profiles[m.profile] = load_profile(m.profile)
+                prof = profiles[m.profile] = _profile(m.profile, config_dir)
         except KeyError:
-            err(f"{key}.profile", f"unknown profile {m.profile!r} (known: {', '.join(profile_names())})")
+            err(f"{key}.profile", f"unknown profile {m.profile[:80]!r} (known: {', '.join(profile_names())}; "
+                "or a path to a .toml file under the config's directory)")
             return
         except ConfigError as e:
-            err(f"{key}.profile", f"profile {m.profile!r} is broken: {e.lines[0]}")
+            err(f"{key}.profile", f"profile {m.profile[:80]!r}: {e.lines[0]}")
             return
         info = prof.profile
         points.extend(prof.point)
@@ -150,8 +192,8 @@ def _check_point(p: PointConfig, key: str, err: Any) -> None:
         err(f"{key}.code", f"expected a data code PP-UU-EEEE-CCTTTT-DD, got {p.code!r}")
     if p.register + p.count > 65536:
         err(f"{key}.register", f"a {p.type} at {p.register} runs past register 65535")
-    if p.scale == 0:
-        err(f"{key}.scale", "expected a non-zero number")
+    if abs(p.scale) < 1e-12:
+        err(f"{key}.scale", "expected a non-zero number (at least 1e-12 in magnitude)")
     if p.modulus is not None and p.kind != "counter":
         err(f"{key}.modulus", "only counters roll over; set kind = \"counter\" or remove modulus")
 

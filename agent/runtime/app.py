@@ -68,30 +68,11 @@ class App:
         return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
 
     async def run(self) -> int:
-        cfg = self.cfg
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
-        self.store = await self.in_db(Store, cfg.db_path, ("mqtt",))
-        self.sealer = Sealer(cfg, self.store, signer)
-        self.reporter = self._reporter()
-        self.heartbeat = Heartbeat(cfg, self.store, signer)
-        self.clock = ClockWatch()
-        self.heartbeat.clock = self.clock
-        self.uplink = MqttUplink(cfg.platform, cfg.agent.enterprise, cfg.agent.gateway,
-                                 will=self.heartbeat.will())
-        self.forwarder = Forwarder(self.store, self.db, self.uplink, "mqtt", cfg.platform.inflight)
-        self.heartbeat.forwarder = self.forwarder
-        self.watchdog = Watchdog()
-        self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4),
-                                     committed=self._committed, failed=self._fatal)
-        self.pollers = self._pollers()
-        statuses = await self.in_db(self.store.meter_statuses)
-        for p in self.pollers:
-            p.restore(statuses)
-            self.watchdog.register(p.bus.name, cfg.schedule.poll_interval)
-        self.heartbeat.pollers = self.pollers
+        await self.build()
+        cfg = self.cfg
 
         await self.uplink.start()
         scheduler = self._scheduler()
@@ -123,6 +104,33 @@ class App:
         finally:
             await self._shutdown(scheduler, tasks)
         return self.exit_code
+
+    async def build(self) -> None:
+        """Everything the daemon is made of, short of a connection or a started job: opening
+        the store, loading the key, the uplink's client, the drivers, the scheduler's jobs.
+        Whatever a config can break breaks here (tests/test_config_fuzz.py builds it)."""
+        cfg = self.cfg
+        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
+        self.store = await self.in_db(Store, cfg.db_path, ("mqtt",))
+        self.sealer = Sealer(cfg, self.store, signer)
+        self.reporter = self._reporter()
+        self.heartbeat = Heartbeat(cfg, self.store, signer)
+        self.clock = ClockWatch()
+        self.heartbeat.clock = self.clock
+        self.uplink = MqttUplink(cfg.platform, cfg.agent.enterprise, cfg.agent.gateway,
+                                 will=self.heartbeat.will())
+        self.forwarder = Forwarder(self.store, self.db, self.uplink, "mqtt", cfg.platform.inflight)
+        self.heartbeat.forwarder = self.forwarder
+        self.watchdog = Watchdog()
+        self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4),
+                                     committed=self._committed, failed=self._fatal)
+        self.pollers = self._pollers()
+        statuses = await self.in_db(self.store.meter_statuses)
+        for p in self.pollers:
+            p.restore(statuses)
+            self.watchdog.register(p.bus.name, cfg.schedule.poll_interval)
+        self.heartbeat.pollers = self.pollers
+        self._scheduler()  # jobs and triggers from the config's intervals; run() makes its own
 
     def request_stop(self, why: str) -> None:
         if not self.stop.is_set():

@@ -17,7 +17,6 @@ import json
 import logging
 import ssl
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -25,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
+from agent.config.secret_files import SecretFileError, read_secret
 from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
 
 __all__ = ["AckTimeout", "MqttUplink", "PlatformRejected", "TooLarge", "UplinkDown"]
@@ -73,6 +73,8 @@ class MqttUplink:
         )
         try:
             if cfg.tls:
+                if cfg.key_file:
+                    read_secret(cfg.key_file, "TLS client key")  # mode and owner, like the signing key
                 client.tls_set(
                     ca_certs=cfg.ca_file,
                     certfile=cfg.cert_file,
@@ -82,9 +84,12 @@ class MqttUplink:
             if cfg.username:
                 password = None
                 if cfg.password_file:
-                    password = Path(cfg.password_file).read_text(encoding="utf-8").strip()
+                    secret = read_secret(cfg.password_file, "password file")
+                    password = secret.decode("utf-8").strip()
                 client.username_pw_set(cfg.username, password)
-        except (OSError, ssl.SSLError) as e:
+        except SecretFileError as e:
+            raise ConfigError([f"platform: {e}"]) from None
+        except (OSError, ssl.SSLError, UnicodeDecodeError) as e:
             # Missing or unreadable key material is a configuration problem: one clear line.
             files = ", ".join(
                 f"{k} = {v}"

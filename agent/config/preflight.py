@@ -1,0 +1,102 @@
+"""What `check-config` and `run` verify beyond the file itself, before any connection: the
+transport rule, the key material on disk and the signing key's id.
+
+`load_config` leaves these out on purpose: `status`, `export` or `enter` read the config as an
+operator who may not be allowed to read the daemon's keys, and need none of them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.config.schema import Config
+from agent.config.secret_files import SecretFileError, read_secret, readable_problem
+from agent.config.transport import plaintext_problem, plaintext_warning
+
+PLAINTEXT_WAIVER = "platform.allow_plaintext"
+Err = Callable[[str, str], None]  # (key path, message)
+
+
+def preflight(cfg: Config) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for `cfg`, each one line naming the config file and key."""
+    from agent.protocol.signing import KeyFileError, load_signer
+
+    errors: list[str] = []
+    warnings: list[str] = []
+
+    def err(key: str, msg: str) -> None:
+        errors.append(f"{cfg.source}: {key}: {msg}")
+
+    if problem := _data_dir_problem(cfg.agent.data_dir):
+        err("agent.data_dir", problem)
+    p = cfg.platform
+    if problem := plaintext_problem(p.host, p.tls, p.allow_plaintext, PLAINTEXT_WAIVER):
+        err("platform.tls", problem)
+    if warning := plaintext_warning(p.host, p.tls, p.allow_plaintext, PLAINTEXT_WAIVER):
+        warnings.append(f"{cfg.source}: platform: {warning}")
+    if p.tls:
+        for key, path, what in (("ca_file", p.ca_file, "CA certificate"),
+                                ("cert_file", p.cert_file, "client certificate")):
+            if path is not None and (problem := readable_problem(path, what)):
+                err(f"platform.{key}", problem)
+        if p.key_file is not None:
+            _secret(err, "platform.key_file", p.key_file, "TLS client key")
+        if not errors:
+            _tls_context(err, p.ca_file, p.cert_file, p.key_file)
+    if p.password_file is not None:
+        if p.username is None:
+            err("platform.password_file", "set platform.username too (a password needs a user)")
+        _secret(err, "platform.password_file", p.password_file, "password file")
+    try:
+        signer = load_signer(cfg.signing.key_file)
+    except KeyFileError as e:
+        err("signing.key_file", str(e))
+    else:
+        if cfg.signing.key_id is not None and cfg.signing.key_id != signer.key_id:
+            err("signing.key_id", f"{cfg.signing.key_id!r} is not the id of {cfg.signing.key_file} "
+                f"({signer.key_id}); remove key_id (it is derived from the key) or fix it")
+    return errors, warnings
+
+
+def _data_dir_problem(data_dir: str) -> str | None:
+    """Why the daemon could not keep its store in `data_dir` (it creates it if missing)."""
+    d = Path(data_dir)
+    try:
+        while not d.exists():
+            d = d.parent
+        if not d.is_dir():
+            return f"{d} is not a directory"
+        if not os.access(d, os.W_OK | os.X_OK):
+            what = "the store's directory" if str(d) == data_dir else f"{d}, where it would be created,"
+            return f"{what} is not writable by this user (uid {os.geteuid()})"
+    except OSError as e:
+        return f"cannot inspect {d}: {e.strerror}"
+    return None
+
+
+def _tls_context(err: Err, ca_file: str | None, cert_file: str | None, key_file: str | None) -> None:
+    """Load the files as the MQTT client will (paho's tls_set): a file that exists but holds
+    no certificate, or a key that does not match its certificate, is caught here."""
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as e:
+        err("platform.ca_file", f"{ca_file or 'the system CA store'}: not a usable CA certificate file "
+            f"({e})")
+        return
+    if cert_file is not None:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as e:
+            err("platform.cert_file", f"{cert_file} with key {key_file}: not a usable "
+                f"certificate and private key pair ({e})")
+
+
+def _secret(err: Err, key: str, path: str, what: str) -> None:
+    try:
+        read_secret(path, what)
+    except SecretFileError as e:
+        err(key, str(e))
