@@ -42,6 +42,6 @@ def load_or_exit(path: str, preflight: bool = False) -> Config:
 
 
 def exit_config(lines: list[str]) -> NoReturn:
-    for line in lines:
+    for line in ConfigError(lines).lines:  # escaped and truncated: one line each
         print(f"error: {line}", file=sys.stderr)
     raise SystemExit(EX_CONFIG)
