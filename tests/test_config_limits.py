@@ -277,13 +277,24 @@ def test_a_client_key_others_can_read_is_refused(tmp_path: Path, capsys: pytest.
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
-def test_a_secret_owned_by_another_user_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_secret_owned_by_another_user_is_refused_by_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = with_password(tmp_path, 0o600)
     os.chown(tmp_path / "broker.pw", 54321, -1)
+    # check-config as root checks for a daemon that runs as its own user: the owner is run's
+    # business (the service user owns its keys after install).
     code, _, err = check_config(tmp_path, text, capsys)
+    assert code == 0, err
+    with pytest.raises(SystemExit) as e:
+        load_or_exit(str(tmp_path / "agent.toml"), preflight=True, for_run=True)
+    _, err = capsys.readouterr()
+    assert e.value.code == 78
     assert "password file is owned by uid 54321, not by this user" in one_error(
-        code, err, "platform.password_file")
+        78, err, "platform.password_file")
     os.chown(tmp_path / "signing.key", 54321, -1)
     os.chown(tmp_path / "broker.pw", 0, -1)
-    code, _, err = check_config(tmp_path, text, capsys)
-    assert "signing key is owned by uid 54321" in one_error(code, err, "signing.key_file")
+    with pytest.raises(SystemExit):
+        load_or_exit(str(tmp_path / "agent.toml"), preflight=True, for_run=True)
+    _, err = capsys.readouterr()
+    assert "signing key is owned by uid 54321" in one_error(78, err, "signing.key_file")

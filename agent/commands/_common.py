@@ -18,7 +18,7 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_or_exit(path: str, preflight: bool = False) -> Config:
+def load_or_exit(path: str, preflight: bool = False, for_run: bool = False) -> Config:
     """Load the config; on error print one line per mistake and exit 78 (EX_CONFIG).
 
     `preflight` (check-config and run): also check what the daemon needs beyond the file —
@@ -33,7 +33,7 @@ def load_or_exit(path: str, preflight: bool = False) -> Config:
     if preflight:
         from agent.config.preflight import preflight as check
 
-        errors, warnings = check(cfg)
+        errors, warnings = check(cfg, for_run)
         if errors:
             exit_config(errors)
         for w in warnings:

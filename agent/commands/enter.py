@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
             args.code, args.value, args.unit, tz=cfg.tz, entered_ms=int(time.time() * 1000),
             month=args.period, day=args.day, note=args.note, supersedes=args.supersedes,
             variety=args.variety)
-        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
+        # An operator's command: root may use the key the service user owns (run may not).
+        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id, any_owner=os.geteuid() == 0)
         store = Store(Path(cfg.agent.data_dir) / "agent.db")
     except (ManualError, KeyFileError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     faulthandler.enable()
     # Everything check-config checks, before the first connection; a refusal is exit 78, which
     # the unit's RestartPreventExitStatus keeps systemd from restarting in a loop.
-    cfg = load_or_exit(args.config, preflight=True)
+    cfg = load_or_exit(args.config, preflight=True, for_run=True)
     logging.getLogger().setLevel(cfg.agent.log_level.upper())
     from agent.protocol.signing import KeyFileError
     from agent.runtime.app import run_agent

@@ -19,9 +19,15 @@ PLAINTEXT_WAIVER = "platform.allow_plaintext"
 Err = Callable[[str, str], None]  # (key path, message)
 
 
-def preflight(cfg: Config) -> tuple[list[str], list[str]]:
-    """(errors, warnings) for `cfg`, each one line naming the config file and key."""
+def preflight(cfg: Config, for_run: bool) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for `cfg`, each one line naming the config file and key.
+
+    Secret files must belong to this user or root. The exception is check-config run by root
+    (`for_run` False): the daemon runs as its own user (systemd/energy-agent.service), who owns
+    its keys, so root checks their modes and contents and leaves the owner to `run`."""
     from agent.protocol.signing import KeyFileError, load_signer
+
+    any_owner = not for_run and os.geteuid() == 0
 
     errors: list[str] = []
     warnings: list[str] = []
@@ -42,15 +48,15 @@ def preflight(cfg: Config) -> tuple[list[str], list[str]]:
             if path is not None and (problem := readable_problem(path, what)):
                 err(f"platform.{key}", problem)
         if p.key_file is not None:
-            _secret(err, "platform.key_file", p.key_file, "TLS client key")
+            _secret(err, "platform.key_file", p.key_file, "TLS client key", any_owner)
         if not errors:
             _tls_context(err, p.ca_file, p.cert_file, p.key_file)
     if p.password_file is not None:
         if p.username is None:
             err("platform.password_file", "set platform.username too (a password needs a user)")
-        _secret(err, "platform.password_file", p.password_file, "password file")
+        _secret(err, "platform.password_file", p.password_file, "password file", any_owner)
     try:
-        signer = load_signer(cfg.signing.key_file)
+        signer = load_signer(cfg.signing.key_file, any_owner=any_owner)
     except KeyFileError as e:
         err("signing.key_file", str(e))
     else:
@@ -95,8 +101,8 @@ def _tls_context(err: Err, ca_file: str | None, cert_file: str | None, key_file:
                 f"certificate and private key pair ({e})")
 
 
-def _secret(err: Err, key: str, path: str, what: str) -> None:
+def _secret(err: Err, key: str, path: str, what: str, any_owner: bool) -> None:
     try:
-        read_secret(path, what)
+        read_secret(path, what, any_owner)
     except SecretFileError as e:
         err(key, str(e))

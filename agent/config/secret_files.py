@@ -20,20 +20,21 @@ class SecretFileError(Exception):
     """A secret file that cannot be used; the message is one line saying how to fix it."""
 
 
-def access_problem(st: os.stat_result, path: str, what: str) -> str | None:
-    """Why a file with status `st` may not hold a secret, or None."""
+def access_problem(st: os.stat_result, path: str, what: str, any_owner: bool = False) -> str | None:
+    """Why a file with status `st` may not hold a secret, or None. `any_owner`: skip the owner
+    check (root checking files for a daemon that runs as another user)."""
     if not stat.S_ISREG(st.st_mode):
         return f"{path}: {what} is not a regular file"
     if st.st_mode & FOREIGN_ACCESS:
         return (f"{path}: {what} is accessible by group or others "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}) — run `chmod 600 {path}`")
-    if st.st_uid not in (os.geteuid(), 0):
+    if not any_owner and st.st_uid not in (os.geteuid(), 0):
         return (f"{path}: {what} is owned by uid {st.st_uid}, not by this user "
                 f"(uid {os.geteuid()}) or root — run `chown {os.geteuid()} {path}`")
     return None
 
 
-def read_secret(path: str, what: str) -> bytes:
+def read_secret(path: str, what: str, any_owner: bool = False) -> bytes:
     """The contents of a secret file, after the mode and owner checks. SecretFileError if it
     is missing, exposed, foreign, or larger than any secret."""
     try:
@@ -43,7 +44,7 @@ def read_secret(path: str, what: str) -> bytes:
     except OSError as e:
         raise SecretFileError(f"{path}: cannot open {what}: {e.strerror}") from None
     try:
-        if problem := access_problem(os.fstat(fd), path, what):
+        if problem := access_problem(os.fstat(fd), path, what, any_owner):
             raise SecretFileError(problem)
         data = os.read(fd, MAX_SECRET_FILE + 1)
     except OSError as e:

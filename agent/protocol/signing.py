@@ -124,12 +124,12 @@ def public_key_pem(public_key_raw: bytes) -> str:
     ).decode("ascii")
 
 
-def load_signer(path: str | Path, key_id: str | None = None) -> Ed25519Signer:
+def load_signer(path: str | Path, key_id: str | None = None, any_owner: bool = False) -> Ed25519Signer:
     """Load the gateway's key; refuse (KeyFileError) a missing, exposed, foreign-owned or
-    foreign-format file."""
+    foreign-format file. `any_owner`: see secret_files.access_problem."""
     path = Path(path)
     try:
-        data = read_secret(str(path), "signing key")
+        data = read_secret(str(path), "signing key", any_owner)
     except SecretFileError as e:
         if not path.exists() and not path.is_symlink():
             raise KeyFileError(
