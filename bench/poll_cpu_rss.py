@@ -246,7 +246,7 @@ heartbeat = 3600
 
     store = Store(tmp / "data" / "agent.db", readonly=True)
     lo, hi = int(t0 * 1000), int(t1 * 1000)
-    rows = sum(1 for _, r in store.readings_after(0, 10**9) if lo <= r.ts <= hi and r.quality == 0)
+    rows = sum(1 for _, r in store.readings.readings_after(0, 10**9) if lo <= r.ts <= hi and r.quality == 0)
     store.close()
     threads = {tid: tuple(b - a for a, b in zip(threads0.get(tid, (0.0, 0.0)), threads1[tid], strict=True))
                for tid in threads1}

@@ -112,7 +112,7 @@ def main() -> None:
                 wall0, cpu0 = time.perf_counter(), time.process_time()
             clock[0] = (T0 + t * 1000) / 1000
             c = time.process_time()
-            store.add_readings(rows)
+            store.readings.add_readings(rows)
             c2 = time.process_time()
             add_cpu += c2 - c
             if (t + 1) % a.seal_every == 0:

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from buffer.names import MQTT
 from buffer.store import EnvelopeMeta, Store
 from drivers.base import Reading
 
@@ -27,7 +28,7 @@ def bench_readings(store: Store, n: int, batch: int, points: int) -> None:
                 for i in range(batch)] for k in range(0, n, batch)]
     start = time.perf_counter()
     for rows in batches:
-        store.add_readings(rows)
+        store.readings.add_readings(rows)
     dt = time.perf_counter() - start
     done = len(batches) * batch
     per = (raw_bytes(store) - raw0) / done
@@ -47,13 +48,13 @@ def raw_bytes(store: Store) -> int:
 def bench_outbox(store: Store, n: int, size: int) -> None:
     t = time.perf_counter()
     for i in range(20):
-        seq, _ = store.chain_head()
-        store.enqueue(b"z" * size + bytes([i]), EnvelopeMeta(seq, f"E-G-{seq}", "readings", "t", T0))
+        seq, _ = store.outbox.chain_head()
+        store.outbox.enqueue(b"z" * size + bytes([i]), EnvelopeMeta(seq, f"E-G-{seq}", "readings", "t", T0))
     print(f"enqueue: {(time.perf_counter() - t) / 20 * 1000:.2f} ms each (one commit)")
     payload = b"x" * size
     digest = hashlib.sha256(payload).digest()
     start = time.perf_counter()
-    seq0, _ = store.chain_head()
+    seq0, _ = store.outbox.chain_head()
     # One transaction for setup speed; enqueue() itself is one commit per envelope.
     with store.transaction() as c:
         for seq in range(seq0, seq0 + n):
@@ -63,14 +64,14 @@ def bench_outbox(store: Store, n: int, size: int) -> None:
         c.execute("UPDATE chain SET next_seq = ?", (seq0 + n,))
     print(f"outbox setup: {n} envelopes of {size} bytes in {time.perf_counter() - start:.1f} s")
     store.checkpoint()
-    store.mark_delivered("mqtt", range(1, n // 2))
+    store.outbox.mark_delivered(MQTT, range(1, n // 2))
     for label, fn in [
-        ("pending(limit=100) at the watermark", lambda: store.pending("mqtt", 100)),
-        ("pending(limit=100, after_seq=n-200)", lambda: store.pending("mqtt", 100, n - 200)),
-        ("backlog()", lambda: store.backlog("mqtt")),
-        ("mark_delivered(100 in order)", lambda: store.mark_delivered(
-            "mqtt", [r.seq for r in store.pending("mqtt", 100)])),
-        ("mark_delivered(1 out of order)", lambda: store.mark_delivered("mqtt", [n - 5])),
+        ("pending(limit=100) at the watermark", lambda: store.outbox.pending(MQTT, 100)),
+        ("pending(limit=100, after_seq=n-200)", lambda: store.outbox.pending(MQTT, 100, n - 200)),
+        ("backlog()", lambda: store.outbox.backlog(MQTT)),
+        ("mark_delivered(100 in order)", lambda: store.outbox.mark_delivered(
+            MQTT, [r.seq for r in store.outbox.pending(MQTT, 100)])),
+        ("mark_delivered(1 out of order)", lambda: store.outbox.mark_delivered(MQTT, [n - 5])),
     ]:
         t = time.perf_counter()
         fn()

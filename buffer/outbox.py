@@ -1,8 +1,7 @@
-"""The outbox half of the store: the envelope chain, per-destination delivery, look-ups.
+"""The outbox: the envelope chain, per-destination delivery, look-ups.
 
-`Outbox` is a mixin of `buffer.store.Store` (import everything from there): it only adds
-methods over the Store's one connection and transaction helper, so a Store stays one object
-with one connection, as the app's single store thread expects.
+`Outbox` works over the Store's one connection and transaction helper (`store.outbox`), so
+the store stays one connection, as the app's single store thread expects.
 
 The chain head (next seq, SHA-256 of the last payload) lives in the same file as the outbox,
 and `enqueue_built` takes it inside the write transaction that inserts the envelope: a second
@@ -17,12 +16,14 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buffer.schema import StoreError
+from buffer.state import add_counter_in, set_cursor_in
+
+if TYPE_CHECKING:
+    from buffer.store import Store
 
 log = logging.getLogger("buffer.store")
 
@@ -61,35 +62,25 @@ _OUTBOX_COLS = "o.seq, o.id, o.type, o.topic, p.payload, o.created_ms, o.period,
 
 
 class Outbox:
-    if TYPE_CHECKING:  # provided by Store
-        path: Path
-        readonly: bool
-        destinations: tuple[str, ...]
-
-        def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
-        def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
-        def _one(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
-        @staticmethod
-        def _set_cursor(c: sqlite3.Connection, name: str, value: int) -> None: ...
-        @staticmethod
-        def _add_counter(c: sqlite3.Connection, name: str, n: int) -> None: ...
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
     # -- the chain --------------------------------------------------------------------------
 
     def chain_head(self) -> tuple[int, str]:
         """(next seq, prev) as of now — only a hint once returned: another process may seal
         before the caller enqueues. Sealing uses `enqueue_built`."""
-        row = self._one("SELECT next_seq, head FROM chain WHERE id = 1")
+        row = self._store.row("SELECT next_seq, head FROM chain WHERE id = 1")
         return int(row[0]), str(row[1])
 
     def enqueue(self, payload: bytes, meta: EnvelopeMeta,
                 cursor: tuple[str, int] | None = None) -> int:
         """Append an envelope built for seq `meta.seq`; SeqConflict if that is no longer next."""
-        with self.transaction() as c:
+        with self._store.transaction() as c:
             next_seq = c.execute("SELECT next_seq FROM chain WHERE id = 1").fetchone()[0]
             if meta.seq != next_seq:
                 raise SeqConflict(
-                    f"store {self.path}: envelope {meta.id} has seq {meta.seq}, expected {next_seq}"
+                    f"store {self._store.path}: envelope {meta.id} has seq {meta.seq}, expected {next_seq}"
                     " — two sealers, or a chain_head() read before another enqueue"
                 )
             self._append(c, payload, meta, cursor)
@@ -110,7 +101,7 @@ class Outbox:
         transaction: the sealer's envelopes of one pass cost one commit (one fsync, ~100 µs
         of CPU here) instead of one each. All or nothing."""
         seqs = []
-        with self.transaction() as c:
+        with self._store.transaction() as c:
             seq, prev = c.execute("SELECT next_seq, head FROM chain WHERE id = 1").fetchone()
             for build, cursor in items:
                 payload, meta = build(int(seq), str(prev))
@@ -134,15 +125,15 @@ class Outbox:
         c.execute("UPDATE chain SET next_seq = ?, head = ? WHERE id = 1",
                   (meta.seq + 1, digest.hex()))
         if cursor is not None:
-            self._set_cursor(c, cursor[0], cursor[1])
+            set_cursor_in(c, cursor[0], cursor[1])
         return digest.hex()
 
     # -- delivery ---------------------------------------------------------------------------
 
     def _watermark(self, destination: str) -> int:
-        if destination not in self.destinations:
-            raise ValueError(f"unknown destination {destination!r} (store has {self.destinations})")
-        row = self._one("SELECT watermark FROM delivery WHERE destination = ?", (destination,))
+        if destination not in self._store.destinations:
+            raise ValueError(f"unknown destination {destination!r} (store has {self._store.destinations})")
+        row = self._store.row("SELECT watermark FROM delivery WHERE destination = ?", (destination,))
         return 0 if row is None else int(row[0])  # None: read-only, destination never used
 
     _PENDING_WHERE = (
@@ -155,7 +146,7 @@ class Outbox:
         out: list[OutboxRow] = []
         while len(out) < limit:
             want = limit - len(out)
-            rows = self._all(
+            rows = self._store.rows(
                 f"SELECT {_OUTBOX_COLS} FROM outbox o JOIN payloads p ON p.seq = o.seq"
                 + self._PENDING_WHERE, (start, destination, want),
             )
@@ -171,7 +162,7 @@ class Outbox:
         for seq, id_, type_, topic, payload, created, period, checksum in rows:
             if hashlib.sha256(payload).digest() == checksum:
                 out.append(OutboxRow(seq, id_, type_, topic, bytes(payload), created, period))
-            elif not self.readonly and self._one(
+            elif not self._store.readonly and self._store.row(
                     "SELECT 1 FROM rejected WHERE seq = ? AND reason = ?",
                     (seq, CORRUPT_REASON)) is None:
                 self._quarantine(seq, id_)
@@ -180,13 +171,13 @@ class Outbox:
     def _quarantine(self, seq: int, id_: str) -> None:
         """A payload whose checksum fails is never sent: done for every destination, counted."""
         now = int(time.time() * 1000)
-        with self.transaction() as c:
-            for d in self.destinations:
+        with self._store.transaction() as c:
+            for d in self._store.destinations:
                 c.execute("INSERT OR IGNORE INTO delivery_marks VALUES (?, ?)", (d, seq))
                 c.execute("INSERT OR IGNORE INTO rejected VALUES (?, ?, ?, ?)",
                           (d, seq, CORRUPT_REASON, now))
-            self._add_counter(c, "corrupt_envelopes", 1)
-            for d in self.destinations:
+            add_counter_in(c, "corrupt_envelopes", 1)
+            for d in self._store.destinations:
                 self._advance(c, d)
         log.error("envelope %s (seq %d) is corrupt on disk (checksum mismatch): skipped", id_, seq)
 
@@ -204,8 +195,8 @@ class Outbox:
 
     def advance_watermarks(self) -> None:
         """Re-derive every destination's watermark (after rows were deleted by retention)."""
-        with self.transaction() as c:
-            for d in self.destinations:
+        with self._store.transaction() as c:
+            for d in self._store.destinations:
                 self._advance(c, d)
 
     def mark_delivered(self, destination: str, seqs: Iterable[int]) -> None:
@@ -213,7 +204,7 @@ class Outbox:
         todo = sorted({int(s) for s in seqs if s > w})
         if not todo:
             return
-        with self.transaction() as c:
+        with self._store.transaction() as c:
             # Through outbox, so a seq that does not exist (never enqueued, pruned) is ignored.
             c.executemany(
                 "INSERT OR IGNORE INTO delivery_marks(destination, seq)"
@@ -230,13 +221,13 @@ class Outbox:
 
     def mark_rejected(self, destination: str, seq: int, reason: str) -> None:
         self._watermark(destination)
-        with self.transaction() as c:
+        with self._store.transaction() as c:
             if c.execute("SELECT 1 FROM outbox WHERE seq = ?", (seq,)).fetchone() is None:
                 return
             c.execute("INSERT OR IGNORE INTO delivery_marks VALUES (?, ?)", (destination, seq))
             c.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
                       (destination, seq, reason, int(time.time() * 1000)))
-            self._add_counter(c, "rejected_envelopes", 1)
+            add_counter_in(c, "rejected_envelopes", 1)
             self._advance(c, destination)
 
     def requeue(self, destination: str, seqs: Iterable[int]) -> list[int]:
@@ -244,7 +235,7 @@ class Outbox:
         takes larger packets); returns the seqs requeued. Only rejected envelopes still in the
         outbox qualify, and never a corrupt one."""
         self._watermark(destination)  # an unknown destination raises here
-        with self.transaction() as c:
+        with self._store.transaction() as c:
             # Read under the write lock: the daemon may have moved the watermark meanwhile, and
             # a stale one would leave seqs between the two without their done marks (resent).
             w = c.execute("SELECT watermark FROM delivery WHERE destination = ?", (destination,)).fetchone()[0]
@@ -268,23 +259,23 @@ class Outbox:
 
     def rejected(self, destination: str) -> list[tuple[int, str, int]]:
         """Dead letters for a destination: (seq, reason, when in ms), oldest first."""
-        return [tuple(r) for r in self._all(
+        return [tuple(r) for r in self._store.rows(
             "SELECT seq, reason, ts_ms FROM rejected WHERE destination = ? ORDER BY seq",
             (destination,))]
 
     def backlog(self, destination: str) -> tuple[int, int | None]:
         w = self._watermark(destination)
-        total = self._one("SELECT count(*) FROM outbox WHERE seq > ?", (w,))[0]
-        done = self._one(
+        total = self._store.row("SELECT count(*) FROM outbox WHERE seq > ?", (w,))[0]
+        done = self._store.row(
             "SELECT count(*) FROM delivery_marks m JOIN outbox o ON o.seq = m.seq"
             " WHERE m.destination = ? AND m.seq > ?", (destination, w))[0]
-        oldest = self._one("SELECT o.created_ms FROM outbox o" + self._PENDING_WHERE,
+        oldest = self._store.row("SELECT o.created_ms FROM outbox o" + self._PENDING_WHERE,
                            (w, destination, 1))
         return int(total - done), None if oldest is None else int(oldest[0])
 
     def last_delivered(self, destination: str) -> tuple[int | None, int | None]:
         self._watermark(destination)
-        row = self._one("SELECT last_seq, last_ms FROM delivery WHERE destination = ?",
+        row = self._store.row("SELECT last_seq, last_ms FROM delivery WHERE destination = ?",
                         (destination,))
         return (None, None) if row is None else (row[0], row[1])
 
@@ -301,14 +292,14 @@ class Outbox:
         if period_to is not None:
             sql += " AND o.period <= ?"
             params.append(period_to)
-        return self._verified(self._all(sql + " ORDER BY o.seq", params))
+        return self._verified(self._store.rows(sql + " ORDER BY o.seq", params))
 
     def sealed_periods(self, type: str, period_from: str, period_to: str) -> set[str]:
         """The periods from period_from to period_to (inclusive) that have an envelope of
         `type`. Answered from the (type, period) index without reading a payload: the Reporter
         asks every minute. An envelope found corrupt (quarantined) does not count,
         so its period is sealed again."""
-        rows = self._all(
+        rows = self._store.rows(
             "SELECT DISTINCT o.period FROM outbox o WHERE o.type = ? AND o.period BETWEEN ? AND ?"
             " AND NOT EXISTS (SELECT 1 FROM rejected r WHERE r.seq = o.seq AND r.reason = ?)",
             (type, period_from, period_to, CORRUPT_REASON))

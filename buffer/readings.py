@@ -1,7 +1,7 @@
 """The readings half of the store: one row per meter poll (the row format: buffer/polls.py),
 read back in commit order (the sealer, tools) and by meter, point and time (accounting).
 
-`Readings` is a mixin of `buffer.store.Store` (import everything from there), like the outbox.
+`Readings` works over the Store's connection and transactions (`store.readings`), like the outbox.
 
 Why `poll_index` is filled behind the writer rather than being an index on polls(layout_id,
 ts): such an index takes one entry per meter on every tick, each in a different B-tree page,
@@ -19,21 +19,20 @@ import json
 import sqlite3
 import struct
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from functools import lru_cache
 from itertools import chain
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buffer import polls
+from buffer.names import INDEXED_CURSOR
 from buffer.polls import MAX_SPAN_MS, BadReading, Layout
 from buffer.schema import StoreError, points_json
 from drivers.base import Quality, Reading
 
 if TYPE_CHECKING:
-    from buffer.store import MeterStatus
+    from buffer.state import MeterStatus
+    from buffer.store import Store
 
-INDEXED_CURSOR = "indexed_poll_id"
 INDEX_ROWS_PER_LAYOUT = 64  # rows indexed at once: this many per meter
 
 # Rows go in with multi-row INSERTs of these sizes (largest first): one statement costs ~25 %
@@ -71,27 +70,20 @@ def _insert_polls(c: sqlite3.Connection, rows: Sequence[polls.Row]) -> None:
 
 
 class Readings:
-    if TYPE_CHECKING:  # provided by Store
-        path: Path
-        readonly: bool
-
-        def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
-        def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
-        def _one(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
-
-    def _init_readings(self) -> None:
+    def __init__(self, store: Store) -> None:
+        self._store = store
         self._layouts: dict[int, Layout] = {}
         self._layout_keys: dict[tuple[str, tuple[str, ...]], Layout] = {}
         self._latest: dict[str, Layout] = {}  # meter -> the layout add_readings tries first
         self._load_layouts()
         self._unindexed = 0
-        if not self.readonly:
-            self._unindexed = int(self._one(f"SELECT count(*) FROM polls WHERE id > {_INDEXED}")[0])
+        if not self._store.readonly:
+            self._unindexed = int(self._store.row(f"SELECT count(*) FROM polls WHERE id > {_INDEXED}")[0])
 
     def _load_layouts(self) -> None:
         """Layouts not cached yet (all of them at start; later, those another process added)."""
         newest = max(self._layouts, default=0)
-        for lid, meter, points in self._all(
+        for lid, meter, points in self._store.rows(
                 "SELECT layout_id, meter, points FROM layouts WHERE layout_id > ? ORDER BY layout_id", (newest,)):
             self._remember(Layout(lid, meter, tuple(json.loads(points))))
 
@@ -122,12 +114,12 @@ class Readings:
         try:
             return polls.encode_polls(polls_, self._latest, self._layout_keys)
         except BadReading as e:
-            raise StoreError(f"store {self.path}: {e}") from e
+            raise StoreError(f"store {self._store.path}: {e}") from e
 
     def add_encoded(self, rows_out: list[polls.Row], statuses: Sequence[MeterStatus] = ()) -> None:
         """add_readings' second half: commit rows made by encode_readings, in one transaction."""
         new: dict[tuple[str, tuple[str, ...]], Layout] = {}
-        with self.transaction() as c:
+        with self._store.transaction() as c:
             if any(type(r[0]) is not int for r in rows_out):
                 rows_out = [r if type(r[0]) is int else (self._layout_id(c, r[0], new), *r[1:])
                             for r in rows_out]
@@ -196,7 +188,7 @@ class Readings:
     def poll_rows_after(self, rowid: int, limit: int) -> list[tuple[int, int, int, bytes, bytes | None, bytes | None]]:
         """(id, layout_id, ts, vals, quality, ts_delta) of the first `limit` poll rows after
         `rowid`, oldest first: the sealer's input (decode with buffer.polls)."""
-        return self._all("SELECT id, layout_id, ts, vals, quality, ts_delta FROM polls WHERE id > ?"
+        return self._store.rows("SELECT id, layout_id, ts, vals, quality, ts_delta FROM polls WHERE id > ?"
                          " ORDER BY id LIMIT ?", (rowid, limit))
 
     def readings_after(self, rowid: int, limit: int) -> list[tuple[int, Reading]]:
@@ -219,7 +211,7 @@ class Readings:
             if lay.meter != meter or point not in lay.point_set:
                 continue
             k = lay.points.index(point)
-            rows = self._all(_POINT_SQL, (8 * k + 1, k + 1, 2 * k + 1, lay.layout_id,
+            rows = self._store.rows(_POINT_SQL, (8 * k + 1, k + 1, 2 * k + 1, lay.layout_id,
                                           start_ms - MAX_SPAN_MS, end_ms))
             for rid, ts, v, q, d in rows:
                 if d:
@@ -235,7 +227,7 @@ class Readings:
     def last_reading_ts(self) -> int | None:
         """The timestamp of the most recently committed reading (not the largest timestamp:
         after a clock correction the newest sample is what tells the time)."""
-        row = self._one("SELECT ts, ts_delta FROM polls ORDER BY id DESC LIMIT 1")
+        row = self._store.row("SELECT ts, ts_delta FROM polls ORDER BY id DESC LIMIT 1")
         if row is None:
             return None
         ts, delta = row

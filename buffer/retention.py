@@ -38,12 +38,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from buffer.names import SEALED_CURSOR, SUMMARISED_CURSOR
 from buffer.store import Store
 
 log = logging.getLogger("buffer.retention")
 
-SEALED_CURSOR = "sealed_rowid"
-SUMMARISED_CURSOR = "summarised_ts"
 # "No reading is held for accounting": later than any timestamp a reading can carry.
 _NO_HOLD = 2**62
 BATCH = 10_000
@@ -72,8 +71,8 @@ class PruneReport:
 def prune(store: Store, now_ms: int, raw_keep_ms: int, history_keep_ms: int,
           budget_bytes: int | None) -> PruneReport:
     before = store.size_bytes()
-    sealed = store.cursor(SEALED_CURSOR)
-    summarised = store.cursor(SUMMARISED_CURSOR, default=_NO_HOLD)
+    sealed = store.state.cursor(SEALED_CURSOR)
+    summarised = store.state.cursor(SUMMARISED_CURSOR, default=_NO_HOLD)
     raw_cut, history_cut = now_ms - raw_keep_ms, now_ms - history_keep_ms
 
     raw = _delete_readings(store, sealed, min(raw_cut, summarised), None)
@@ -96,7 +95,7 @@ def prune(store: Store, now_ms: int, raw_keep_ms: int, history_keep_ms: int,
         if store.used_bytes() > budget_bytes:
             dropped = _drop_unsent(store, now_ms, budget_bytes)
     if history or budget_envelopes or dropped:
-        store.advance_watermarks()
+        store.outbox.advance_watermarks()
     _reclaim(store)
 
     over = budget_bytes is not None and store.used_bytes() > budget_bytes
@@ -141,7 +140,7 @@ def _delete_readings(store: Store, sealed: int, before_ts: int | None,
             samples = 0
             if ids:
                 # ids ascend and all are <= sealed: one range delete, the ts filter re-applied.
-                samples = store.delete_polls(c, ids[0], ids[-1], before_ts)
+                samples = store.readings.delete_polls(c, ids[0], ids[-1], before_ts)
                 _count(c, "pruned_readings", samples)
                 if also_count:
                     _count(c, also_count, samples)
@@ -201,7 +200,7 @@ _DROP_CLASSES = (
 
 def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
     dropped: list[str] = []
-    newest = store.conn.execute("SELECT max(seq) FROM outbox WHERE type = 'status'").fetchone()[0]
+    newest = store.rows("SELECT max(seq) FROM outbox WHERE type = 'status'")[0][0]
     classes = list(_DROP_CLASSES)
     while store.used_bytes() > budget and classes:
         with store.transaction() as c:

@@ -36,10 +36,10 @@ def committed(data_dir: Path) -> tuple[list[tuple[str, str, int, str, int]], int
     """Every sample in the agent's store, and its (sealed cursor, next seq). Agent must be stopped."""
     store = Store(data_dir / "agent.db")
     try:
-        rows = store.readings_after(0, 10_000_000)
+        rows = store.readings.readings_after(0, 10_000_000)
         samples = [(r.meter, r.point, r.ts, format_value(r.value, DECIMALS[r.point]), int(r.quality))
                    for _, r in rows]
-        return samples, store.cursor("sealed_rowid"), store.chain_head()[0]
+        return samples, store.state.cursor("sealed_rowid"), store.outbox.chain_head()[0]
     finally:
         store.close()
 

@@ -52,19 +52,19 @@ def sealer_at(tmp_path: Path, now_s: float) -> tuple[Sealer, Store]:
 
 def test_a_clock_before_the_build_date_pauses_sealing(tmp_path: Path) -> None:
     sealer, store = sealer_at(tmp_path, 86400.0)  # a gateway that booted in 1970
-    store.add_readings([Reading("main", "voltage_a", 86_400_000, 230.1)])
+    store.readings.add_readings([Reading("main", "voltage_a", 86_400_000, 230.1)])
     with pytest.raises(ClockImplausible, match="before this build"):
         sealer.seal_readings()
-    assert store.chain_head()[0] == 1  # nothing sealed; the reading is still stored
-    assert len(store.readings_after(0, 10)) == 1
+    assert store.outbox.chain_head()[0] == 1  # nothing sealed; the reading is still stored
+    assert len(store.readings.readings_after(0, 10)) == 1
 
 
 def test_a_clock_far_behind_the_newest_sample_pauses_sealing(tmp_path: Path) -> None:
     now = BUILD_DATE_MS / 1000 + 30 * 86400
     sealer, store = sealer_at(tmp_path, now)
-    store.add_readings([Reading("main", "voltage_a", int((now + 3600) * 1000), 230.1)])
+    store.readings.add_readings([Reading("main", "voltage_a", int((now + 3600) * 1000), 230.1)])
     with pytest.raises(ClockImplausible, match="behind the newest stored sample"):
         sealer.seal_readings()
     sealer.clock = lambda: now + 3600
     assert sealer.seal_readings() == 1
-    assert store.chain_head()[0] == 2
+    assert store.outbox.chain_head()[0] == 2

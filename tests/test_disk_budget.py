@@ -74,8 +74,8 @@ def test_budget_reached_in_a_long_outage_drops_last_and_reports(tmp_path: Path) 
 
     store = Store(tmp_path / "data" / "agent.db", readonly=True)
     try:
-        dropped = sorted(d["seq"] for _, _, _, d in store.events("envelope_dropped"))
-        assert store.counters()["dropped_envelopes"] == len(dropped) > 0
+        dropped = sorted(d["seq"] for _, _, _, d in store.state.events("envelope_dropped"))
+        assert store.state.counters()["dropped_envelopes"] == len(dropped) > 0
         assert store.size_bytes() < 1_000_000
     finally:
         store.close()

@@ -46,11 +46,11 @@ class Rig:
         def work() -> list[str]:
             ids = []
             for _ in range(n):
-                seq, _head = self.store.chain_head()
+                seq, _head = self.store.outbox.chain_head()
                 eid = f"{E}-{G}-{seq}{tag}"
                 payload = json.dumps({"v": 1, "id": eid, "seq": seq, "pad": "x" * pad}).encode()
                 meta = EnvelopeMeta(seq, eid, kind, f"{UP}/{kind}", int(time.time() * 1000))
-                self.store.enqueue(payload, meta)
+                self.store.outbox.enqueue(payload, meta)
                 ids.append(eid)
             return ids
 
@@ -60,7 +60,7 @@ class Rig:
 
     async def wait_backlog_zero(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while (await self.call(self.store.backlog, "mqtt"))[0]:
+        while (await self.call(self.store.outbox.backlog, "mqtt"))[0]:
             assert time.monotonic() < deadline, f"backlog not drained: {self.forwarder.stats()}"
             await asyncio.sleep(0.05)
 
@@ -102,7 +102,7 @@ def test_backlog_from_outage_drains_oldest_first_without_loss(tmp_path: Path) ->
             ids = await r.enqueue(200)  # sealed while the broker is down
             await asyncio.sleep(2.0)
             assert not r.task.done(), "forwarder must keep running through the outage"
-            assert (await r.call(r.store.backlog, "mqtt"))[0] == 200
+            assert (await r.call(r.store.outbox.backlog, "mqtt"))[0] == 200
             subacks = sub.subacks
             await asyncio.to_thread(broker.start)
             await asyncio.to_thread(sub.wait_subscribed, subacks + 1, 10)
@@ -112,7 +112,7 @@ def test_backlog_from_outage_drains_oldest_first_without_loss(tmp_path: Path) ->
             assert drain < 15, drain
             assert r.forwarder.delivered_total == 200
             assert r.forwarder.last_delivered_seq == 200
-            assert await r.call(r.store.pending, "mqtt", 10) == []
+            assert await r.call(r.store.outbox.pending, "mqtt", 10) == []
             assert not r.task.done()
             return ids
 
@@ -204,7 +204,7 @@ def test_platform_acks_rejects_and_timeouts(tmp_path: Path) -> None:
             await r.wait_backlog_zero(10)
             assert r.forwarder.rejected_total == 1
             assert r.forwarder.delivered_total == 9
-            rejected = await r.call(r.store.rejected, "mqtt")
+            rejected = await r.call(r.store.outbox.rejected, "mqtt")
             assert [(seq, reason) for seq, reason, _ in rejected] == [(4, "bad signature")]
             # The first two sends got no ack (lost): resent after ack_timeout, then acked.
             counts = Counter(p.seen)
@@ -239,7 +239,7 @@ def test_an_envelope_too_large_for_the_broker_is_set_aside_then_resent_once_it_f
             assert r.uplink.max_packet_bytes == limit
             assert (r.forwarder.delivered_total, r.forwarder.rejected_total) == (6, 1)
             assert r.forwarder.failures_total == 0, "the link must never have been dropped"
-            ((seq, reason, _),) = await r.call(r.store.rejected, "mqtt")
+            ((seq, reason, _),) = await r.call(r.store.outbox.rejected, "mqtt")
             assert seq == 4 and f"the broker takes at most {limit}" in reason
             return ids, big
 
@@ -263,7 +263,7 @@ def test_an_envelope_too_large_for_the_broker_is_set_aside_then_resent_once_it_f
             async with rig(tmp_path, platform(broker.port)) as r:
                 await r.wait_backlog_zero(10)
                 assert r.forwarder.delivered_total == 1
-                return next(e.payload for e in await r.call(r.store.envelopes, "readings") if e.seq == 4)
+                return next(e.payload for e in await r.call(r.store.outbox.envelopes, "readings") if e.seq == 4)
 
         stored = asyncio.run(resend())
         ((_, payload),) = sub.wait_for(1, 10)

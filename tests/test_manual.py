@@ -56,7 +56,7 @@ def test_enter_seals_and_a_correction_supersedes(site: Path, capsys):
     assert "no manual entry" in capsys.readouterr().err
     store = Store(site.parent / "agent.db")
     try:
-        rows = store.envelopes("manual", "2026-11", "2026-11")
+        rows = store.outbox.envelopes("manual", "2026-11", "2026-11")
     finally:
         store.close()
     assert rows[0].id == first_id and len(rows) == 2  # nothing deleted
@@ -72,7 +72,7 @@ def test_replace_meter_records_an_event_the_reports_use(site: Path, capsys):
                  "--new-initial", "0", "--at", "2026-11-21T12:00"]) == 2
     store = Store(site.parent / "agent.db")
     try:
-        ((_, _, ts, data),) = store.events("replacement")
+        ((_, _, ts, data),) = store.state.events("replacement")
     finally:
         store.close()
     assert ts == ms("2026-11-21T12:00") and data["old_final"] == "90365.00"

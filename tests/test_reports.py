@@ -14,7 +14,8 @@ from agent.accounting.reports import LOOKBACK_MS, Reporter, completeness
 from agent.config import load_config
 from agent.protocol.sealer import Sealer
 from agent.protocol.signing import generate_key, load_signer
-from buffer.retention import SUMMARISED_CURSOR, prune
+from buffer.names import SUMMARISED_CURSOR
+from buffer.retention import prune
 from buffer.store import Store
 from drivers.base import Quality, Reading
 
@@ -80,7 +81,7 @@ def rig(tmp_path: Path):
 
 def _read(store: Store, when: str, value: float, quality: Quality = Quality.GOOD) -> None:
     v = value if quality == Quality.GOOD else None
-    store.add_readings([Reading("main", "kwh", ms(when) + 150, v, quality)])
+    store.readings.add_readings([Reading("main", "kwh", ms(when) + 150, v, quality)])
 
 
 def _every_minute(store: Store, start: str, end: str, kwh_at_start: float, per_min: float):
@@ -90,11 +91,11 @@ def _every_minute(store: Store, start: str, end: str, kwh_at_start: float, per_m
         rows.append(Reading("main", "kwh", t + 150, round(v, 2), Quality.GOOD))
         t += MIN
         v += per_min
-    store.add_readings(rows)
+    store.readings.add_readings(rows)
 
 
 def _bodies(store: Store, type_: str) -> dict[str, dict]:
-    return {r.period: json.loads(r.payload)["body"] for r in store.envelopes(type_)}
+    return {r.period: json.loads(r.payload)["body"] for r in store.outbox.envelopes(type_)}
 
 
 def test_agent_off_across_midnight_still_closes_yesterday(rig):
@@ -156,7 +157,7 @@ def test_meter_replaced_mid_day(rig):
     cfg, store, sealer = rig
     _every_minute(store, "2026-11-20T23:50", "2026-11-21T12:00", 90000.0, 0.5)  # old meter
     # Replaced at 12:00: old meter's final 90365.00, new meter starts at 0.00.
-    store.add_event("replacement", ms("2026-11-21T12:00"), {
+    store.state.add_event("replacement", ms("2026-11-21T12:00"), {
         "meter": "main", "point": "kwh", "at_ms": ms("2026-11-21T12:00"),
         "old_final": "90365.00", "new_initial": "0.00"})
     _every_minute(store, "2026-11-21T12:00", "2026-11-22T00:10", 0.0, 0.5)
@@ -205,13 +206,13 @@ def test_summarised_cursor_follows_the_first_open_day(rig):
     cfg, store, sealer = rig
     _every_minute(store, "2026-11-20T00:00", "2026-11-22T00:04", 0.0, 1.0)
     rep = Reporter(cfg, store, sealer)
-    assert store.cursor(SUMMARISED_CURSOR, default=-1) == -1  # nothing known: nothing held
+    assert store.state.cursor(SUMMARISED_CURSOR, default=-1) == -1  # nothing known: nothing held
     rep.seal_due(ms("2026-11-22T00:04"))  # the 21st may not be sealed before 00:05
-    assert store.cursor(SUMMARISED_CURSOR) == ms("2026-11-21T00:00") - LOOKBACK_MS
+    assert store.state.cursor(SUMMARISED_CURSOR) == ms("2026-11-21T00:00") - LOOKBACK_MS
     _every_minute(store, "2026-11-22T00:04", "2026-11-22T00:31", 2884.0, 1.0)
     rep.seal_due(ms("2026-11-22T00:31"))
     assert "2026-11-21" in _bodies(store, "daily")
-    assert store.cursor(SUMMARISED_CURSOR) == ms("2026-11-22T00:00") - LOOKBACK_MS
+    assert store.state.cursor(SUMMARISED_CURSOR) == ms("2026-11-22T00:00") - LOOKBACK_MS
 
 
 @pytest.mark.parametrize("hold", [True, False])
@@ -225,8 +226,8 @@ def test_budget_pruning_leaves_the_open_day_whole(rig, hold: bool):
     _every_minute(store, "2026-11-20T00:00", "2026-11-22T12:00", 0.0, 1.0)
     rep.seal_due(ms("2026-11-22T12:00"))  # days 20 and 21, intervals up to 11:45
     # Readings sealed (send_raw off) and every envelope delivered: all of it may be pruned.
-    store.set_cursor("sealed_rowid", store.conn.execute("SELECT max(id) FROM polls").fetchone()[0])
-    store.mark_delivered("mqtt", [r[0] for r in store.conn.execute("SELECT seq FROM outbox")])
+    store.state.set_cursor("sealed_rowid", store.conn.execute("SELECT max(id) FROM polls").fetchone()[0])
+    store.outbox.mark_delivered("mqtt", [r[0] for r in store.conn.execute("SELECT seq FROM outbox")])
     if not hold:  # what retention did before the Reporter said what it still reads
         store.conn.execute("DELETE FROM cursors WHERE name = ?", (SUMMARISED_CURSOR,))
     # More than all the readings (~165 kB a day here) can free; the padding can.
@@ -251,7 +252,7 @@ def test_last_good_found_behind_a_long_outage_and_not_beyond_two_hours(rig):
     cfg, store, sealer = rig
     _every_minute(store, "2026-11-21T22:00", "2026-11-21T22:31", 0.0, 1.0)  # last good 22:30
     t = ms("2026-11-21T22:31")
-    store.add_readings([Reading("main", "kwh", t + i * MIN, None, Quality.TIMEOUT) for i in range(100)])
+    store.readings.add_readings([Reading("main", "kwh", t + i * MIN, None, Quality.TIMEOUT) for i in range(100)])
     rep = Reporter(cfg, store, sealer)
     (item,) = rep.items
     # Found through several windows, newest first: gaps after it do not hide it.

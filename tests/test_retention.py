@@ -20,15 +20,15 @@ RAW_KEEP, HISTORY_KEEP = 7 * DAY, 183 * DAY
 
 def add_readings(store: Store, n: int, ts0: int, step: int = 1000) -> None:
     """n one-point polls (the meter changes every reading): one row, one id and one sample each."""
-    store.add_readings([Reading(f"m{i % 10}", "e", ts0 + i * step, float(i)) for i in range(n)])
+    store.readings.add_readings([Reading(f"m{i % 10}", "e", ts0 + i * step, float(i)) for i in range(n)])
 
 
 def add_envelopes(store: Store, n: int, created_ms: int, size: int = 4000) -> list[int]:
     seqs = []
     for _ in range(n):
-        seq, _ = store.chain_head()
+        seq, _ = store.outbox.chain_head()
         payload = (f"{seq}:".encode() + b"x" * size)[:size]
-        store.enqueue(payload, EnvelopeMeta(seq, f"E-G-{seq}", "daily", "t", created_ms))
+        store.outbox.enqueue(payload, EnvelopeMeta(seq, f"E-G-{seq}", "daily", "t", created_ms))
         seqs.append(seq)
     return seqs
 
@@ -51,31 +51,31 @@ def store(tmp_path: Path) -> Store:
 def test_raw_window_prunes_only_old_sealed_readings(store: Store) -> None:
     add_readings(store, 1000, NOW - 30 * DAY)  # old: ids 1..1000
     add_readings(store, 1000, NOW - DAY)  # inside the raw window: ids 1001..2000
-    store.set_cursor("sealed_rowid", 500)  # old readings 501..1000 are not sealed yet
+    store.state.set_cursor("sealed_rowid", 500)  # old readings 501..1000 are not sealed yet
     report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
     assert report.raw_readings == 500
     assert reading_ids(store) == list(range(501, 2001))
-    store.set_cursor("sealed_rowid", 2000)
+    store.state.set_cursor("sealed_rowid", 2000)
     report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
     assert report.raw_readings == 500
     assert reading_ids(store) == list(range(1001, 2001))
-    assert store.counters()["pruned_readings"] == 1000
+    assert store.state.counters()["pruned_readings"] == 1000
 
 
 def test_history_window_needs_every_destination(store: Store) -> None:
     old = add_envelopes(store, 6, NOW - 200 * DAY, 100)  # 1..6
     new = add_envelopes(store, 2, NOW - DAY, 100)  # 7..8
-    store.mark_delivered("mqtt", old + new)
-    store.mark_delivered("https", [1, 2, 4, 7, 8])
-    store.mark_rejected("https", 5, "bad data code")
+    store.outbox.mark_delivered("mqtt", old + new)
+    store.outbox.mark_delivered("https", [1, 2, 4, 7, 8])
+    store.outbox.mark_rejected("https", 5, "bad data code")
     report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
     # 3 and 6 still owed to https; 7 and 8 are done but inside the history window
     assert report.history_envelopes == 4
     assert outbox_seqs(store) == [3, 6, 7, 8]
-    assert [r.seq for r in store.pending("https", 10)] == [3, 6]
-    assert store.pending("mqtt", 10) == []
-    assert store.backlog("https") == (2, NOW - 200 * DAY)
-    assert report.dropped_envelopes == 0 and "dropped_envelopes" not in store.counters()
+    assert [r.seq for r in store.outbox.pending("https", 10)] == [3, 6]
+    assert store.outbox.pending("mqtt", 10) == []
+    assert store.outbox.backlog("https") == (2, NOW - 200 * DAY)
+    assert report.dropped_envelopes == 0 and "dropped_envelopes" not in store.state.counters()
 
 
 def test_unsent_envelopes_kept_without_budget_pressure(store: Store) -> None:
@@ -92,12 +92,12 @@ def test_unsent_envelopes_kept_without_budget_pressure(store: Store) -> None:
 def test_budget_order(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     add_readings(store, 40_000, NOW - 3 * DAY, 10)  # sealed, inside the raw window
     sealed = reading_ids(store)[-1]
-    store.set_cursor("sealed_rowid", sealed)
+    store.state.set_cursor("sealed_rowid", sealed)
     add_readings(store, 20_000, NOW - 2 * DAY, 10)  # not sealed: never deleted
     done = add_envelopes(store, 400, NOW - DAY)  # delivered everywhere, inside history window
     unsent = add_envelopes(store, 100, NOW - DAY)
-    store.mark_delivered("mqtt", done + unsent[:50])  # half the unsent reached one destination
-    store.mark_delivered("https", done)
+    store.outbox.mark_delivered("mqtt", done + unsent[:50])  # half the unsent reached one destination
+    store.outbox.mark_delivered("https", done)
     unsealed = reading_ids(store)[sealed:]
 
     # 1) a little over budget: only the oldest sealed readings go
@@ -123,20 +123,20 @@ def test_budget_order(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     assert outbox_seqs(store) == []
     assert report.dropped_envelopes == len(unsent)
     assert report.dropped_ids == tuple(f"E-G-{s}" for s in unsent)
-    assert store.counters()["dropped_envelopes"] == len(unsent)
-    dropped_events = store.events("envelope_dropped")
+    assert store.state.counters()["dropped_envelopes"] == len(unsent)
+    dropped_events = store.state.events("envelope_dropped")
     assert [e[3]["seq"] for e in dropped_events] == unsent
-    assert json.loads(store.get_state("last_dropped_envelope") or "{}")["seq"] == unsent[-1]
+    assert json.loads(store.state.get("last_dropped_envelope") or "{}")["seq"] == unsent[-1]
     lines = [m for m in caplog.messages if "dropped unsent envelope" in m]
     assert len(lines) == len(unsent) and f"E-G-{unsent[0]} " in lines[0]
     assert reading_ids(store) == unsealed  # unsealed readings are never deleted
-    assert store.pending("mqtt", 10) == [] and store.backlog("https") == (0, None)
-    assert store.chain_head()[0] == unsent[-1] + 1  # seq never goes back after a drop
+    assert store.outbox.pending("mqtt", 10) == [] and store.outbox.backlog("https") == (0, None)
+    assert store.outbox.chain_head()[0] == unsent[-1] + 1  # seq never goes back after a drop
 
 
 def test_space_is_given_back(store: Store) -> None:
     add_readings(store, 100_000, NOW - 30 * DAY, 10)
-    store.set_cursor("sealed_rowid", reading_ids(store)[-1] - 10)
+    store.state.set_cursor("sealed_rowid", reading_ids(store)[-1] - 10)
     store.checkpoint()
     before = store.size_bytes()
     report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
@@ -151,22 +151,22 @@ def test_poll_rows_go_whole_counted_in_samples_with_their_index_entries(
     monkeypatch.setattr(readings, "INDEX_ROWS_PER_LAYOUT", 4)  # most rows indexed, some not yet
 
     def tick(ts: int) -> None:
-        store.add_readings([Reading(f"m{i}", f"p{k}", ts + i, float(k)) for i in range(3) for k in range(12)])
+        store.readings.add_readings([Reading(f"m{i}", f"p{k}", ts + i, float(k)) for i in range(3) for k in range(12)])
 
     for t in range(40):  # old, but tick 20 stamped by a clock that had jumped a day ahead
         tick(NOW - 30 * DAY + t * 1000 if t != 20 else NOW - DAY)
     for t in range(5):
         tick(NOW - DAY + (t + 1) * 1000)
-    store.set_cursor("sealed_rowid", 135)
-    assert store.cursor(readings.INDEXED_CURSOR) == 132
+    store.state.set_cursor("sealed_rowid", 135)
+    assert store.state.cursor(readings.INDEXED_CURSOR) == 132
     report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
     assert report.raw_readings == 39 * 3 * 12  # samples, not rows
-    assert store.counters()["pruned_readings"] == 39 * 3 * 12
+    assert store.state.counters()["pruned_readings"] == 39 * 3 * 12
     left = reading_ids(store)
     assert left == [61, 62, 63, *range(121, 136)]
     indexed = [r[0] for r in store.conn.execute("SELECT id FROM poll_index ORDER BY id")]
     assert indexed == [i for i in left if i <= 132]  # no entry outlives its row
-    assert [r.ts for r in store.readings_for("m1", "p7", NOW - 2 * DAY, NOW)] == [
+    assert [r.ts for r in store.readings.readings_for("m1", "p7", NOW - 2 * DAY, NOW)] == [
         NOW - DAY + 1 + t * 1000 for t in range(6)]
 
 
@@ -182,16 +182,16 @@ def test_free_pages_go_back_in_steps_not_one_by_one(store: Store) -> None:
 
 def test_new_readings_never_fall_behind_the_sealed_cursor(store: Store) -> None:
     add_readings(store, 100, NOW - 30 * DAY)
-    store.set_cursor("sealed_rowid", 100)
+    store.state.set_cursor("sealed_rowid", 100)
     prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
     assert reading_ids(store) == []
     add_readings(store, 1, NOW)
-    assert [i for i, _ in store.readings_after(store.cursor("sealed_rowid"), 10)] == [101]
+    assert [i for i, _ in store.readings.readings_after(store.state.cursor("sealed_rowid"), 10)] == [101]
 
 
 def test_prune_logs_one_line(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     add_readings(store, 10, NOW - 30 * DAY)
-    store.set_cursor("sealed_rowid", 10)
+    store.state.set_cursor("sealed_rowid", 10)
     with caplog.at_level(logging.INFO, logger="buffer.retention"):
         prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)
     assert len([r for r in caplog.records if r.name == "buffer.retention"]) == 1
@@ -200,12 +200,12 @@ def test_prune_logs_one_line(store: Store, caplog: pytest.LogCaptureFixture) -> 
 def test_raw_window_keeps_readings_accounting_needs(store: Store) -> None:
     add_readings(store, 1000, NOW - 3 * DAY)  # summarised: ids 1..1000
     add_readings(store, 1000, NOW - 36 * 3_600_000)  # the open day still reads them: 1001..2000
-    store.set_cursor("sealed_rowid", 2000)
-    store.set_cursor("summarised_ts", NOW - 2 * DAY)
+    store.state.set_cursor("sealed_rowid", 2000)
+    store.state.set_cursor("summarised_ts", NOW - 2 * DAY)
     report = prune(store, NOW, DAY, HISTORY_KEEP, None)  # a raw window shorter than a report
     assert report.raw_readings == 1000
     assert reading_ids(store) == list(range(1001, 2001))
-    store.set_cursor("summarised_ts", NOW - DAY)  # the Reporter sealed that day
+    store.state.set_cursor("summarised_ts", NOW - DAY)  # the Reporter sealed that day
     assert prune(store, NOW, DAY, HISTORY_KEEP, None).raw_readings == 1000
     assert reading_ids(store) == []
 
@@ -216,15 +216,15 @@ def test_budget_takes_needed_readings_only_before_unsent_envelopes(
     first_needed = reading_ids(store)[-1] + 1
     add_readings(store, 20_000, NOW - 3_600_000, 10)  # today's: the open day's reports read them
     sealed = reading_ids(store)[-1]
-    store.set_cursor("sealed_rowid", sealed)
-    store.set_cursor("summarised_ts", NOW - DAY)
+    store.state.set_cursor("sealed_rowid", sealed)
+    store.state.set_cursor("summarised_ts", NOW - DAY)
     add_readings(store, 5_000, NOW - 60_000, 10)  # not sealed
     needed = list(range(first_needed, sealed + 1))
     unsealed = reading_ids(store)[sealed:]
     done = add_envelopes(store, 300, NOW - 100 * DAY)
     unsent = add_envelopes(store, 50, NOW - DAY)
-    store.mark_delivered("mqtt", done)
-    store.mark_delivered("https", done)
+    store.outbox.mark_delivered("mqtt", done)
+    store.outbox.mark_delivered("https", done)
 
     # 1) a little over: only summarised readings go
     report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, store.used_bytes() - 300_000)
@@ -239,7 +239,7 @@ def test_budget_takes_needed_readings_only_before_unsent_envelopes(
     report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, budget)
     assert reading_ids(store) == needed + unsealed
     assert 0 < report.budget_envelopes < len(done) and report.needed_readings == 0
-    assert "pruned_needed_readings" not in store.counters()
+    assert "pruned_needed_readings" not in store.state.counters()
 
     # 3) more than every done envelope frees: the needed readings go, oldest first, with a
     #    warning — and still no unsent envelope
@@ -251,7 +251,7 @@ def test_budget_takes_needed_readings_only_before_unsent_envelopes(
     assert outbox_seqs(store) == unsent and report.dropped_envelopes == 0
     assert 0 < report.needed_readings < len(needed)
     assert reading_ids(store) == needed[report.needed_readings:] + unsealed
-    assert store.counters()["pruned_needed_readings"] == report.needed_readings
+    assert store.state.counters()["pruned_needed_readings"] == report.needed_readings
     assert any("reports not yet sealed still read" in m for m in caplog.messages)
 
     # 4) impossible: every sealed reading, then the unsent envelopes; unsealed ones stay
@@ -262,8 +262,8 @@ def test_budget_takes_needed_readings_only_before_unsent_envelopes(
 
 def test_unsent_envelopes_go_by_worth_superseded_heartbeats_then_raw_samples(store: Store) -> None:
     def put(type_: str) -> int:
-        seq, _ = store.chain_head()
-        store.enqueue(b"x" * 2000, EnvelopeMeta(seq, f"E-G-{seq}", type_, "t", NOW - DAY))
+        seq, _ = store.outbox.chain_head()
+        store.outbox.enqueue(b"x" * 2000, EnvelopeMeta(seq, f"E-G-{seq}", type_, "t", NOW - DAY))
         return seq
 
     kinds = ["status", "readings", "daily", "status", "readings", "interval", "manual", "status", "readings"]
@@ -272,12 +272,12 @@ def test_unsent_envelopes_go_by_worth_superseded_heartbeats_then_raw_samples(sto
     want = ["status", "status", "readings", "readings", "readings", "daily", "interval", "manual", "status"]
 
     def dropped() -> list[str]:
-        return [seqs[e[3]["seq"]] for e in store.events("envelope_dropped")]
+        return [seqs[e[3]["seq"]] for e in store.state.events("envelope_dropped")]
 
     prune(store, NOW, RAW_KEEP, HISTORY_KEEP, store.used_bytes() - 3 * 4096)  # a little over
     assert 0 < len(dropped()) < len(want) and dropped() == want[:len(dropped())]
     report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)  # nothing fits: all go, in that order
     assert dropped() == want
-    order = [e[3]["seq"] for e in store.events("envelope_dropped")]
+    order = [e[3]["seq"] for e in store.state.events("envelope_dropped")]
     assert order[-1] == max(s for s, k in seqs.items() if k == "status")  # the newest heartbeat last
     assert report.over_budget and outbox_seqs(store) == []

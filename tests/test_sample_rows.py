@@ -16,9 +16,10 @@ from agent.config import load_config
 from agent.protocol.canonical import MAX_SAFE_INTEGER, canonical
 from agent.protocol.envelope import format_value
 from agent.protocol.sample_rows import RowRenderer, body_json
-from agent.protocol.sealer import SEALED_CURSOR, Sealer
+from agent.protocol.sealer import Sealer
 from agent.protocol.signing import load_signer
 from buffer import polls
+from buffer.names import SEALED_CURSOR
 from buffer.polls import Layout
 from buffer.store import Store
 from drivers.base import Quality, Reading
@@ -123,7 +124,7 @@ def sealer_for(tmp_path: Path, batch: int) -> tuple[Sealer, Store]:
 
 
 def sealed(store: Store) -> list[list[list]]:
-    return [json.loads(r.payload)["body"]["samples"] for r in store.pending("mqtt", 10**6)]
+    return [json.loads(r.payload)["body"]["samples"] for r in store.outbox.pending("mqtt", 10**6)]
 
 
 def tick(t: int, meters: int, points: int) -> list[Reading]:
@@ -138,7 +139,7 @@ def test_envelopes_hold_whole_rows_and_every_sample_once(tmp_path: Path, batch: 
     expected = []
     for t in range(4):
         rows = tick(t, 5, 3)
-        store.add_readings(rows)
+        store.readings.add_readings(rows)
         expected += [[r.meter, r.point, r.ts, format_value(r.value, 3), int(r.quality)] for r in rows]
         if t % 2:
             sealer.seal_readings()
@@ -149,12 +150,12 @@ def test_envelopes_hold_whole_rows_and_every_sample_once(tmp_path: Path, batch: 
         assert len(body) <= max(batch, 3)  # ...and no more than batch, unless one row is more
     # Filled greedily: each pass seals 10 rows, as many whole rows per envelope as fit.
     assert len(bodies) == 2 * math.ceil(10 / max(1, batch // 3))
-    assert store.cursor(SEALED_CURSOR) == 20
+    assert store.state.cursor(SEALED_CURSOR) == 20
 
 
 def test_a_row_larger_than_the_batch_goes_alone(tmp_path: Path) -> None:
     sealer, store = sealer_for(tmp_path, 5)
-    store.add_readings(tick(0, 1, 2) + [Reading("big", f"p{k}", T0, float(k)) for k in range(12)]
+    store.readings.add_readings(tick(0, 1, 2) + [Reading("big", f"p{k}", T0, float(k)) for k in range(12)]
                        + tick(1, 1, 2))
     assert sealer.seal_readings() == 3
     assert [len(b) for b in sealed(store)] == [2, 12, 2]
@@ -162,7 +163,7 @@ def test_a_row_larger_than_the_batch_goes_alone(tmp_path: Path) -> None:
 
 def test_the_envelopes_of_one_round_commit_together(tmp_path: Path) -> None:
     sealer, store = sealer_for(tmp_path, 6)
-    store.add_readings(tick(0, 4, 3))  # four rows of 3, fetched at once: two envelopes, one commit
+    store.readings.add_readings(tick(0, 4, 3))  # four rows of 3, fetched at once: two envelopes, one commit
     real = sealer.signer.sign
     calls = []
 
@@ -175,7 +176,7 @@ def test_the_envelopes_of_one_round_commit_together(tmp_path: Path) -> None:
     sealer.signer.sign = sign  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         sealer.seal_readings()
-    assert store.chain_head()[0] == 1 and store.cursor(SEALED_CURSOR) == 0  # none of them
+    assert store.outbox.chain_head()[0] == 1 and store.state.cursor(SEALED_CURSOR) == 0  # none of them
     sealer.signer.sign = real  # type: ignore[method-assign]
     assert sealer.seal_readings() == 2
-    assert store.cursor(SEALED_CURSOR) == 4
+    assert store.state.cursor(SEALED_CURSOR) == 4

@@ -17,7 +17,8 @@ import pytest
 from agent.config import load_config
 from agent.protocol.sealer import Sealer
 from agent.protocol.signing import generate_key, load_signer
-from buffer.store import EnvelopeMeta, SeqConflict, Store, StoreError
+from buffer.outbox import SeqConflict
+from buffer.store import EnvelopeMeta, Store, StoreError
 from tests.test_reports import CONFIG
 from tests.verifier import ChainVerifier
 
@@ -105,8 +106,8 @@ def test_two_processes_sealing_at_once_keep_one_chain(site, tmp_path: Path) -> N
         env = verifier.accept(payload)
         assert env["seq"] == seq and env["prev"] == prev
         prev = hashlib.sha256(payload).hexdigest()
-    assert store.chain_head() == (ours + theirs + 1, prev)
-    assert store.cursor("sealed_rowid") == ours  # our cursor moved with our last envelope
+    assert store.outbox.chain_head() == (ours + theirs + 1, prev)
+    assert store.state.cursor("sealed_rowid") == ours  # our cursor moved with our last envelope
 
 
 def test_seal_follows_an_envelope_another_connection_appended(site) -> None:
@@ -114,8 +115,8 @@ def test_seal_follows_an_envelope_another_connection_appended(site) -> None:
     first = sealer.seal("manual", {"items": []}, period="2026-11")
     other = Store(store.path)
     try:
-        seq, _ = other.chain_head()
-        other.enqueue(b'{"x":1}', EnvelopeMeta(seq, "E-G-2", "status", "t", 0))
+        seq, _ = other.outbox.chain_head()
+        other.outbox.enqueue(b'{"x":1}', EnvelopeMeta(seq, "E-G-2", "status", "t", 0))
     finally:
         other.close()
     # The head this connection might have cached is stale; seal must not care.
@@ -127,28 +128,28 @@ def test_seal_follows_an_envelope_another_connection_appended(site) -> None:
 
 def test_stale_seq_in_plain_enqueue_is_a_seq_conflict(site) -> None:
     _, store, sealer, _ = site
-    seq, _ = store.chain_head()
+    seq, _ = store.outbox.chain_head()
     sealer.seal("manual", {"items": []}, period="2026-11")
     with pytest.raises(SeqConflict, match=f"seq {seq}, expected {seq + 1}") as e:
-        store.enqueue(b"late", EnvelopeMeta(seq, "E-G-1", "manual", "t", 0))
+        store.outbox.enqueue(b"late", EnvelopeMeta(seq, "E-G-1", "manual", "t", 0))
     assert isinstance(e.value, StoreError)  # still fatal to code that does not expect it
-    assert store.chain_head()[0] == seq + 1
+    assert store.outbox.chain_head()[0] == seq + 1
 
 
 def test_a_failing_build_writes_nothing(site) -> None:
     _, store, _, _ = site
-    head = store.chain_head()
+    head = store.outbox.chain_head()
 
     def build(seq: int, prev: str) -> tuple[bytes, EnvelopeMeta]:
         raise RuntimeError("signer gone")
 
     with pytest.raises(RuntimeError, match="signer gone"):
-        store.enqueue_built(build, ("sealed_rowid", 5))
+        store.outbox.enqueue_built(build, ("sealed_rowid", 5))
 
     def wrong_seq(seq: int, prev: str) -> tuple[bytes, EnvelopeMeta]:
         return b"p", EnvelopeMeta(seq + 1, "E-G-x", "manual", "t", 0)
 
     with pytest.raises(ValueError, match="seq"):
-        store.enqueue_built(wrong_seq)
-    assert store.chain_head() == head and chain(store) == []
-    assert store.cursor("sealed_rowid") == 0
+        store.outbox.enqueue_built(wrong_seq)
+    assert store.outbox.chain_head() == head and chain(store) == []
+    assert store.state.cursor("sealed_rowid") == 0

@@ -28,21 +28,21 @@ import json, sys
 from buffer.store import EnvelopeMeta, Store
 from drivers.base import Reading
 store = Store(sys.argv[1])
-last = store.readings_after(store.conn.execute("SELECT coalesce(max(id), 0) FROM polls").fetchone()[0] - 1, 1)
+last = store.readings.readings_after(store.conn.execute("SELECT coalesce(max(id), 0) FROM polls").fetchone()[0] - 1, 1)
 batch = int(last[-1][1].value) if last else 0
 print("ready", flush=True)
 while True:
     batch += 1
     rows = [Reading("m%d" % (i % 7), "p%d" % (i % 5), batch * 1000 + i, float(batch))
             for i in range({BATCH})]
-    store.add_readings(rows)
+    store.readings.add_readings(rows)
     print("B", batch, flush=True)
     if batch % 3 == 0:
-        seq, prev = store.chain_head()
-        last = store.readings_after(store.cursor("sealed_rowid"), 10**9)[-1][0]
+        seq, prev = store.outbox.chain_head()
+        last = store.readings.readings_after(store.state.cursor("sealed_rowid"), 10**9)[-1][0]
         payload = json.dumps({{"seq": seq, "prev": prev, "cursor": last,
                               "pad": "x" * (seq % 4000)}}).encode()
-        store.enqueue(payload, EnvelopeMeta(seq, "E-G-%d" % seq, "readings", "t", seq),
+        store.outbox.enqueue(payload, EnvelopeMeta(seq, "E-G-%d" % seq, "readings", "t", seq),
                       ("sealed_rowid", last))
         print("E", seq, flush=True)
 """
@@ -88,13 +88,13 @@ def test_sigkill_loses_nothing_committed(tmp_path: Path) -> None:
 
         store = Store(db)
         try:
-            assert "corrupt_db_moved" not in store.counters()
-            per_batch = Counter(int(r.value) for _, r in store.readings_after(0, 10**9))
+            assert "corrupt_db_moved" not in store.state.counters()
+            per_batch = Counter(int(r.value) for _, r in store.readings.readings_after(0, 10**9))
             # every reported batch is there, and every batch is whole (one transaction)
             assert batches <= set(per_batch)
             assert set(per_batch.values()) == {BATCH}
-            next_seq, head = store.chain_head()
-            rows = store.pending("mqtt", 10**6)
+            next_seq, head = store.outbox.chain_head()
+            rows = store.outbox.pending("mqtt", 10**6)
             assert [r.seq for r in rows] == list(range(1, next_seq))
             assert seqs <= {r.seq for r in rows}
             prev = Store.ZERO_HASH
@@ -105,7 +105,7 @@ def test_sigkill_loses_nothing_committed(tmp_path: Path) -> None:
             # the cursor moved with its envelope, in the same commit
             cursors = [json.loads(r.payload)["cursor"] for r in rows]
             assert cursors == sorted(set(cursors))
-            assert store.cursor("sealed_rowid") == (cursors[-1] if cursors else 0)
+            assert store.state.cursor("sealed_rowid") == (cursors[-1] if cursors else 0)
         finally:
             store.close()
     assert len(batches) > KILLS  # the writer really got going between kills

@@ -74,11 +74,11 @@ def test_v1_store_migrates_with_its_ids_and_cursors(tmp_path: Path) -> None:
 
     store = Store(path)
     assert store.conn.execute("PRAGMA user_version").fetchone() == (2,)
-    assert store.readings_after(0, 100) == kept  # the same ids, the same readings
-    assert store.cursor("sealed_rowid") == 15
-    assert store.readings_for("main", "active_power", T0, T0 + 5000) == [
+    assert store.readings.readings_after(0, 100) == kept  # the same ids, the same readings
+    assert store.state.cursor("sealed_rowid") == 15
+    assert store.readings.readings_for("main", "active_power", T0, T0 + 5000) == [
         r for i, r in kept if r.point == "active_power" and r.ts < T0 + 5000]
-    assert store.last_reading_ts() == kept[-1][1].ts
+    assert store.readings.last_reading_ts() == kept[-1][1].ts
     tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "readings" not in tables and "series" not in tables
     assert store.free_pages() == 0  # what the v1 tables held is given back at once
@@ -86,14 +86,14 @@ def test_v1_store_migrates_with_its_ids_and_cursors(tmp_path: Path) -> None:
     # Sealing resumes right after the cursor: exactly the v1 rows 16..30, formatted as before.
     sealer = Sealer(cfg, store, load_signer(cfg.signing.key_file), clock=lambda: T0 / 1000 + 60)
     assert sealer.seal_readings() == 1
-    (row,) = store.pending("mqtt", 10)
+    (row,) = store.outbox.pending("mqtt", 10)
     samples = json.loads(row.payload)["body"]["samples"]
     assert samples == [[r.meter, r.point, r.ts, format_value(r.value, DECIMALS[r.point]), int(r.quality)]
                        for i, r in kept if i > 15]
-    assert store.cursor("sealed_rowid") == 30
+    assert store.state.cursor("sealed_rowid") == 30
 
     # New polls continue the id sequence, one row per meter poll now.
-    store.add_readings([Reading("main", p, T0 + 99_000, 1.0) for p in DECIMALS])
+    store.readings.add_readings([Reading("main", p, T0 + 99_000, 1.0) for p in DECIMALS])
     assert store.conn.execute("SELECT id, length(vals) FROM polls ORDER BY id DESC LIMIT 1").fetchone() == (31, 24)
     store.close()
 
@@ -102,8 +102,8 @@ def test_ids_continue_after_a_v1_table_pruning_had_emptied(tmp_path: Path) -> No
     path = tmp_path / "agent.db"
     assert v1_store(path, site_readings(4), delete_ids=range(1, 13)) == []
     store = Store(path)
-    store.add_readings([Reading("main", "voltage_a", T0, 230.0)])
-    assert [i for i, _ in store.readings_after(0, 10)] == [13]  # never an id a sealed row had
+    store.readings.add_readings([Reading("main", "voltage_a", T0, 230.0)])
+    assert [i for i, _ in store.readings.readings_after(0, 10)] == [13]  # never an id a sealed row had
     store.close()
 
 
@@ -113,10 +113,10 @@ def test_fresh_store_leaves_sqlite_utils_out_of_the_process(tmp_path: Path) -> N
         "from buffer.store import Store\n"
         "from drivers.base import Reading\n"
         f"s = Store({str(tmp_path / 'fresh.db')!r})\n"
-        "s.add_readings([Reading('m', 'p', 1, 1.0)])\n"
+        "s.readings.add_readings([Reading('m', 'p', 1, 1.0)])\n"
         "s.close()\n"
         f"s = Store({str(tmp_path / 'fresh.db')!r})\n"
-        "print(s.conn.execute('PRAGMA user_version').fetchone()[0], len(s.readings_after(0, 9)))\n"
+        "print(s.conn.execute('PRAGMA user_version').fetchone()[0], len(s.readings.readings_after(0, 9)))\n"
         "print(sorted(m for m in sys.modules if m.startswith(('sqlite_utils', 'click', 'pluggy'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -165,6 +165,6 @@ def test_a_migration_that_read_the_version_before_another_finished_does_nothing_
     assert real(conn) == schema.VERSION
     conn.close()
     store = Store(path)
-    store.add_readings([Reading("m", "p", T0, 1.0)])
-    assert len(store.readings_after(0, 10)) == 1
+    store.readings.add_readings([Reading("m", "p", T0, 1.0)])
+    assert len(store.readings.readings_after(0, 10)) == 1
     store.close()

@@ -20,10 +20,10 @@ class NoPlatform:
 def test_observer_sees_every_sample_with_its_row_id(tmp_path: Path) -> None:
     store = Store(tmp_path / "agent.db")
     obs = Observer(tmp_path / "agent.db", NoPlatform())  # type: ignore[arg-type]
-    store.add_readings([Reading("a", "x", T0, 1.0), Reading("a", "y", T0 + 40, None, Quality.TIMEOUT),
+    store.readings.add_readings([Reading("a", "x", T0, 1.0), Reading("a", "y", T0 + 40, None, Quality.TIMEOUT),
                         Reading("b", "x", T0 + 2, 2.0)])
     obs.poll()
-    store.add_readings([Reading("a", "x", T0 + 1000, 1.0), Reading("a", "y", T0 + 1000, 3.0),
+    store.readings.add_readings([Reading("a", "x", T0 + 1000, 1.0), Reading("a", "y", T0 + 1000, 3.0),
                         Reading("c", "z", T0 + 1001, 4.0)])  # a layout the observer has not seen yet
     obs.poll()
     assert obs.committed == {("a", "x", T0): 0, ("a", "y", T0 + 40): 1, ("b", "x", T0 + 2): 0,

@@ -44,60 +44,60 @@ def rows(store: Store) -> list[tuple]:
 
 def test_one_row_per_meter_poll(store: Store) -> None:
     tick = poll("m1", 12, T0) + poll("m2", 3, T0 + 7)
-    store.add_readings(tick)
-    store.add_readings(poll("m1", 12, T0 + 1000) + poll("m2", 3, T0 + 1007))
+    store.readings.add_readings(tick)
+    store.readings.add_readings(poll("m1", 12, T0 + 1000) + poll("m2", 3, T0 + 1007))
     got = rows(store)
     assert [(i, lid, ts, n) for i, lid, ts, n, _, _ in got] == [
         (1, 1, T0, 96), (2, 2, T0 + 7, 24), (3, 1, T0 + 1000, 96), (4, 2, T0 + 1007, 24)]
     assert all(q is None and d is None for *_, q, d in got)  # all GOOD, one timestamp each
-    assert [r for _, r in store.readings_after(0, 2)] == tick
-    assert [i for i, _ in store.readings_after(0, 10)] == [1] * 12 + [2] * 3 + [3] * 12 + [4] * 3
+    assert [r for _, r in store.readings.readings_after(0, 2)] == tick
+    assert [i for i, _ in store.readings.readings_after(0, 10)] == [1] * 12 + [2] * 3 + [3] * 12 + [4] * 3
 
 
 def test_a_group_ends_where_the_meter_changes_or_a_point_repeats(store: Store) -> None:
     batch = [Reading("a", "x", T0, 1.0), Reading("a", "y", T0, 2.0), Reading("a", "x", T0 + 1, 3.0),
              Reading("b", "x", T0, 4.0), Reading("a", "y", T0 + 2, 5.0)]
-    store.add_readings(batch)
-    assert [store.layout(lid).points for _, lid, *_ in rows(store)] == [("x", "y"), ("x",), ("x",), ("y",)]
-    assert [r for _, r in store.readings_after(0, 10)] == batch
+    store.readings.add_readings(batch)
+    assert [store.readings.layout(lid).points for _, lid, *_ in rows(store)] == [("x", "y"), ("x",), ("x",), ("y",)]
+    assert [r for _, r in store.readings.readings_after(0, 10)] == batch
 
 
 def test_per_point_times_gaps_and_qualities_survive(store: Store) -> None:
     batch = [Reading("m", "a", T0 + 40, 1.5), Reading("m", "b", T0 + 40, -0.0),
              Reading("m", "c", T0, None, Quality.TIMEOUT), Reading("m", "d", T0 + 9, math.nan, Quality.INVALID),
              Reading("m", "e", T0 + 40, math.inf), Reading("m", "f", T0 + 40, 7)]  # type: ignore[arg-type]
-    store.add_readings(batch)
+    store.readings.add_readings(batch)
     (_, _, ts, _, quality, delta), = rows(store)
     assert ts == T0 and quality == bytes([0, 0, 1, 5, 0, 0]) and delta is not None
-    back = [r for _, r in store.readings_after(0, 1)]
+    back = [r for _, r in store.readings.readings_after(0, 1)]
     assert all(same(a, b) for a, b in zip(batch, back, strict=True))
     assert back[5].value == 7.0 and type(back[5].value) is float
-    assert store.last_reading_ts() == T0 + 40  # the last point of the newest row
+    assert store.readings.last_reading_ts() == T0 + 40  # the last point of the newest row
 
 
 def test_a_poll_spanning_more_than_a_uint16_of_ms_is_split(store: Store) -> None:
     batch = [Reading("m", "a", T0, 1.0), Reading("m", "b", T0 + MAX_SPAN_MS, 2.0),
              Reading("m", "c", T0 + MAX_SPAN_MS + 1, 3.0), Reading("m", "d", T0 + MAX_SPAN_MS + 9, 4.0),
              Reading("m", "e", T0 - 5, 5.0)]
-    store.add_readings(batch)
-    assert [(ts, store.layout(lid).points) for _, lid, ts, *_ in rows(store)] == [
+    store.readings.add_readings(batch)
+    assert [(ts, store.readings.layout(lid).points) for _, lid, ts, *_ in rows(store)] == [
         (T0, ("a", "b")), (T0 + MAX_SPAN_MS + 1, ("c", "d")), (T0 - 5, ("e",))]
-    assert [r for _, r in store.readings_after(0, 10)] == batch
+    assert [r for _, r in store.readings.readings_after(0, 10)] == batch
 
 
 def test_a_meter_whose_points_change_gets_a_new_layout(store: Store) -> None:
-    store.add_readings(poll("m", 3, T0))
-    store.add_readings(poll("m", 4, T0 + 1000))  # reconfigured: one point more
-    store.add_readings(poll("m", 3, T0 + 2000))  # and back
+    store.readings.add_readings(poll("m", 3, T0))
+    store.readings.add_readings(poll("m", 4, T0 + 1000))  # reconfigured: one point more
+    store.readings.add_readings(poll("m", 3, T0 + 2000))  # and back
     assert [lid for _, lid, *_ in rows(store)] == [1, 2, 1]
-    assert [r.ts for r in store.readings_for("m", "p3", 0, 2 * T0)] == [T0 + 1000]
-    assert [r.ts for r in store.readings_for("m", "p0", 0, 2 * T0)] == [T0, T0 + 1000, T0 + 2000]
+    assert [r.ts for r in store.readings.readings_for("m", "p3", 0, 2 * T0)] == [T0 + 1000]
+    assert [r.ts for r in store.readings.readings_for("m", "p0", 0, 2 * T0)] == [T0, T0 + 1000, T0 + 2000]
 
 
 def test_bad_value_is_a_store_error_and_writes_nothing(store: Store) -> None:
-    store.add_readings(poll("m", 2, T0))
+    store.readings.add_readings(poll("m", 2, T0))
     with pytest.raises(StoreError, match=r"m/p1 at .*'x' is not a number"):
-        store.add_readings([Reading("m", "p0", T0 + 1, 1.0), Reading("m", "p1", T0 + 1, "x")])  # type: ignore[arg-type]
+        store.readings.add_readings([Reading("m", "p0", T0 + 1, 1.0), Reading("m", "p1", T0 + 1, "x")])  # type: ignore[arg-type]
     assert len(rows(store)) == 1
 
 
@@ -125,17 +125,17 @@ def test_readings_for_across_the_index_cursor(store: Store, monkeypatch: pytest.
     expected: dict[str, list[Reading]] = {"m0": [], "m1": []}
     for t in range(23):
         tick = poll("m0", 2, T0 + t * 1000, float(t)) + poll("m1", 2, T0 + t * 1000 + 3, float(t), step_ms=2)
-        store.add_readings(tick)
+        store.readings.add_readings(tick)
         for r in tick:
             if r.point == "p1":
                 expected[r.meter].append(r)
-        indexed = store.cursor(readings.INDEXED_CURSOR)
+        indexed = store.state.cursor(readings.INDEXED_CURSOR)
         assert indexed % 10 == 0  # 2 layouts x 5 rows: indexed every 5 ticks, in that commit
         for m in expected:
             lo, hi = T0 + 3000, T0 + t * 1000 + 4  # across the indexed rows and the newer ones
             want = [r for r in expected[m] if lo <= r.ts < hi]
-            assert store.readings_for(m, "p1", lo, hi) == want
-    assert store.cursor(readings.INDEXED_CURSOR) == 40
+            assert store.readings.readings_for(m, "p1", lo, hi) == want
+    assert store.state.cursor(readings.INDEXED_CURSOR) == 40
     assert store.conn.execute("SELECT count(*) FROM poll_index").fetchone() == (40,)
 
 
@@ -148,22 +148,22 @@ def test_readings_for_searches_the_index_and_only_the_newest_rows(store: Store) 
 
 def test_readings_for_sorts_by_sample_time_then_commit_order(store: Store) -> None:
     # Row 1 starts earlier but its "b" sample is later than row 2's; row 3 ties with row 2.
-    store.add_readings([Reading("m", "a", T0, 1.0), Reading("m", "b", T0 + 500, 2.0)])
-    store.add_readings([Reading("m", "a", T0 + 100, 3.0), Reading("m", "b", T0 + 100, 4.0)])
-    store.add_readings([Reading("m", "b", T0 + 100, 5.0), Reading("m", "a", T0 + 100, 6.0)])
-    assert [r.value for r in store.readings_for("m", "b", T0, T0 + 1000)] == [4.0, 5.0, 2.0]
+    store.readings.add_readings([Reading("m", "a", T0, 1.0), Reading("m", "b", T0 + 500, 2.0)])
+    store.readings.add_readings([Reading("m", "a", T0 + 100, 3.0), Reading("m", "b", T0 + 100, 4.0)])
+    store.readings.add_readings([Reading("m", "b", T0 + 100, 5.0), Reading("m", "a", T0 + 100, 6.0)])
+    assert [r.value for r in store.readings.readings_for("m", "b", T0, T0 + 1000)] == [4.0, 5.0, 2.0]
     # The end is exclusive for the sample's own time, not its row's.
-    assert [r.value for r in store.readings_for("m", "b", T0, T0 + 500)] == [4.0, 5.0]
-    assert [r.value for r in store.readings_for("m", "b", T0 + 101, T0 + 501)] == [2.0]
+    assert [r.value for r in store.readings.readings_for("m", "b", T0, T0 + 500)] == [4.0, 5.0]
+    assert [r.value for r in store.readings.readings_for("m", "b", T0 + 101, T0 + 501)] == [2.0]
 
 
 def test_readonly_store_sees_new_layouts(tmp_path: Path) -> None:
     writer = Store(tmp_path / "ro.db")
-    writer.add_readings(poll("m", 2, T0))
+    writer.readings.add_readings(poll("m", 2, T0))
     reader = Store(tmp_path / "ro.db", readonly=True)
-    writer.add_readings(poll("n", 2, T0))
-    assert [r.meter for _, r in reader.readings_after(0, 10)] == ["m", "m", "n", "n"]
-    assert [r.value for r in reader.readings_for("n", "p1", T0, T0 + 1)] == [2.0]
+    writer.readings.add_readings(poll("n", 2, T0))
+    assert [r.meter for _, r in reader.readings.readings_after(0, 10)] == ["m", "m", "n", "n"]
+    assert [r.value for r in reader.readings.readings_for("n", "p1", T0, T0 + 1)] == [2.0]
     reader.close()
     writer.close()
 
@@ -206,17 +206,17 @@ def test_everything_comes_back(tmp_path_factory: pytest.TempPathFactory, fresh_f
     s = Store(path)
     try:
         for tick in ticks:
-            s.add_readings(tick)
+            s.readings.add_readings(tick)
         flat = [r for tick in ticks for r in tick]
-        back = [r for _, r in s.readings_after(0, 10**6)]
+        back = [r for _, r in s.readings.readings_after(0, 10**6)]
         assert len(back) == len(flat) and all(same(a, b) for a, b in zip(flat, back, strict=True))
-        ids = [i for i, _ in s.readings_after(0, 10**6)]
+        ids = [i for i, _ in s.readings.readings_after(0, 10**6)]
         assert ids == sorted(ids)
         for meter, point in {(r.meter, r.point) for r in flat}:
             lo, hi = T0 - 50_000, T0 + 60_000
             want = sorted((r for r in flat if (r.meter, r.point) == (meter, point) and lo <= r.ts < hi),
                           key=lambda r: r.ts)  # stable: commit order among equal times
-            got = s.readings_for(meter, point, lo, hi)
+            got = s.readings.readings_for(meter, point, lo, hi)
             assert len(got) == len(want) and all(same(a, b) for a, b in zip(want, got, strict=True))
     finally:
         s.close()
@@ -231,15 +231,18 @@ def test_encoded_on_another_thread_commits_what_add_readings_would(tmp_path: Pat
              poll("a", 11, T0 + 2000)]  # a's points changed: a new layout, its guess is stale
     whole, split = Store(tmp_path / "whole.db"), Store(tmp_path / "split.db")
     for tick in ticks:
-        whole.add_readings(tick)
-        encoded = split.encode_readings(tick)
-        t = threading.Thread(target=split.add_encoded, args=(encoded,))
+        whole.readings.add_readings(tick)
+        encoded = split.readings.encode_readings(tick)
+        t = threading.Thread(target=split.readings.add_encoded, args=(encoded,))
         t.start()
         t.join()
     assert rows(split) == rows(whole)
-    assert [r for _, r in split.readings_after(0, 100)] == [r for _, r in whole.readings_after(0, 100)]
+    def after(s: Store) -> list[Reading]:
+        return [r for _, r in s.readings.readings_after(0, 100)]
+
+    assert after(split) == after(whole)
     with pytest.raises(StoreError, match="not a number"):
-        split.encode_readings([Reading("a", "p0", T0, "1.5")])  # type: ignore[arg-type]
+        split.readings.encode_readings([Reading("a", "p0", T0, "1.5")])  # type: ignore[arg-type]
     whole.close()
     split.close()
 

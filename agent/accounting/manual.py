@@ -80,7 +80,7 @@ def manual_body(code: str, value: str, unit: str, *, tz: ZoneInfo, entered_ms: i
 def seal_manual(store: Store, sealer: Sealer, body: dict[str, Any], period: str) -> int:
     """Seal a manual body; a named superseded id must be an earlier manual envelope."""
     sup = body["items"][0]["supersedes"]
-    if sup and not any(r.id == sup for r in store.envelopes("manual")):
+    if sup and not any(r.id == sup for r in store.outbox.envelopes("manual")):
         raise ManualError(f"--supersedes {sup}: no manual entry with that id (see `export`)")
     return sealer.seal("manual", body, period=period)
 
@@ -114,14 +114,14 @@ def replacement_event(cfg: Config, meter: str, point: str, old_final: str, new_i
 
 
 def record_replacement(store: Store, data: dict[str, Any]) -> int:
-    return store.add_event(REPLACEMENT_EVENT, int(data["at_ms"]), data)
+    return store.state.add_event(REPLACEMENT_EVENT, int(data["at_ms"]), data)
 
 
 def manual_entries(store: Store, period_from: str | None = None,
                    period_to: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(envelope id, item) of every sealed manual value, oldest first."""
     out = []
-    for r in store.envelopes("manual", period_from, period_to):
+    for r in store.outbox.envelopes("manual", period_from, period_to):
         for it in json.loads(r.payload)["body"]["items"]:
             out.append((r.id, it))
     return out

@@ -39,7 +39,7 @@ from agent.accounting.manual import REPLACEMENT_EVENT
 from agent.accounting.statistics import STAT_DAY, STAT_INTERVAL, Item
 from agent.config import Config
 from agent.protocol.sealer import Sealer
-from buffer.retention import SUMMARISED_CURSOR
+from buffer.names import SUMMARISED_CURSOR
 from buffer.store import Store
 from drivers.base import Quality, Reading
 
@@ -87,8 +87,8 @@ class Reporter:
     def _hold_readings(self, summarised_ts: int) -> None:
         """Tell retention which readings accounting may still read (see the module docstring).
         Written only when it moves — about once a day — to spare the flash a write a minute."""
-        if self.store.cursor(SUMMARISED_CURSOR, default=-1) != summarised_ts:
-            self.store.set_cursor(SUMMARISED_CURSOR, summarised_ts)
+        if self.store.state.cursor(SUMMARISED_CURSOR, default=-1) != summarised_ts:
+            self.store.state.set_cursor(SUMMARISED_CURSOR, summarised_ts)
 
     def _ready(self, end_ms: int, deadline_ms: int, now_ms: int,
                last_good: dict[Item, int | None]) -> bool:
@@ -111,7 +111,7 @@ class Reporter:
             return [], statistics.day_start_ms(first, self.tz)
         step = self.minutes * 60_000
         labels = [statistics.interval_label(s, self.tz) for s in starts]
-        sealed = self.store.sealed_periods("interval", labels[0], labels[-1])
+        sealed = self.store.outbox.sealed_periods("interval", labels[0], labels[-1])
         unsealed = [s for s, lab in zip(starts, labels, strict=True) if lab not in sealed]
         due = [s for s in unsealed if self._ready(s + step, s + 2 * step, now_ms, last_good)]
         ready = set(due)
@@ -134,7 +134,7 @@ class Reporter:
         days = [first + timedelta(days=i) for i in range((today - first).days)]
         if not days:
             return [], statistics.day_start_ms(today, self.tz)
-        sealed = self.store.sealed_periods("daily", days[0].isoformat(), days[-1].isoformat())
+        sealed = self.store.outbox.sealed_periods("daily", days[0].isoformat(), days[-1].isoformat())
         seqs = []
         open_day = today
         for day in days:
@@ -156,9 +156,9 @@ class Reporter:
         seqs = []
         for month in months:
             last_day = statistics.month_days(month)[-1]
-            if last_day >= today or self.store.sealed_periods("monthly", month, month):
+            if last_day >= today or self.store.outbox.sealed_periods("monthly", month, month):
                 continue
-            if not self.store.sealed_periods("daily", last_day.isoformat(),
+            if not self.store.outbox.sealed_periods("daily", last_day.isoformat(),
                                              last_day.isoformat()):
                 continue  # the month closes with its last day
             seqs.append(self._seal("monthly", self.month_body(month, now_ms), month))
@@ -214,7 +214,7 @@ class Reporter:
         """From the sealed days of the month; a day not sealed (yet) is computed."""
         today = statistics.local_day(now_ms, self.tz)
         since = self._since(now_ms) or today
-        sealed = {r.period: _body(r.payload) for r in self.store.envelopes(
+        sealed = {r.period: _body(r.payload) for r in self.store.outbox.envelopes(
             "daily", f"{month}-01", f"{month}-31")}
         days = []
         for day in statistics.month_days(month):
@@ -228,8 +228,8 @@ class Reporter:
                       stat_type: int, grid: list[int] | None = None) -> list[dict[str, Any]]:
         lo = bounds[0] - (0 if seed is not None else LOOKBACK_MS)
         hi = min(bounds[-1] + CONTEXT_MS, now_ms + 1)
-        good = [r for r in self.store.readings_for(it.meter, it.point, lo, hi) if _good(r)]
-        clock = [ts for _, _, ts, _ in self.store.events(CLOCK_EVENT, since_ms=bounds[0])
+        good = [r for r in self.store.readings.readings_for(it.meter, it.point, lo, hi) if _good(r)]
+        clock = [ts for _, _, ts, _ in self.store.state.events(CLOCK_EVENT, since_ms=bounds[0])
                  if ts < bounds[-1]]
         out = []
         if it.kind == "counter":
@@ -274,7 +274,7 @@ class Reporter:
 
     def replacements(self, it: Item) -> list[Replacement]:
         out = []
-        for _, _, _, data in self.store.events(REPLACEMENT_EVENT):
+        for _, _, _, data in self.store.state.events(REPLACEMENT_EVENT):
             if data.get("meter") == it.meter and data.get("point") == it.point:
                 out.append(Replacement(int(data["at_ms"]), Decimal(data["old_final"]),
                                        Decimal(data["new_initial"])))
@@ -282,7 +282,7 @@ class Reporter:
 
     def _seeds(self, type_: str, period: str) -> dict[tuple[str, str], Decimal]:
         """Closing counter values of the sealed period `period`, by (meter, point)."""
-        rows = self.store.envelopes(type_, period, period)
+        rows = self.store.outbox.envelopes(type_, period, period)
         if not rows:
             return {}
         out = {}
@@ -302,7 +302,7 @@ class Reporter:
         span = max(60_000, int(4 * self.poll_s * 1000))
         while end > floor:
             start = max(floor, end - span)
-            rows = self.store.readings_for(it.meter, it.point, start, end)
+            rows = self.store.readings.readings_for(it.meter, it.point, start, end)
             found = next((r.ts for r in reversed(rows) if _good(r)), None)
             if found is not None:
                 return found
@@ -311,7 +311,7 @@ class Reporter:
 
     def _since(self, now_ms: int) -> date | None:
         """The first day to report: remembered once found, else the first day with readings."""
-        text = self.store.get_state(SINCE_KEY)
+        text = self.store.state.get(SINCE_KEY)
         if text:
             return date.fromisoformat(text)
         today = statistics.local_day(now_ms, self.tz)
@@ -319,9 +319,9 @@ class Reporter:
             day = today - timedelta(days=i)
             start = statistics.day_start_ms(day, self.tz)
             end = statistics.day_start_ms(day + timedelta(days=1), self.tz)
-            if any(any(_good(r) for r in self.store.readings_for(it.meter, it.point, start, end))
+            if any(any(_good(r) for r in self.store.readings.readings_for(it.meter, it.point, start, end))
                    for it in self.items):
-                self.store.set_state(SINCE_KEY, day.isoformat())
+                self.store.state.set(SINCE_KEY, day.isoformat())
                 return day
         return None
 
@@ -346,7 +346,7 @@ def completeness(store: Store, cfg: Config, day: date,
     grid = statistics.interval_bounds(day, tz, cfg.schedule.interval_minutes)
     out = {}
     for it in statistics.reported_items(cfg):
-        ts = [r.ts for r in store.readings_for(it.meter, it.point, grid[0], grid[-1]) if _good(r)]
+        ts = [r.ts for r in store.readings.readings_for(it.meter, it.point, grid[0], grid[-1]) if _good(r)]
         c = statistics.completeness_of(ts, grid, cfg.schedule.poll_interval, until_ms=now_ms)
         out[(it.meter, it.point)] = float(c.ratio)
     return out

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         seq = seal_manual(store, Sealer(cfg, store, signer), body, period)
-        row = next(r for r in store.envelopes("manual", period, period) if r.seq == seq)
+        row = next(r for r in store.outbox.envelopes("manual", period, period) if r.seq == seq)
     except (ManualError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

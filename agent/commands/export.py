@@ -104,7 +104,7 @@ def export_rows(rep: Any, store: Any, *, day: str | None, month: str | None,
 
 
 def _report(store: Any, type_: str, period: str, compute: Any) -> tuple[str, str, str, str, Any]:
-    rows = store.envelopes(type_, period, period)
+    rows = store.outbox.envelopes(type_, period, period)
     if rows:
         return type_, period, "sealed", rows[0].id, json.loads(rows[0].payload)["body"]
     return type_, period, NOT_SEALED, "", compute()
@@ -114,7 +114,7 @@ def _intervals(rep: Any, store: Any, grid: list[int], now_ms: int) -> list[Any]:
     from agent.accounting import statistics
 
     labels = [statistics.interval_label(s, rep.tz) for s in grid[:-1]]
-    sealed = {r.period: r for r in store.envelopes("interval", labels[0], labels[-1])}
+    sealed = {r.period: r for r in store.outbox.envelopes("interval", labels[0], labels[-1])}
     computed: dict[str, Any] = {}
     if any(lab not in sealed for lab in labels):
         computed = rep.interval_bodies(grid[0], grid[-1], now_ms)

@@ -8,8 +8,9 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 
 from agent.commands._common import add_config_argument, load_or_exit
+from buffer.names import MQTT
 
-DESTINATION = "mqtt"
+DESTINATION = MQTT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
         store = Store(path, readonly=not args.seq)
         try:
             if not args.seq:
-                return _list(store.rejected(DESTINATION), cfg.tz)
-            done = store.requeue(DESTINATION, args.seq)
+                return _list(store.outbox.rejected(DESTINATION), cfg.tz)
+            done = store.outbox.requeue(DESTINATION, args.seq)
         finally:
             store.close()
     except StoreError as e:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.commands._common import add_config_argument, load_or_exit
+from buffer.names import MQTT
 
 COMPLETENESS_MIN = 0.90  # the regulator's threshold (DOMAIN.md §4)
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no store at {cfg.db_path} — has `energy-agent run` started with this config?")
         return 1
     try:
-        store = Store(cfg.db_path, ("mqtt",), readonly=True)
+        store = Store(cfg.db_path, (MQTT,), readonly=True)
     except StoreError as e:
         print(f"error: {e}")
         return 1
@@ -49,7 +50,7 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
     from agent.accounting.reports import completeness
     from agent.accounting.statistics import local_day
 
-    statuses = {s.meter: s for s in store.meter_statuses()}
+    statuses = {s.meter: s for s in store.state.meter_statuses()}
     today = completeness(store, cfg, local_day(now_ms, cfg.tz), now_ms)
     meters = []
     warnings = []
@@ -72,9 +73,9 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
             points = sorted(p for (meter, p), r in today.items() if meter == m.name and r < COMPLETENESS_MIN)
             warnings.append(f"meter {m.name}: completeness today {worst:.0%} < 90 % "
                             f"({', '.join(points)})")
-    pending, oldest = store.backlog("mqtt")
-    last_seq, last_at = store.last_delivered("mqtt")
-    counters = store.counters()
+    pending, oldest = store.outbox.backlog(MQTT)
+    last_seq, last_at = store.outbox.last_delivered(MQTT)
+    counters = store.state.counters()
     if oldest is not None and now_ms - oldest > 24 * 3600 * 1000:
         warnings.append(f"backlog: oldest unsent envelope is {_age(now_ms - oldest)} old — "
                         "the platform has not had today's data; check the link and the broker")
@@ -87,7 +88,7 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
         "meters": meters,
         "backlog": {"pending": pending, "oldest_ms": oldest},
         "last_delivered": {"seq": last_seq, "at_ms": last_at},
-        "next_seq": store.chain_head()[0],
+        "next_seq": store.outbox.chain_head()[0],
         "counters": counters,
         "warnings": warnings,
     }

@@ -19,11 +19,11 @@ from agent.config import Config
 from agent.protocol.envelope import build_envelope, envelope_id, topic_for
 from agent.protocol.sample_rows import RowRenderer, body_json
 from agent.protocol.signing import Signer
+from buffer.names import SEALED_CURSOR
 from buffer.store import EnvelopeBuilder, EnvelopeMeta, Store
 
 log = logging.getLogger("agent.protocol.sealer")
 
-SEALED_CURSOR = "sealed_rowid"
 # No gateway can truthfully read a meter before this build existed; a clock behind it booted
 # without RTC/NTP. Bump with releases.
 BUILD_DATE_MS = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
@@ -71,7 +71,7 @@ class Sealer:
         if now < BUILD_DATE_MS:
             problem = f"wall clock {_iso(now)} is before this build ({_iso(BUILD_DATE_MS)})"
         else:
-            last = self.store.last_reading_ts()
+            last = self.store.readings.last_reading_ts()
             if last is not None and now < last - CLOCK_BEHIND_MS:
                 problem = f"wall clock {_iso(now)} is behind the newest stored sample {_iso(last)}"
         if problem != self.clock_problem:
@@ -114,7 +114,7 @@ class Sealer:
                 return payload, meta
             return build
 
-        seqs = self.store.enqueue_built_all([(builder(body), cursor) for body, cursor in items])
+        seqs = self.store.outbox.enqueue_built_all([(builder(body), cursor) for body, cursor in items])
         for seq in seqs:
             log.debug("sealed %s (%s)", envelope_id(a.enterprise, a.gateway, seq), type)
         return seqs
@@ -123,14 +123,14 @@ class Sealer:
         """Seal every committed sample not yet sealed; returns how many envelopes were made."""
         self.check_clock()
         made = 0
-        after = self.store.cursor(SEALED_CURSOR)
+        after = self.store.state.cursor(SEALED_CURSOR)
         while True:
-            rows = self.store.poll_rows_after(after, self.batch)
+            rows = self.store.readings.poll_rows_after(after, self.batch)
             if not rows:
                 return made
             if not self.cfg.platform.send_raw:
                 after = rows[-1][0]
-                self.store.set_cursor(SEALED_CURSOR, after)
+                self.store.state.set_cursor(SEALED_CURSOR, after)
                 continue
             chunks = self._chunks(rows)
             if len(rows) == self.batch and len(chunks) > 1:
@@ -161,7 +161,7 @@ class Sealer:
                           for _, lid, ts, vals, quality, delta in rows])
 
     def _renderer(self, layout_id: int) -> RowRenderer:
-        lay = self.store.layout(layout_id)
+        lay = self.store.readings.layout(layout_id)
         decimals = [self.decimals.get((lay.meter, p), 3) for p in lay.points]
         r = self._renderers[layout_id] = RowRenderer(lay.meter, lay.points, decimals)
         return r

@@ -34,6 +34,7 @@ from agent.runtime.supervise import supervise
 from agent.runtime.watchdog import Watchdog
 from agent.uplink.forwarder import Forwarder
 from agent.uplink.mqtt import MqttUplink
+from buffer.names import MQTT
 from buffer.retention import prune
 from buffer.store import MeterStatus, Store, StoreError
 from drivers.base import Reading
@@ -111,7 +112,7 @@ class App:
         Whatever a config can break breaks here (tests/test_config_fuzz.py builds it)."""
         cfg = self.cfg
         signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
-        self.store = await self.in_db(Store, cfg.db_path, ("mqtt",))
+        self.store = await self.in_db(Store, cfg.db_path, (MQTT,))
         self.sealer = Sealer(cfg, self.store, signer)
         self.reporter = self._reporter()
         self.heartbeat = Heartbeat(cfg, self.store, signer)
@@ -119,13 +120,13 @@ class App:
         self.heartbeat.clock = self.clock
         self.uplink = MqttUplink(cfg.platform, cfg.agent.enterprise, cfg.agent.gateway,
                                  will=self.heartbeat.will())
-        self.forwarder = Forwarder(self.store, self.db, self.uplink, "mqtt", cfg.platform.inflight)
+        self.forwarder = Forwarder(self.store, self.db, self.uplink, MQTT, cfg.platform.inflight)
         self.heartbeat.forwarder = self.forwarder
         self.watchdog = Watchdog()
         self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4),
                                      committed=self._committed, failed=self._fatal)
         self.pollers = self._pollers()
-        statuses = await self.in_db(self.store.meter_statuses)
+        statuses = await self.in_db(self.store.state.meter_statuses)
         for p in self.pollers:
             p.restore(statuses)
             self.watchdog.register(p.bus.name, cfg.schedule.poll_interval)
@@ -179,7 +180,7 @@ class App:
         deadline = loop.time() + grace
         while self.uplink.connected and loop.time() < deadline:
             try:
-                pending, _ = await self.in_db(self.store.backlog, "mqtt")
+                pending, _ = await self.in_db(self.store.outbox.backlog, MQTT)
             except StoreError:
                 return
             if pending == 0:
@@ -211,8 +212,8 @@ class App:
             self.watchdog.mark_ready(f"polling {len(self.pollers)} bus(es)")
 
     async def _commit(self, polls: list[Sequence[Reading]], statuses: list[MeterStatus]) -> None:
-        rows = self.store.encode_polls(polls)  # here, where the readings are cache-hot
-        await self.in_db(self.store.add_encoded, rows, statuses)
+        rows = self.store.readings.encode_polls(polls)  # here, where the readings are cache-hot
+        await self.in_db(self.store.readings.add_encoded, rows, statuses)
 
     def _reporter(self) -> Any:
         try:
@@ -303,7 +304,7 @@ class App:
         step = self.clock.check()
         if step is not None:
             now = int(time.time() * 1000)
-            self.store.add_event("clock", now, {"step_ms": int(step * 1000), "at_ms": now})
+            self.store.state.add_event("clock", now, {"step_ms": int(step * 1000), "at_ms": now})
         made = self.sealer.seal_readings()
         if self.reporter is not None:
             made += len(self.reporter.seal_due(int(time.time() * 1000)))

@@ -13,6 +13,7 @@ from agent.config import Config
 from agent.protocol.canonical import canonical
 from agent.protocol.envelope import will_topic
 from agent.protocol.signing import Signer
+from buffer.names import MQTT
 from buffer.store import Store
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class Heartbeat:
 
     def body(self, clock_problem: str | None) -> dict[str, Any]:
         """Runs on the store thread. Integers and strings only (the envelope rule)."""
-        count, oldest = self.store.backlog("mqtt")
+        count, oldest = self.store.outbox.backlog(MQTT)
         meters = []
         for p in self.pollers:
             for h in p.health.values():
@@ -61,13 +62,13 @@ class Heartbeat:
                 meters.append(m)
         data_dir = str(self.cfg.db_path.parent)
         free = shutil.disk_usage(data_dir).free if os.path.isdir(data_dir) else 0
-        last_seq, last_at = self.store.last_delivered("mqtt")
+        last_seq, last_at = self.store.outbox.last_delivered(MQTT)
         body: dict[str, Any] = {
             "version": __version__,
             "uptime_s": int(time.time() - self.started),
             "meters": meters,
-            "backlog": {"mqtt": {"pending": count, **({"oldest": oldest} if oldest else {})}},
-            "last_delivered": {"mqtt": {"seq": last_seq or 0, "at": last_at or 0}},
+            "backlog": {MQTT: {"pending": count, **({"oldest": oldest} if oldest else {})}},
+            "last_delivered": {MQTT: {"seq": last_seq or 0, "at": last_at or 0}},
             "disk": {
                 "store_bytes": self.store.size_bytes(),
                 "budget_bytes": int(self.cfg.storage.budget_mb * 1024 * 1024),
@@ -77,7 +78,7 @@ class Heartbeat:
                       "steps": self.clock.steps if self.clock else 0,
                       **({"problem": clock_problem} if clock_problem else {})},
             "uplink": self._uplink(),
-            "counters": {k: int(v) for k, v in sorted(self.store.counters().items())},
+            "counters": {k: int(v) for k, v in sorted(self.store.state.counters().items())},
             "overruns": dict(sorted(self.overruns.items())),
         }
         return body

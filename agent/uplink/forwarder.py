@@ -23,6 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol, TypeVar
 
+from buffer.names import MQTT
+
 log = logging.getLogger("energy_agent.forwarder")
 _R = TypeVar("_R")
 
@@ -68,7 +70,7 @@ class Forwarder:
         store: Any,
         db_executor: Executor,
         uplink: Uplink,
-        destination: str = "mqtt",
+        destination: str = MQTT,
         window: int = 20,
         idle_check: float = 5.0,
         backoff_min: float = 0.5,
@@ -148,7 +150,7 @@ class Forwarder:
                 if sending and len(inflight) < self.window and (not exhausted or self._wake.is_set()):
                     self._wake.clear()  # before the read: a wake() during it is not lost
                     rows = await self._store(
-                        self.store.pending, self.destination, self.window - len(inflight),
+                        self.store.outbox.pending, self.destination, self.window - len(inflight),
                         sent_upto,
                     )
                     exhausted = len(rows) < self.window - len(inflight)
@@ -209,7 +211,7 @@ class Forwarder:
                 else:
                     log.warning("envelope %s (seq %d) rejected by the platform, not resent: %s",
                                 row.id, row.seq, exc.reason)
-                await self._store(self.store.mark_rejected, self.destination, row.seq, exc.reason)
+                await self._store(self.store.outbox.mark_rejected, self.destination, row.seq, exc.reason)
             elif isinstance(exc, (UplinkDown, AckTimeout)):
                 failure = failure or f"{row.id}: {type(exc).__name__}: {exc}"
             else:
@@ -222,7 +224,7 @@ class Forwarder:
         await self.uplink.publish(row.topic, row.payload, row.id)
 
     async def _mark_delivered(self, seqs: list[int]) -> None:
-        await self._store(self.store.mark_delivered, self.destination, seqs)
+        await self._store(self.store.outbox.mark_delivered, self.destination, seqs)
         self.delivered_total += len(seqs)
         top = max(seqs)
         if self.last_delivered_seq is None or top > self.last_delivered_seq:

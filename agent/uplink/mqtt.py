@@ -26,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import ConfigError, PlatformSection
 from agent.config.secret_files import SecretFileError, read_secret
 from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
+from buffer.names import MQTT
 
 __all__ = ["AckTimeout", "MqttUplink", "PlatformRejected", "TooLarge", "UplinkDown"]
 
@@ -35,7 +36,7 @@ log = logging.getLogger("energy_agent.uplink.mqtt")
 class MqttUplink:
     """One MQTT connection to the platform; `publish` returns when the envelope is acked."""
 
-    name = "mqtt"
+    name = MQTT
 
     def __init__(
         self,
