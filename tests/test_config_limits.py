@@ -20,20 +20,15 @@ import pytest
 from agent.cli import main
 from agent.commands._common import load_or_exit
 from agent.protocol.signing import generate_key
+from tests.test_config import GOOD
 
-BASE = """
-[agent]
-gateway = "gw-01"
-enterprise = "91370600780790663W"
-data_dir = "{dir}/data"
-
-[platform]
-host = "127.0.0.1"
-topic_prefix = "energy"
-
-[signing]
-key_file = "{dir}/signing.key"
-
+# test_config's minimal config with a data dir and key of the test's own, and the keys the
+# cases below change spelled out.
+BASE = GOOD.replace(
+    'enterprise = "91370600780790663W"\n', 'enterprise = "91370600780790663W"\ndata_dir = "{dir}/data"\n'
+).replace(
+    'host = "127.0.0.1"\n\n[signing]', 'host = "127.0.0.1"\ntopic_prefix = "energy"\n\n[signing]'
+).replace("/nonexistent/signing.key", "{dir}/signing.key") + """
 [schedule]
 heartbeat = 300
 
@@ -41,23 +36,6 @@ heartbeat = 300
 raw_keep_days = 31
 budget_mb = 1024
 retention_interval = 3600
-
-[[bus]]
-name = "lan"
-kind = "modbus-tcp"
-host = "127.0.0.1"
-
-[[meter]]
-name = "m1"
-bus = "lan"
-unit = 1
-[[meter.point]]
-name = "import_active_energy"
-register = 0
-type = "u32"
-scale = 0.01
-unit = "kWh"
-kind = "counter"
 """
 
 
@@ -227,12 +205,24 @@ def test_run_refuses_plain_mqtt_to_a_remote_host_before_connecting(tmp_path: Pat
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 78, r.stderr
     assert "Traceback" not in r.stderr
-    assert f"error: {f}: platform.tls: plain text to 192.0.2.10 (not this machine)" in r.stderr
+    assert r.stderr.strip() == (f"error: {f}: platform.tls: plain text to 192.0.2.10 (not this machine) "
+                                "would expose credentials and data on the path; enable TLS, or set "
+                                'platform.allow_plaintext = "<why plain text is acceptable here>"')
     assert not (tmp_path / "data").exists()  # refused before the store, let alone the broker
     assert time.monotonic() - started < 30
     r = subprocess.run([sys.executable, "-m", "agent", "check-config", str(f)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 78 and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_run_exits_78_not_1_on_what_used_to_crash_it(tmp_path: Path) -> None:
+    # heartbeat = 1e308 was an OverflowError in the scheduler, exit 1: systemd restarted it
+    # forever. Now the same one line as check-config, and 78 (RestartPreventExitStatus).
+    f = write(tmp_path, BASE.replace("heartbeat = 300", "heartbeat = 1e308"))
+    r = subprocess.run([sys.executable, "-m", "agent", "run", "-c", str(f)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78, r.stderr
+    assert r.stderr.strip() == f"error: {f}: schedule.heartbeat: expected float <= 86400.0"
 
 
 # -- secret files -----------------------------------------------------------------------------
