@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.runtime.poller import BusPoller
+from buffer.store import Store
 from drivers.base import Quality
 from drivers.modbus_tcp import ModbusTcpDriver
 from drivers.model import BusConfig, MeterConfig, PointConfig
@@ -122,3 +125,42 @@ def test_a_misframed_reply_is_a_corrupt_gap_never_a_value(fault: str) -> None:
     # Every third reply damaged: 10 gaps, 20 good values, a fresh connection after each gap
     # (the last one is the 30th read: nothing reconnects after it).
     assert got == {"good": 20, "wrong": 0, "corrupt": 10, "connects": 10}, got
+
+
+def test_the_spliced_meter_stores_no_good_value_through_the_poller(tmp_path: Path) -> None:
+    """The daemon's path: bus poller, real driver, readings committed to the real store and
+    read back. Every GOOD sample in the store is a value the meter sent, in its own reply."""
+    store = Store(tmp_path / "agent.db")
+
+    async def main() -> GatewayMeter:
+        meter = GatewayMeter("spliced")
+        port = await meter.start()
+        bus = BusConfig(name="lan-1", kind="modbus-tcp", host="127.0.0.1", port=port,
+                        timeout=0.1, retries=0)
+
+        async def sink(polls: list[Any], statuses: list[Any]) -> None:
+            store.readings.add_encoded(store.readings.encode_polls(polls), statuses)
+
+        driver = ModbusTcpDriver(bus)
+        poller = BusPoller(bus, [six_point_meter()], driver, sink)
+        try:
+            for _ in range(30):
+                await poller.poll_once()
+        finally:
+            await driver.close()
+            meter.close()
+        return meter
+
+    meter = asyncio.run(main())
+    rows = store.readings.readings_after(0, 1000)
+    store.close()
+    by_poll: dict[int, list[Any]] = {}  # one stored row per meter poll
+    for row_id, r in rows:
+        by_poll.setdefault(row_id, []).append(r)
+    good = [tuple(int(r.value) for r in poll) for poll in by_poll.values()
+            if all(r.quality == Quality.GOOD for r in poll)]
+    gaps = [poll for poll in by_poll.values() if all(r.quality == Quality.CORRUPT and r.value is None
+                                                      for r in poll)]
+    assert len(rows) == 30 * POINTS
+    assert len(good) == 20 and all(values in meter.sent for values in good)
+    assert len(gaps) == 10
