@@ -93,8 +93,8 @@ class StorageSection(Base, kw_only=True):
     raw_keep_days: Days = 31.0  # raw samples, once sealed
     # Interval, daily and monthly envelopes: the regulation asks for at least 6 months.
     history_keep_days: Annotated[float, Meta(ge=183, le=3660)] = 190.0
-    # The store's size limit on disk, 1 MiB to 1 TiB.
-    budget_mb: Annotated[float, Meta(ge=1, le=1_048_576)] = 1024.0
+    # The store's size limit on disk, 100 KiB (tests and HIL runs fill it in seconds) to 1 TiB.
+    budget_mb: Annotated[float, Meta(ge=0.1, le=1_048_576)] = 1024.0
     on_full: Literal["drop-oldest"] = "drop-oldest"  # what happens to unsent data when full
     retention_interval: Annotated[float, Meta(ge=1, le=86400)] = 3600.0  # seconds between passes
 
