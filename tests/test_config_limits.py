@@ -19,6 +19,7 @@ import pytest
 
 from agent.cli import main
 from agent.commands._common import load_or_exit
+from agent.config.transport import is_loopback, plaintext_problem
 from agent.protocol.signing import generate_key
 from tests.test_config import GOOD
 
@@ -196,6 +197,26 @@ def test_the_waiver_is_accepted_and_logged_at_every_start(
     assert warnings == [f"{tmp_path / 'agent.toml'}: platform: plain text (no TLS) to 192.0.2.10, "
                         "allowed by platform.allow_plaintext: 'site VPN to the platform'"]
     assert cfg.platform.host == "192.0.2.10"
+
+
+def test_the_transport_rule_is_one_function_for_every_destination() -> None:
+    # What an HTTP destination will call with its own waiver key.
+    assert plaintext_problem("192.0.2.10", False, None, "destination[1].allow_plaintext") == (
+        "plain text to 192.0.2.10 (not this machine) would expose credentials and data on the path; "
+        'enable TLS, or set destination[1].allow_plaintext = "<why plain text is acceptable here>"')
+    assert plaintext_problem("192.0.2.10", True, None, "k") is None
+    assert plaintext_problem("192.0.2.10", False, "VPN", "k") is None
+    for host in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST", "a.localhost"):
+        assert is_loopback(host), host
+    for host in ("192.0.2.10", "10.0.0.1", "localhost.example.com", "127.0.0.1.nip.io", "0.0.0.0", "::"):
+        assert not is_loopback(host), host
+
+
+def test_a_waiver_with_tls_on_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = BASE.replace('topic_prefix = "energy"', 'topic_prefix = "energy"\ntls = true\nallow_plaintext = "x"')
+    code, _, err = check_config(tmp_path, text, capsys)
+    assert code == 0, err
+    assert err.strip() == f"warning: {tmp_path / 'agent.toml'}: platform.allow_plaintext: ignored, tls = true"
 
 
 def test_run_refuses_plain_mqtt_to_a_remote_host_before_connecting(tmp_path: Path) -> None:
