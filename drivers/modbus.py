@@ -97,7 +97,6 @@ class RequestExecutor:
         self.guard = guard
         self.requests_sent = 0  # every request put on the wire (retries by pymodbus not counted)
         self.timed_out = False  # a request went unanswered since the driver last looked
-        self.framing_errors = 0  # replies refused by a strict framer, for status and tests
         # Why requests failed in each meter's last read, one line each (without the meter label).
         self.failures: dict[str, list[str]] = {}
         self._decoder = ReplyDecoder()
@@ -204,7 +203,6 @@ class RequestExecutor:
     def _failure(self, e: ModbusException | OSError, where: str) -> _RequestFailed:
         """What a pymodbus exception raised by a request means for its points."""
         if isinstance(e, FramingError):
-            self.framing_errors += 1
             return _RequestFailed(
                 f"reply to {where} broke Modbus TCP framing ({e.problem}) — connection closed "
                 "and its buffer discarded; check for a faulty gateway or a second client",

@@ -40,7 +40,6 @@ class StrictMbapFramer(FramerSocket):
         self.ctx = ctx  # pymodbus's TransactionManager: its pending future and its transport
         self._function = 0
         self._count: int | None = None
-        self.refused = 0  # replies refused, for tests and status
 
     def buildFrame(self, message: ModbusPDU) -> bytes:
         # Every request passes here on its way out: remember what its answer must look like.
@@ -98,7 +97,6 @@ class StrictMbapFramer(FramerSocket):
 
     def _refuse(self, data: bytes, problem: str) -> tuple[int, None]:
         """Fail the pending request, drop the connection and everything it buffered."""
-        self.refused += 1
         future = self.ctx.response_future
         if not future.done():
             future.set_exception(FramingError(problem))

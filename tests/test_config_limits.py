@@ -309,3 +309,20 @@ def test_a_secret_owned_by_another_user_is_refused_by_run(
         load_or_exit(str(tmp_path / "agent.toml"), preflight=True, for_run=True)
     _, err = capsys.readouterr()
     assert "signing key is owned by uid 54321" in one_error(78, err, "signing.key_file")
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"[agent]\ngateway = \"gw-\xff\"\n", "cannot read: 'utf-8' codec can't decode byte 0xff"),
+    (b"# " + b"x" * (4 * 1024 * 1024) + b"\n", "larger than 4 MiB, not a config"),
+    (b"[agent]\ngateway = \"gw\x00\"\n", "not valid TOML"),
+])
+def test_a_file_that_is_no_config_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
+) -> None:
+    f = tmp_path / "agent.toml"
+    f.write_bytes(content)
+    with pytest.raises(SystemExit) as e:
+        main(["check-config", str(f)])
+    _, err = capsys.readouterr()
+    assert e.value.code == 78
+    assert err.count("\n") == 1 and err.startswith(f"error: {f}: ") and expected in err, err
