@@ -20,6 +20,10 @@ class SecretFileError(Exception):
     """A secret file that cannot be used; the message is one line saying how to fix it."""
 
 
+class SecretFileMissing(SecretFileError):
+    """No file at that path (callers may know how to create one)."""
+
+
 def access_problem(st: os.stat_result, path: str, what: str, any_owner: bool = False) -> str | None:
     """Why a file with status `st` may not hold a secret, or None. `any_owner`: skip the owner
     check (root checking files for a daemon that runs as another user)."""
@@ -40,7 +44,7 @@ def read_secret(path: str, what: str, any_owner: bool = False) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise SecretFileError(f"{path}: {what} not found") from None
+        raise SecretFileMissing(f"{path}: {what} not found") from None
     except OSError as e:
         raise SecretFileError(f"{path}: cannot open {what}: {e.strerror}") from None
     try:

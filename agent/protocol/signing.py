@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from nacl.signing import SigningKey
 
-from agent.config.secret_files import SecretFileError, read_secret
+from agent.config.secret_files import SecretFileError, SecretFileMissing, read_secret
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -130,11 +130,11 @@ def load_signer(path: str | Path, key_id: str | None = None, any_owner: bool = F
     path = Path(path)
     try:
         data = read_secret(str(path), "signing key", any_owner)
+    except SecretFileMissing:
+        raise KeyFileError(
+            f"{path}: signing key not found — create it with `energy-agent keygen --key {path}`"
+        ) from None
     except SecretFileError as e:
-        if not path.exists() and not path.is_symlink():
-            raise KeyFileError(
-                f"{path}: signing key not found — create it with `energy-agent keygen --key {path}`"
-            ) from None
         raise KeyFileError(str(e)) from None
     try:
         return Ed25519Signer.from_pem(data, key_id)
