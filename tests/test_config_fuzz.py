@@ -4,8 +4,9 @@ exit 0 or 78, and every config check-config accepts builds the daemon without er
 A mutation replaces, deletes or adds a value anywhere in the example: huge, tiny, negative,
 nan and inf numbers, long strings, NUL and newlines, `$SYS` and wildcards, path traversal,
 wrong types, deeply nested arrays. "Builds the daemon" is App.build (the store, the key, the
-MQTT client with its TLS files, the drivers, the scheduler's jobs) and one sealing and one
-retention pass — everything short of a connection. CONFIG_FUZZ_EXAMPLES raises the count.
+MQTT client with its TLS files, the drivers, the scheduler's jobs), one sealing pass, one
+status envelope and one retention pass — everything short of a connection.
+CONFIG_FUZZ_EXAMPLES raises the count.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from agent.cli import main
 from agent.config import load_config
 from agent.protocol.signing import generate_key
 from agent.runtime.app import App
+from buffer.names import MQTT
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "agent.example.toml"
 EXAMPLES = int(os.environ.get("CONFIG_FUZZ_EXAMPLES", "300"))
@@ -172,7 +174,8 @@ def check_config(path: Path) -> tuple[int, str]:
 
 
 def build_daemon(path: Path) -> None:
-    """The daemon's setup from the accepted config, then one seal and one retention pass."""
+    """The daemon's setup from the accepted config, then one seal, a status envelope (it must
+    reach the outbox) and one retention pass."""
     cfg = load_config(path)
 
     async def go() -> int:
@@ -180,6 +183,9 @@ def build_daemon(path: Path) -> None:
         try:
             await app.build()
             await app._seal()
+            await app._heartbeat()  # a status envelope: topic, ids, counters from the config
+            pending, _ = await app.in_db(app.store.outbox.backlog, MQTT)
+            assert pending >= 1
             await app._retention()
             await app.in_db(app.store.close)
         finally:
