@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from agent import __version__
@@ -51,14 +52,31 @@ def chosen_command(argv: list[str]) -> str | None:
     return None
 
 
+def stderr_is_journal() -> bool:
+    """Whether stderr goes to journald, which stamps every line itself: systemd sets
+    JOURNAL_STREAM to the device and inode of the stream it connected (systemd.exec(5)); a
+    child whose stderr was redirected inherits the variable but not the stream."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def log_format() -> str:
+    """Log lines carry the time unless journald adds it."""
+    plain = "%(levelname)s %(name)s: %(message)s"
+    return plain if stderr_is_journal() else "%(asctime)s " + plain
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     # An unknown or missing command builds the full parser: argparse's error then lists them all.
     args = build_parser(chosen_command(argv)).parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format())
     # pymodbus logs raw frames on every error; a dead meter would flood the journal.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     # APScheduler logs every job run at INFO: one line per poll per bus would drown the journal.
@@ -68,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `check-config | head -3`: the reader is gone, which is no error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 
 if __name__ == "__main__":

@@ -224,6 +224,31 @@ class Readings:
         return [Reading(meter, point, ts, v, qualities[q] if q in qualities else Quality(q))
                 for ts, _, v, q in found]
 
+    def newest_good_ms(self) -> dict[str, int]:
+        """Per meter, the time of its newest GOOD sample among the newest poll rows: what the
+        running daemon committed with its last ticks (a row per meter per tick), read without
+        the daemon writing anything extra. Meters without a good sample there are absent."""
+        self._load_layouts()
+        span = 4 * max(len(self._layouts), 25)  # a few ticks' rows, whatever the site's size
+        found: dict[str, int] = {}
+        rows = self._store.rows("SELECT layout_id, ts, vals, quality, ts_delta FROM polls"
+                         " WHERE id > (SELECT coalesce(max(id), 0) FROM polls) - ? ORDER BY id DESC", (span,))
+        for lid, ts, vals, quality, delta in rows:
+            lay = self._layouts.get(lid)
+            if lay is None or lay.meter in found:
+                continue
+            times, _, qualities = polls.decode(lay.n, ts, vals, quality, delta)
+            good = [t for t, q in zip(times, qualities, strict=True) if q == Quality.GOOD]
+            if good:
+                found[lay.meter] = max(good)
+        return found
+
+    def first_reading_ts(self) -> int | None:
+        """The timestamp of the oldest stored poll row (the agent's first poll, until retention
+        prunes it)."""
+        row = self._store.row("SELECT ts FROM polls ORDER BY id LIMIT 1")
+        return None if row is None else int(row[0])
+
     def last_reading_ts(self) -> int | None:
         """The timestamp of the most recently committed reading (not the largest timestamp:
         after a clock correction the newest sample is what tells the time)."""

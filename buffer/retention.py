@@ -200,6 +200,8 @@ _DROP_CLASSES = (
 
 def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
     dropped: list[str] = []
+    seqs: list[int] = []
+    types: dict[str, int] = {}
     newest = store.rows("SELECT max(seq) FROM outbox WHERE type = 'status'")[0][0]
     classes = list(_DROP_CLASSES)
     while store.used_bytes() > budget and classes:
@@ -220,11 +222,18 @@ def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
                 c.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
                           ("last_dropped_envelope", json.dumps(last, sort_keys=True)))
         for seq, id_, type_, _, _ in rows:
-            log.error("disk budget exhausted: dropped unsent envelope %s (seq %d, %s)",
-                      id_, seq, type_)
             dropped.append(id_)
+            seqs.append(seq)
+            types[type_] = types.get(type_, 0) + 1
         if not rows:
             classes.pop(0)  # none of this class left (none is sealed during a pass)
+    if dropped:
+        # One line per pass (each drop is an event in the store): a full disk must not also
+        # fill the journal.
+        log.error("disk budget exhausted: dropped %d unsent envelope(s), %s to %s (seq %d-%d; %s)"
+                  " — each recorded as an envelope_dropped event; raise storage.budget_mb",
+                  len(dropped), dropped[0], dropped[-1], seqs[0], seqs[-1],
+                  ", ".join(f"{n} {t}" for t, n in sorted(types.items())))
     return dropped
 
 

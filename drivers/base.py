@@ -94,10 +94,22 @@ class MeterError(Exception):
     which is retried later rather than counted towards taking the meter offline.
     """
 
-    def __init__(self, message: str, quality: Quality = Quality.TIMEOUT, busy: bool = False):
+    def __init__(self, message: str, quality: Quality = Quality.TIMEOUT, busy: bool = False,
+                 code: int | None = None):
         super().__init__(message)
         self.quality = quality
         self.busy = busy
+        self.code = code  # the Modbus exception code the meter answered with, if it did
+
+
+class BusFault(MeterError):
+    """The bus itself failed (cannot open the port or connect to the endpoint, or the port
+    refuses the line settings): every meter on it fails alike, so it is one condition of the
+    bus, not one per meter. The message names the bus, not a meter."""
+
+    def __init__(self, bus: str, detail: str, quality: Quality = Quality.TIMEOUT) -> None:
+        super().__init__(f"bus {bus}: {detail}", quality)
+        self.detail = detail  # without the bus's name: a meter's health record carries it
 
 
 class Driver(Protocol):

@@ -18,7 +18,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerSocket
 
-from drivers.modbus import FramingError, ModbusDriver
+from drivers.modbus import ModbusDriver
+from drivers.modbus_requests import FramingError
 
 if TYPE_CHECKING:
     from pymodbus.pdu import DecodePDU, ModbusPDU

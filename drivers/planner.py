@@ -87,6 +87,24 @@ def _plan_function(
     return plan
 
 
+def covering(function: str, points: Sequence[PointConfig]) -> ReadRequest:
+    """The one request that reads exactly the registers from the first to the last of `points`."""
+    start = min(p.register for p in points)
+    end = max(p.register + p.count for p in points)
+    return ReadRequest(function, start, end - start, tuple(points))
+
+
+def split_request(request: ReadRequest) -> tuple[ReadRequest, ReadRequest]:
+    """A refused request's points in two halves, each a request of its own over only its
+    points' registers (the unused registers between the halves are no longer read: a meter
+    may refuse exactly those). Needs at least two points."""
+    if len(request.points) < 2:
+        raise ValueError(f"{request.where}: one point cannot be split")
+    half = len(request.points) // 2
+    return (covering(request.function, request.points[:half]),
+            covering(request.function, request.points[half:]))
+
+
 def describe_plan(plan: Sequence[ReadRequest]) -> list[str]:
     """One line per request, for check-config and logs: `holding 0..11 (12 registers, 6 points)`."""
     return [

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -38,6 +39,8 @@ class CountingMeter:
         self.unit = unit
         self.t0 = time.time()
         self.requests = 0
+        self.last_request = 0.0  # when the last request arrived (time.time())
+        self.refuse: set[int] = set()  # registers whose every read is refused (exception 2)
         self.stall_s = 0.0  # > 0: hold every reply this long (a wedged meter or gateway)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | None = None
@@ -47,10 +50,13 @@ class CountingMeter:
         return 100_000 + int(7 * (t - self.t0))
 
     async def _action(self, fc: int, start: int, address: int, count: int,
-                      registers: list[int], values: Any) -> None:
+                      registers: list[int], values: Any) -> ExcCodes | None:
         self.requests += 1
+        self.last_request = time.time()
         if self.stall_s:
             await asyncio.sleep(self.stall_s)
+        if any(address <= r < address + count for r in self.refuse):
+            return ExcCodes.ILLEGAL_ADDRESS
         regs = encode(self.energy_raw(time.time()), "u32", "ABCD")
         registers[0 - start], registers[1 - start] = regs
         return None

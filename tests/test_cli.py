@@ -58,3 +58,31 @@ def test_run_does_not_import_the_other_commands() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['agent.commands._common', 'agent.commands.run']"
+
+
+def test_log_lines_carry_the_time_unless_stderr_is_the_journal(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """journald stamps lines itself; anywhere else (a file, a terminal, a pipe) the agent must."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import logging, sys; from agent.cli import log_format; " \
+           "logging.basicConfig(stream=sys.stderr, format=log_format()); logging.warning('hello')"
+    err = tmp_path / "stderr.log"
+
+    def line(journal_stream: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        if journal_stream is not None:
+            env["JOURNAL_STREAM"] = journal_stream
+        with open(err, "w") as f:
+            subprocess.run([sys.executable, "-c", code], stderr=f, env=env, check=True, timeout=60)
+        return err.read_text().strip()
+
+    import re
+
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING root: hello$"
+    assert re.match(stamp, line(None))
+    st = os.stat(err)
+    assert line(f"{st.st_dev}:{st.st_ino}") == "WARNING root: hello"
+    # Inherited from a unit but pointing at another stream: still stamped.
+    assert re.match(stamp, line(f"{st.st_dev}:{st.st_ino + 1}"))

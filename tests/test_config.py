@@ -185,3 +185,27 @@ def test_points_cannot_be_changed_in_place(tmp_path: Path) -> None:
     (m,) = _meters(tmp_path, "")
     with pytest.raises(AttributeError):
         m.points[0].scale = 2.0  # type: ignore[misc]
+
+
+def test_every_config_key_is_in_the_annotated_example() -> None:
+    """The example is the reference a site edits: a key missing there is a key nobody finds."""
+    import re
+
+    import msgspec
+
+    from agent.config import schema
+    from drivers.model import BusConfig, MeterConfig, PointConfig
+
+    text = (Path(__file__).resolve().parent.parent / "config" / "agent.example.toml").read_text()
+    # A key is present when it is set, or shown commented out, at the start of a line.
+    present = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.M))
+    sections = set(re.findall(r"^#?\s*\[+([a-z_.]+)\]+", text, flags=re.M))
+    not_keys = {"points", "source", "warnings"}  # filled by load_config
+    missing = []
+    for struct in (schema.AgentSection, schema.PlatformSection, schema.SigningSection,
+                   schema.ScheduleSection, schema.StorageSection, BusConfig, MeterConfig, PointConfig):
+        for f in msgspec.structs.fields(struct):
+            if f.encode_name not in present | not_keys and f.encode_name not in {"point", "codes"}:
+                missing.append(f"{struct.__name__}.{f.encode_name}")
+    assert missing == []
+    assert {"meter.point", "meter.codes", "coefficients", "storage", "schedule"} <= sections

@@ -255,6 +255,9 @@ def test_an_envelope_too_large_for_the_broker_is_set_aside_then_resent_once_it_f
     generate_key(tmp_path / "key.pem")
     assert main(["resend", "-c", str(site)]) == 0
     assert "seq 4 " in capsys.readouterr().out
+    assert main(["resend", "-c", str(site), "--json"]) == 0
+    (aside,) = json.loads(capsys.readouterr().out)["set_aside"]
+    assert aside["seq"] == 4 and f"the broker takes at most {limit}" in aside["reason"]
     assert main(["resend", "-c", str(site), "4", "5"]) == 1  # 5 was delivered: nothing to do
     assert "seq 4: queued again" in capsys.readouterr().out
     with Mosquitto() as broker, Subscriber(broker.port, f"{UP}/#") as sub:

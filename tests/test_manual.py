@@ -92,3 +92,41 @@ def test_export_marks_unsealed_periods_and_reads_sealed_ones(site: Path, tmp_pat
     assert daily[0]["value"] == "720.00" and daily[0]["completeness"] == "1.0000"
     assert len([r for r in rows if r["type"] == "interval"]) == 96
     assert [r["value"] for r in rows if r["type"] == "total_tce"] == ["0.0885"]  # 720 × 0.1229
+
+
+def test_export_never_creates_a_store(site: Path, tmp_path: Path, capsys):
+    assert not (tmp_path / "agent.db").exists()
+    assert main(["export", "-c", str(site), "--day", "2026-11-21"]) == 1
+    assert "no store at" in capsys.readouterr().err
+    assert not (tmp_path / "agent.db").exists()
+
+
+def test_export_today_so_far(site: Path, tmp_path: Path):
+    import time
+    from datetime import datetime
+
+    from drivers.base import Quality, Reading
+
+    now = time.time()
+    store = Store(tmp_path / "agent.db")
+    try:
+        # Read every minute for the last 40 minutes (or since midnight, if that is sooner).
+        start = max(now - 40 * 60, datetime.fromtimestamp(now, TZ).replace(
+            hour=0, minute=0, second=0, microsecond=0).timestamp())
+        rows, t = [], start
+        while t < now:
+            rows.append(Reading("main", "kwh", int(t * 1000), 100.0 + (t - start) / 60, Quality.GOOD))
+            t += 60
+        store.readings.add_readings(rows)
+    finally:
+        store.close()
+    today = datetime.fromtimestamp(now, TZ).date().isoformat()
+    out = tmp_path / "today.csv"
+    assert main(["export", "-c", str(site), "--day", today, "-o", str(out)]) == 0
+    rows_out = list(csv.DictReader(out.open()))
+    daily = [r for r in rows_out if r["type"] == "daily"]
+    assert len(daily) == 1 and daily[0]["status"] == "not yet sealed"
+    intervals = [r for r in rows_out if r["type"] == "interval"]
+    # Only the intervals begun by now, the last one still running.
+    elapsed = datetime.fromtimestamp(now, TZ)
+    assert len(intervals) == (elapsed.hour * 60 + elapsed.minute) // 15 + 1

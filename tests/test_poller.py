@@ -269,7 +269,7 @@ def test_busy_never_takes_a_meter_offline() -> None:
     run(body, refusal=refusal, offline_after=2)
 
 
-def test_restore_carries_counts_and_last_error_but_relearns_offline() -> None:
+def test_restore_keeps_counts_last_error_and_the_offline_state() -> None:
     async def body(poller: BusPoller, driver: CountingDriver, server: Server, clock: Clock,
                    sink: Sink) -> None:
         poller.restore([
@@ -283,16 +283,20 @@ def test_restore_carries_counts_and_last_error_but_relearns_offline() -> None:
         h = poller.health["m"]
         assert (h.errors_total, h.last_good_ms, h.last_error_ms, h.last_error) == (
             41, 1_700_000_000_000, 1_700_000_100_000, "before the restart")
-        # Offline state and the failure streak are re-learnt: the meter is polled right away.
-        assert h.online and h.consecutive_failures == 0
+        # Still offline after the restart (the heartbeat must not say "online"), but probed in
+        # the first cycle rather than a cooldown later.
+        assert not h.online and h.consecutive_failures == 7
         assert "gone" not in poller.health
-        assert qualities(await cycle(poller)) == {Quality.GOOD}
-        assert driver.reads == 1 and h.errors_total == 41
         await server.stop()
-        clock.advance(10)
-        await cycle(poller)
-        assert h.errors_total == 42 and h.consecutive_failures == 1 and h.online
-        assert h.last_error is not None and h.last_error.startswith('meter "m" (bus b, unit 3)')
-        assert h.last_error != "before the restart"
+        assert qualities(await cycle(poller)) == {Quality.TIMEOUT}
+        assert driver.reads == 1 and h.errors_total == 42 and not h.online
+        clock.advance(10)  # within the cooldown: not asked
+        assert qualities(await cycle(poller)) == {Quality.OFFLINE}
+        assert driver.reads == 1
+        await server.start()
+        clock.advance(60)
+        assert qualities(await cycle(poller)) == {Quality.GOOD}
+        assert h.online and h.consecutive_failures == 0
+        assert sink.statuses[-1].online is True
 
     run(body)

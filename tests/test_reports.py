@@ -262,3 +262,31 @@ def test_last_good_found_behind_a_long_outage_and_not_beyond_two_hours(rig):
     # The day is not closed at 00:10: the meter has not been read past midnight.
     rep.seal_due(ms("2026-11-22T00:10"))
     assert "2026-11-21" not in _bodies(store, "daily")
+
+
+def test_first_start_at_14_00_leaves_the_morning_without_values_not_zero(rig, tmp_path, capsys):
+    cfg, store, sealer = rig
+    # The agent's first poll is at 14:00; it reads every minute until 23:59, 1 kWh/min.
+    _every_minute(store, "2026-11-21T14:00", "2026-11-22T00:10", 5000.0, 1.0)
+    Reporter(cfg, store, sealer).seal_due(ms("2026-11-22T00:31"))
+    intervals = _bodies(store, "interval")
+    morning = [k for k in intervals if "2026-11-21T00:00" <= k < "2026-11-21T14:00"]
+    assert len(morning) == 56  # 00:00 … 13:45: sealed, so the platform knows they are empty
+    for k in morning:
+        (item,) = intervals[k]["items"]
+        assert item["value"] == "" and item["flags"] == ["no_data"], (k, item)
+        assert item["startValue"] == "" and item["endValue"] == ""
+    (first,) = intervals["2026-11-21T14:00"]["items"]
+    assert first["value"] == "15.00"  # 14:00:00.150 → 14:15: the first interval with reads
+    (day,) = _bodies(store, "daily")["2026-11-21"]["items"]
+    assert Decimal(day["value"]) == Decimal("600.00")  # 14:00 → 24:00, nothing invented before
+    # export writes the same: an empty value, never "0".
+    from agent.cli import main
+
+    store.close()
+    assert main(["export", "-c", str(tmp_path / "agent.toml"), "--day", "2026-11-21"]) == 0
+    rows = [line.split(",") for line in capsys.readouterr().out.splitlines()]
+    header = rows[0]
+    v, f, start = header.index("value"), header.index("flags"), header.index("periodStart")
+    at_8 = next(r for r in rows[1:] if r[start].startswith("2026-11-21T08:00"))
+    assert at_8[v] == "" and "no_data" in at_8[f]

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import serial
+from pymodbus.constants import ExcCodes
 
 from agent.commands.scan import parse_units, plausible
-from tests.rtu_sim import device_for, profile_meter, rtu_line
+from hil.serial_pair import serial_pair
+from tests.rtu_sim import Switch, device_for, profile_meter, rtu_line
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 REPO = Path(__file__).resolve().parent.parent
@@ -117,6 +119,89 @@ def test_scan_refuses_a_port_someone_else_holds(tmp_path: Path) -> None:
     assert rc == 2
     assert "is in use by another program" in err and "energy-agent" in err
     assert out == ""
+
+
+def test_scan_counts_meters_that_refuse_every_probe(tmp_path: Path) -> None:
+    """Two meters whose map matches no shipped profile answer every probe with exception 2;
+    a third address is silent. Both meters are found (with how they answered), not the third."""
+    points = profile_meter("x", 1, "chint-dtsu666").points
+    refusing = Switch(ExcCodes.ILLEGAL_ADDRESS)
+    devices = [device_for(4, points, action=refusing), device_for(9, points, action=refusing)]
+
+    async def main() -> tuple[int, str, str]:
+        async with rtu_line(devices, default="silent") as line:
+            line.relay.set_fault(4, "pass")
+            line.relay.set_fault(9, "pass")
+            cfg = str(write_config(tmp_path, line.agent_port))
+            return await energy_agent("scan", "rs485-1", "-c", cfg, "--units", "4,6,9",
+                                      "--timeout", "0.1")
+
+    rc, out, err = asyncio.run(main())
+    assert rc == 0, err
+    table = rows(out)
+    assert sorted(table) == [4, 9], out
+    assert table[4][2] == "(unknown)"
+    assert "exception 2 (illegal data address)" in table[4][3]
+    assert "2 device(s) found" in out
+    assert refusing.calls >= 2
+
+
+def test_a_port_refusing_a_setting_is_one_line_for_scan_probe_and_run(tmp_path: Path) -> None:
+    """A pty refuses even parity (termios.error, not an OSError), as some USB adapters do."""
+    with serial_pair() as (port, _other):
+        cfg = write_config(tmp_path, port)
+        cfg.write_text(cfg.read_text().replace('parity = "N"', 'parity = "E"') + """
+[[meter]]
+name = "m1"
+bus = "rs485-1"
+unit = 1
+[[meter.point]]
+name = "voltage_a"
+register = 0
+""")
+        scan = asyncio.run(energy_agent("scan", "rs485-1", "-c", str(cfg), "--units", "1-3"))
+        probe = asyncio.run(energy_agent("probe", "m1", "-c", str(cfg)))
+        for rc, out, err in (scan, probe):
+            assert rc != 0
+            lines = [line for line in (out + err).splitlines() if line.strip()]
+            refused = [line for line in lines if "refuses the serial setting 9600 8E1" in line]
+            assert len(refused) == 1, lines
+            assert port in refused[0] and "try parity N" in refused[0]
+            assert "Traceback" not in out + err
+
+        # run: the poller records gaps and logs the bus's fault once, however many cycles.
+        from agent.config import load_config
+        from agent.runtime.poller import BusPoller
+        from drivers.base import Quality
+        from drivers.modbus_rtu import ModbusRtuDriver
+
+        loaded = load_config(cfg)
+        bus = loaded.bus_named("rs485-1")
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logging.getLogger("agent").addHandler(handler)
+
+        async def sink(readings: object, statuses: object) -> None:
+            pass
+
+        async def cycles() -> list[set[Quality]]:
+            driver = ModbusRtuDriver(bus)
+            poller = BusPoller(bus, loaded.meter, driver, sink)
+            try:
+                return [{r.quality for m in await poller.poll_once() for r in m} for _ in range(5)]
+            finally:
+                await driver.close()
+
+        try:
+            seen = asyncio.run(cycles())
+        finally:
+            logging.getLogger("agent").removeHandler(handler)
+        # Failed cycles, then offline (probed once per cooldown): gaps throughout.
+        assert seen == [{Quality.TIMEOUT}] * 3 + [{Quality.OFFLINE}] * 2
+        lines = [r.getMessage() for r in records if r.levelno >= logging.INFO]
+        assert len(lines) == 1 and "refuses the serial setting" in lines[0], lines
+        assert not any(r.exc_info for r in records)
 
 
 def test_unit_lists_and_plausibility() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hil.broker import Mosquitto
@@ -69,6 +70,50 @@ code = "00-00-0000-020101-10"
                        capture_output=True, text=True, timeout=60)
     assert "warning: meter gone: offline" in r.stdout
     assert "backlog:" in r.stdout and "last delivered:" in r.stdout
+
+
+def test_status_last_good_read_is_current_while_the_daemon_runs(tmp_path: Path) -> None:
+    """Within one poll interval of the meter's real last read while the agent runs, and the
+    very last read once it has stopped (health saved at shutdown)."""
+    poll_ms = 2000
+    with Mosquitto() as broker, CountingMeter() as meter:
+        # A point the meter refuses, merged into the same request as the others: found by
+        # splitting, shown by status, and the meter's other points stay GOOD.
+        meter.refuse = {22}
+        cfg = write_site(tmp_path, broker.port, meter.port, poll=poll_ms / 1000, extra="""
+[[meter.point]]
+name = "frequency"
+register = 22
+unit = "Hz"
+""")
+        agent = AgentProcess(cfg).start()
+        try:
+            assert wait_until(lambda: meter.requests >= 3 and status_json(cfg) is not None, 30), agent.log_text()
+            for _ in range(3):
+                real = meter.last_request * 1000
+                s = status(cfg)
+                last_good = next(m["last_good_ms"] for m in s["meters"] if m["meter"] == "main")
+                assert real - poll_ms <= last_good <= s["now_ms"], (real, last_good)
+                # The first day counts from the first poll, and says so.
+                assert s["completeness_since_ms"] is not None
+                time.sleep(1.3)
+        finally:
+            assert agent.terminate() == 0, agent.log_text()
+        real = meter.last_request * 1000
+    s = status(cfg)
+    main = next(m for m in s["meters"] if m["meter"] == "main")
+    assert abs(real - main["last_good_ms"]) < 200, (real, main["last_good_ms"])
+    assert main["state"] == "online"
+    assert main["read_plan"] == [
+        "holding 0..11 (12 registers, 2 points)", "holding 20..20 (1 registers, 1 points)",
+        "refused frequency: exception 2 (illegal data address) reading holding 22..22 — check "
+        "the register map (profile) and the function (holding/input)"]
+    text = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(cfg)],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "meter main refuses some of its points; read as:" in text
+    assert "refused frequency: exception 2" in text
+    found = [line for line in agent.log_text().splitlines() if "frequency" in line]
+    assert len(found) == 1 and "1 point(s) failing, the others are read" in found[0], found
 
 
 def test_status_without_a_store_says_so(tmp_path: Path) -> None:

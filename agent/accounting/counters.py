@@ -249,7 +249,22 @@ def close_periods(
         return out
     times = [n.ts for n in nodes]
     at = [_at(nodes, times, t, modulus, q) for t in bounds]
+    first_read = min((s.ts for s in samples), default=None)
+    last_read = max((s.ts for s in samples), default=None)
     for k, (s, e) in enumerate(itertools.pairwise(bounds)):
+        before_reads = seed is None and (first_read is None or e <= first_read)
+        after_reads = last_read < s if last_read is not None else seed is not None
+        if before_reads or after_reads:
+            # Not one read in or after the period (before the first poll), or none in or
+            # since it (the meter absent since before it began): its consumption is unknown —
+            # no value, never a zero. After the last read the held boundary values are kept,
+            # so the chain carries on and what was consumed meanwhile lands in the first
+            # period with reads. (A period inside a gap, with reads on both sides, is
+            # interpolated across it and flagged, below.)
+            held = not before_reads
+            out.append(PeriodValue(s, e, at[k][0] if held else None,
+                                   at[k + 1][0] if held else None, None, frozenset({NO_DATA})))
+            continue
         flags: set[str] = set()
         (v0, c0, f0), (v1, c1, f1) = at[k], at[k + 1]
         flags.update(f for f in (f0, f1) if f)

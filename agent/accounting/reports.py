@@ -167,7 +167,9 @@ class Reporter:
     def _seal(self, type_: str, body: dict[str, Any], period: str) -> int:
         assert self.sealer is not None
         seq = self.sealer.seal(type_, body, period=period)
-        log.info("sealed %s report %s (seq %d)", type_, period, seq)
+        # Interval reports come 96 a day: not worth a line each on a gateway's flash.
+        log.log(logging.DEBUG if type_ == "interval" else logging.INFO,
+                "sealed %s report %s (seq %d)", type_, period, seq)
         return seq
 
     # -- computing bodies (also used by `energy-agent export`) ----------------------------------
@@ -335,15 +337,18 @@ def _body(payload: bytes) -> dict[str, Any]:
     return body
 
 
-def completeness(store: Store, cfg: Config, day: date,
-                 now_ms: int | None = None) -> dict[tuple[str, str], float]:
+def completeness(store: Store, cfg: Config, day: date, now_ms: int | None = None,
+                 since_ms: int | None = None) -> dict[tuple[str, str], float]:
     """Completeness of each reported (meter, point) on local `day`, 0.0–1.0, for `status`.
 
     The lower of samples got ÷ expected and intervals got ÷ expected; for a day in progress
-    (pass now_ms) only the elapsed part is expected.
+    (pass now_ms) only the elapsed part is expected, and from `since_ms` (the agent's first
+    poll, on its first day) only what came after it.
     """
     tz = cfg.tz
     grid = statistics.interval_bounds(day, tz, cfg.schedule.interval_minutes)
+    if since_ms is not None and grid[0] < since_ms < grid[-1]:
+        grid = [since_ms, *(b for b in grid[1:] if b > since_ms)]
     out = {}
     for it in statistics.reported_items(cfg):
         ts = [r.ts for r in store.readings.readings_for(it.meter, it.point, grid[0], grid[-1]) if _good(r)]

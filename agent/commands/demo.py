@@ -44,6 +44,38 @@ def demo_scenario(seconds: float) -> Any:
     )
 
 
+def meter_lines(rig: Any, most: int = 4) -> list[str]:
+    """Per meter, as the platform received it: the energy counted so far (kWh, from the first
+    to the newest import reading) and its newest values with units."""
+    with rig.platform._lock:
+        rows = rig.platform.db.execute(
+            "SELECT meter, point, min(ts), max(ts) FROM sample WHERE quality = 0"
+            " GROUP BY meter, point ORDER BY meter, point").fetchall()
+        first_last = {}
+        for meter, point, t0, t1 in rows:
+            (v0,), (v1,) = (rig.platform.db.execute(
+                "SELECT value FROM sample WHERE meter = ? AND point = ? AND ts = ? AND quality = 0"
+                " LIMIT 1", (meter, point, t)).fetchone() for t in (t0, t1))
+            first_last[(meter, point)] = (v0, v1)
+    lines = []
+    for name in sorted({m for m, _ in first_last}):
+        sim = rig.meters.get(name)
+        energy, shown = None, []
+        for (meter, point), (v0, v1) in first_last.items():
+            if meter != name:
+                continue
+            model = sim.models.get(point) if sim is not None else None
+            unit = model.point.unit if model is not None else ""
+            if point == "import_active_energy" and unit == "kWh":
+                energy = float(v1) - float(v0)
+            shown.append((point, f"{v1} {unit}".strip()))
+        shown.sort(key=lambda pv: (pv[0] != "import_active_energy", pv[0]))
+        counted = "—" if energy is None else f"{energy:.2f} kWh"
+        values = ", ".join(f"{p} {v}" for p, v in shown[:most])
+        lines.append(f"{name}: energy counted so far {counted}; newest {values}")
+    return lines
+
+
 class View:
     """Newest value per point at the platform, checked against the simulated meter."""
 
@@ -52,6 +84,7 @@ class View:
         self.started = time.monotonic()
         self.last_line = 0.0
         self._live: Any = None
+        self.summary: list[str] = []  # the per-meter lines of the latest tick
 
     def tick(self, rig: Any) -> None:
         with rig.platform._lock:
@@ -65,10 +98,16 @@ class View:
         if not self.live:
             if elapsed - self.last_line >= 5 or not self.last_line:
                 self.last_line = elapsed
+                self.summary = meter_lines(rig)
                 print(f"t={elapsed:4.0f}s  committed {committed}  at platform {received}  "
                       f"envelopes accepted {c.accepted}, rejected {c.rejected}  "
                       f"outbox pending {max(obs.outbox_pending, 0)}", flush=True)
+                for line in self.summary:
+                    print(f"        {line}", flush=True)
             return
+        if elapsed - self.last_line >= 1 or not self.last_line:
+            self.last_line = elapsed
+            self.summary = meter_lines(rig)
         self._render(rig, rows, committed, received, elapsed)
 
     def _render(self, rig: Any, rows: list[Any], committed: int, received: int,
@@ -89,11 +128,14 @@ class View:
             ok = quality == 0 and sim is not None and sim.matches(point, ts, value)
             table.add_row(meter, point, value or f"gap q={quality}", unit,
                           f"{(now - ts) / 1000:.1f} s", "[green]✓" if ok else "[red]✗")
+        from rich.console import Group
+
+        shown = Group(table, *self.summary)
         if self._live is None:
-            self._live = Live(table, refresh_per_second=4, transient=False)
+            self._live = Live(shown, refresh_per_second=4, transient=False)
             self._live.start()
         else:
-            self._live.update(table)
+            self._live.update(shown)
 
     def close(self) -> None:
         if self._live is not None:
@@ -118,4 +160,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         view.close()
     print(report.text())
+    if view.summary:
+        print("per meter, at the platform:")
+        for line in view.summary:
+            print(f"  {line}")
     return 0 if report.lost == 0 and report.wrong == 0 and report.chain.get("intact") else 1

@@ -35,8 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from buffer.store import Store, StoreError
 
     cfg = load_or_exit(args.config)
+    path = Path(cfg.agent.data_dir) / "agent.db"
+    if not path.exists():
+        # Never create one: an empty store made here (by root, say) would stand in the way of
+        # the agent's own.
+        print(f"error: no store at {path} — has `energy-agent run` started with this config?",
+              file=sys.stderr)
+        return 1
     try:
-        store = Store(Path(cfg.agent.data_dir) / "agent.db")
+        store = Store(path, readonly=True)
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -72,10 +79,12 @@ def export_rows(rep: Any, store: Any, *, day: str | None, month: str | None,
     today = statistics.local_day(now_ms, rep.tz)
     if day is not None:
         d = date.fromisoformat(day)
-        if d >= today:
-            raise ValueError(f"day {day} has not ended yet")
+        if d > today:
+            raise ValueError(f"day {day} has not begun yet")
         main = _report(store, "daily", day, lambda: rep.day_body(d, now_ms))
         grid = statistics.interval_bounds(d, rep.tz, rep.minutes)
+        if d == today:  # so far: the intervals begun by now, the last one still open
+            grid = [b for b in grid if b <= now_ms] + [min(b for b in grid if b > now_ms)]
         parts = _intervals(rep, store, grid, now_ms)
         period_from, period_to = day, day
     else:

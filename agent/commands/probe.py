@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from datetime import datetime
 
 from agent.commands._common import add_config_argument, load_or_exit
@@ -12,6 +13,7 @@ from agent.commands._common import add_config_argument, load_or_exit
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("meter", help="meter name from the config")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,29 +22,47 @@ def run(args: argparse.Namespace) -> int:
     if args.meter not in names:
         print(f"error: no meter named {args.meter!r} (meters: {', '.join(names) or 'none'})")
         return 2
-    return asyncio.run(_probe(cfg, args.meter))
+    return asyncio.run(_probe(cfg, args.meter, args.json))
 
 
-async def _probe(cfg, name: str) -> int:  # type: ignore[no-untyped-def]
+async def _probe(cfg, name: str, as_json: bool = False) -> int:  # type: ignore[no-untyped-def]
     from agent.protocol.envelope import format_value
     from drivers.base import MeterError, Quality
     from drivers.factory import open_driver
-    from drivers.planner import plan_reads
+    from drivers.planner import describe_plan, plan_reads
 
     meter = cfg.meter_named(name)
     bus = cfg.bus_named(meter.bus)
     plan = plan_reads(meter.points, meter.max_registers, meter.max_gap)
-    print(f"meter {meter.name}: bus {bus.name} ({bus.kind}), unit {meter.unit}, "
-          f"{len(meter.points)} point(s) in {len(plan)} request(s)")
+    head = {"meter": meter.name, "bus": bus.name, "kind": bus.kind, "unit": meter.unit,
+            "requests": describe_plan(plan)}
+    if not as_json:
+        print(f"meter {meter.name}: bus {bus.name} ({bus.kind}), unit {meter.unit}, "
+              f"{len(meter.points)} point(s) in {len(plan)} request(s)")
     driver = open_driver(bus)
     try:
         readings = await driver.read(meter)
     except MeterError as e:
-        print(f"error: {e}")
+        if as_json:
+            print(json.dumps({**head, "error": str(e), "points": []}, indent=2, ensure_ascii=False))
+        else:
+            print(f"error: {e}")
         return 1
     finally:
         await driver.close()
     points = {p.name: p for p in meter.points}
+    if as_json:
+        read_plan = getattr(driver, "read_plan", lambda _name: None)(meter.name)
+        rows = [{"point": r.point, "value": format_value(r.value, points[r.point].value_decimals)
+                 if r.quality == Quality.GOOD else None, "unit": points[r.point].unit,
+                 "quality": Quality(r.quality).name.lower(), "ts_ms": r.ts,
+                 "register": points[r.point].register, "function": points[r.point].function,
+                 "type": points[r.point].type, "order": points[r.point].order}
+                for r in readings]
+        why = driver.last_failures(meter.name)
+        print(json.dumps({**head, "read_plan": read_plan, "failures": why, "points": rows},
+                         indent=2, ensure_ascii=False))
+        return 1 if all(r["value"] is None for r in rows) else 0
     width = max(len(n) for n in points)
     failed = 0
     for r in readings:

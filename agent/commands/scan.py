@@ -113,7 +113,12 @@ def run(args: argparse.Namespace) -> int:
     # Exception replies are what a scan expects; the drivers' per-request warnings are noise here.
     logging.getLogger("drivers").setLevel(logging.ERROR)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    found = asyncio.run(scan(bus, units, settings, probes, args.timeout, args.thorough, sys.stderr))
+    from drivers.base import BusFault
+
+    try:
+        found = asyncio.run(scan(bus, units, settings, probes, args.timeout, args.thorough, sys.stderr))
+    except BusFault:
+        return EX_PORT_BUSY  # each refused setting was named on its own line already
     print_table(found, sys.stdout)
     return 0 if found else 1
 
@@ -212,9 +217,11 @@ async def scan(
     thorough: bool,
     progress: TextIO,
 ) -> list[Found]:
+    from drivers.base import BusFault
     from drivers.factory import open_driver
 
     found: list[Found] = []
+    refused: list[str] = []  # settings the port could not be opened with
     total, done = len(units) * len(settings), 0
     tty = progress.isatty()
     for setting in settings:
@@ -223,7 +230,15 @@ async def scan(
         driver = open_driver(setting)
         try:
             for unit in units:
-                hit = await probe_unit(driver, setting, unit, probes, thorough)
+                try:
+                    hit = await probe_unit(driver, setting, unit, probes, thorough)
+                except BusFault as e:
+                    # One line for the setting (a port refusing even parity, say); the others
+                    # are still tried.
+                    progress.write(f"{chr(10) if tty else ''}error: {e}\n")
+                    refused.append(str(e))
+                    done += len(units) - units.index(unit)
+                    break
                 done += 1
                 if hit is not None:
                     hit.serial = serial
@@ -239,13 +254,16 @@ async def scan(
             await driver.close()
     if tty:
         progress.write("\n")
+    if len(refused) == len(settings):
+        raise BusFault(bus.name, f"no serial setting could be used ({len(refused)} tried)")
     return found
 
 
 async def probe_unit(
     driver: Driver, bus: BusConfig, unit: int, probes: list[Probe], thorough: bool
 ) -> Found | None:
-    from drivers.base import MeterError, Quality
+    from drivers.base import BusFault, MeterError, Quality
+    from drivers.modbus import EXCEPTION_NAMES
 
     hit = Found(unit, "")
     answered = False
@@ -254,10 +272,15 @@ async def probe_unit(
         names = ",".join(probe.profiles)
         try:
             reading = (await driver.read(meter))[0]
+        except BusFault:
+            raise  # the port, not this id: the caller says so once
         except MeterError as e:
-            if e.busy:  # exception 6: alive, just occupied
+            if e.code is not None:
+                # Any well-formed reply is a device at this id, an exception included: a meter
+                # whose map matches no shipped profile refuses their probe registers (2).
                 answered = True
-                hit.evidence.append(f"{names}: busy")
+                what = EXCEPTION_NAMES.get(e.code, "unknown exception")
+                hit.evidence.append(f"{names}: exception {e.code} ({what})")
                 continue
             if e.quality == Quality.TIMEOUT and not answered and not thorough:
                 return None  # nobody at this id: skip the other probes

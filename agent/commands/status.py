@@ -48,10 +48,17 @@ def run(args: argparse.Namespace) -> int:
 
 def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
     from agent.accounting.reports import completeness
-    from agent.accounting.statistics import local_day
+    from agent.accounting.statistics import day_start_ms, local_day
+    from agent.runtime.read_plans import load_read_plan
 
     statuses = {s.meter: s for s in store.state.meter_statuses()}
-    today = completeness(store, cfg, local_day(now_ms, cfg.tz), now_ms)
+    # The stored health carries last-good times of up to a minute ago; the samples committed
+    # with the last poll ticks are newer (and cost the daemon no extra write).
+    newest = store.readings.newest_good_ms()
+    day = local_day(now_ms, cfg.tz)
+    first = store.readings.first_reading_ts()
+    since = first if first is not None and first > day_start_ms(day, cfg.tz) else None
+    today = completeness(store, cfg, day, now_ms, since_ms=since)
     meters = []
     warnings = []
     for m in cfg.meter:
@@ -61,11 +68,12 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
         meters.append({
             "meter": m.name, "bus": m.bus, "unit": m.unit,
             "state": "unknown" if s is None else ("online" if s.online else "offline"),
-            "last_good_ms": s.last_good_ms if s else None,
+            "last_good_ms": max(filter(None, (s.last_good_ms if s else None, newest.get(m.name))), default=None),
             "errors_total": s.errors_total if s else 0,
             "last_error": s.last_error if s else None,
             "last_error_ms": s.last_error_ms if s else None,
             "completeness_today": worst,
+            "read_plan": load_read_plan(store, m.name),
         })
         if s is not None and not s.online:
             warnings.append(f"meter {m.name}: offline — {s.last_error or 'no reply'}")
@@ -86,6 +94,8 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
     return {
         "now_ms": now_ms, "store": str(cfg.db_path), "store_bytes": store.size_bytes(),
         "meters": meters,
+        # Set on the agent's first day: completeness counts from its first poll, not midnight.
+        "completeness_since_ms": since,
         "backlog": {"pending": pending, "oldest_ms": oldest},
         "last_delivered": {"seq": last_seq, "at_ms": last_at},
         "next_seq": store.outbox.chain_head()[0],
@@ -114,6 +124,13 @@ def print_report(cfg: Any, r: dict[str, Any]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    if r.get("completeness_since_ms"):
+        print(f"TODAY counts from the agent's first poll, {when(r['completeness_since_ms'])}, not from midnight")
+    for m in r["meters"]:
+        if m.get("read_plan"):
+            print(f"\nmeter {m['meter']} refuses some of its points; read as:")
+            for line in m["read_plan"]:
+                print(f"    {line}")
     print()
     b = r["backlog"]
     print(f"backlog: {b['pending']} envelope(s) pending"
@@ -128,11 +145,6 @@ def print_report(cfg: Any, r: dict[str, Any]) -> None:
 
 
 def _age(ms: int) -> str:
-    s = max(0, ms // 1000)
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    if s < 172800:
-        return f"{s // 3600} h"
-    return f"{s // 86400} d"
+    from agent.runtime.conditions import duration
+
+    return duration(ms / 1000)

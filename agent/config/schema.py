@@ -59,8 +59,10 @@ class PlatformSection(Base, kw_only=True):
     # An envelope that would not fit is set aside instead of blocking the queue. MQTT 5 brokers
     # announce theirs on connect; the smaller of the two applies.
     max_packet_bytes: Annotated[int, Meta(ge=1024, le=268_435_460)] | None = None
+    # Seconds between reconnect attempts: doubling from min to max, jittered (runtime/backoff.py).
+    # A low max bounds the wait after the broker is back, whatever the outage length.
     reconnect_min: Seconds = 1.0
-    reconnect_max: Seconds = 60.0
+    reconnect_max: Seconds = 10.0
     tls: bool = False
     # Why plain MQTT to a host that is not this machine is acceptable here (agent/config/
     # transport.py); without it, tls = false to anything but loopback is refused.

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from agent.runtime.conditions import Conditions
 from buffer.store import MeterStatus
-from drivers.base import Driver, MeterError, MeterPoll, Quality, Reading
+from drivers.base import BusFault, Driver, MeterError, MeterPoll, Quality, Reading
 from drivers.model import BusConfig, MeterConfig
 
 log = logging.getLogger("agent.runtime.poller")
@@ -59,7 +60,12 @@ def gaps(meter: MeterConfig, ts: int, quality: Quality) -> list[Reading]:
 
 
 class BusPoller:
-    """Polls the meters of one bus through its driver; the caller schedules `poll_once`."""
+    """Polls the meters of one bus through its driver; the caller schedules `poll_once`.
+
+    Logs conditions, not polls (agent/runtime/conditions.py): a meter going offline, points
+    failing, a meter busy, the bus failing — one line when each starts, one an hour while it
+    lasts, one when it ends.
+    """
 
     def __init__(
         self,
@@ -68,18 +74,32 @@ class BusPoller:
         driver: Driver,
         sink: Sink,
         clock: Callable[[], float] = time.time,
+        on_plan: Callable[[str, list[str] | None], None] | None = None,
     ) -> None:
         self.bus = bus
         self.meters = list(meters)
         self.driver = driver
         self.sink = sink
         self.clock = clock
+        self.on_plan = on_plan  # a meter's read plan changed (refused points found or gone)
         self.health = {m.name: MeterHealth(m.name, bus.name) for m in self.meters}
         self.cycles = 0
+        self.conditions = Conditions(log, clock=clock)
         self._stored: dict[str, tuple[tuple[bool, int, int], int]] = {}
+        self._plans: dict[str, list[str] | None] = {}
+        self._failing: dict[str, tuple[str, ...]] = {}  # meter -> its points failing now
+        self._watch: set[str] = set()  # meters with a condition going on or a refined plan
 
-    def restore(self, statuses: Sequence[MeterStatus]) -> None:
-        """Carry error counts and last-good times across restarts (offline state is re-learnt)."""
+    def restore(self, statuses: Sequence[MeterStatus],
+                plans: Mapping[str, list[str] | None] | None = None) -> None:
+        """Carry health across restarts: error counts, last-good times, and the offline state
+        — an offline meter stays offline (no new line) and is probed in the first cycle, after
+        the healthy meters, instead of costing `offline_after` more failed cycles. `plans`: the
+        read plans saved by the last run, so one that no longer applies is cleared."""
+        for name, plan in (plans or {}).items():
+            if name in self.health and plan:
+                self._plans[name] = plan
+                self._watch.add(name)
         for s in statuses:
             h = self.health.get(s.meter)
             if h is not None:
@@ -87,63 +107,152 @@ class BusPoller:
                 h.last_good_ms = s.last_good_ms
                 h.last_error_ms = s.last_error_ms
                 h.last_error = s.last_error
+                if not s.online:
+                    h.online = False
+                    h.consecutive_failures = s.consecutive_failures
+                    h.next_probe_ms = 0
+                    self.conditions.assume(("offline", s.meter), s.last_error or "")
+                    self._watch.add(s.meter)
+
+    def statuses(self) -> list[MeterStatus]:
+        """Every meter's health now (saved at shutdown)."""
+        return [h.status() for h in self.health.values()]
 
     async def poll_once(self) -> list[Sequence[Reading]]:
-        """Read every meter once; returns (and hands the sink) each meter's samples, in order."""
-        readings: list[Sequence[Reading]] = []
+        """Read every meter once; returns (and hands the sink) each meter's samples, in order.
+
+        Healthy meters are read first and failing or offline ones (due a probe) after them, so
+        a dead meter's timeout delays a live meter's reading at most in the cycle it first
+        fails. A bus fault (the port or endpoint cannot be opened) ends the cycle's reads:
+        every other meter would fail alike.
+        """
+        got: dict[str, Sequence[Reading]] = {}
         changed: list[MeterStatus] = []
-        for meter in self.meters:
-            rows, touched = await self._poll_meter(meter)
-            readings.append(rows)
-            if touched and self._worth_storing(self.health[meter.name]):
-                changed.append(self.health[meter.name].status())
+        bus_fault: BusFault | None = None
+        # A meter failing or offline goes last (stable: config order otherwise), from the
+        # cycle after its first failure on — not only once it is offline.
+        order = sorted(self.meters, key=self._unhealthy) if self._watch else self.meters
+        for meter in order:
+            h = self.health[meter.name]
+            if bus_fault is not None:
+                now = self._now_ms()
+                touched = h.online or now >= h.next_probe_ms  # else it was not due anyway
+                if touched:
+                    self._failed(meter, h, f"{label(meter)}: {bus_fault.detail}", busy=False, quiet=True)
+                got[meter.name] = gaps(meter, now, bus_fault.quality if touched else Quality.OFFLINE)
+            else:
+                rows, touched, bus_fault = await self._poll_meter(meter)
+                got[meter.name] = rows
+            if touched and self._worth_storing(h):
+                changed.append(h.status())
+        readings = [got[m.name] for m in self.meters]
         await self.sink(readings, changed)
         self.cycles += 1
         return readings
 
-    async def _poll_meter(self, meter: MeterConfig) -> tuple[Sequence[Reading], bool]:
+    def _unhealthy(self, meter: MeterConfig) -> bool:
+        h = self.health[meter.name]
+        return not h.online or h.consecutive_failures > 0
+
+    async def _poll_meter(self, meter: MeterConfig) -> tuple[Sequence[Reading], bool, BusFault | None]:
         h = self.health[meter.name]
         if not h.online and (now := self._now_ms()) < h.next_probe_ms:
-            return gaps(meter, now, Quality.OFFLINE), False
+            return gaps(meter, now, Quality.OFFLINE), False, None
         try:
             rows = await self.driver.read(meter)
+            if ("bus",) in self.conditions:
+                self._bus_recovered()
+        except BusFault as e:
+            self.conditions.happening(("bus",), str(e), f"bus {self.bus.name}: still failing", str(e))
+            self._failed(meter, h, f"{label(meter)}: {e.detail}", busy=False, quiet=True)
+            return gaps(meter, self._now_ms(), e.quality), True, e
         except MeterError as e:
             self._failed(meter, h, str(e), busy=e.busy)
             quality = Quality.EXCEPTION if e.busy else e.quality
-            return gaps(meter, self._now_ms(), quality), True
+            self._plan_changed(meter)
+            return gaps(meter, self._now_ms(), quality), True, None
         except Exception as e:  # a driver bug must cost one meter one cycle, never the bus task
             message = f"{label(meter)}: unexpected driver error {type(e).__name__}: {e}"
-            log.error("%s", message)
             self._failed(meter, h, message, busy=False)
-            return gaps(meter, self._now_ms(), Quality.CORRUPT), True
+            return gaps(meter, self._now_ms(), Quality.CORRUPT), True, None
         # Quality.GOOD is the only 0; a MeterPoll is GOOD throughout.
         bad = [] if type(rows) is MeterPoll else [r for r in rows if r.quality]
         if not bad:  # the every-cycle case, kept short
-            if not h.online:
-                log.info("%s: back online", label(meter))
-                h.online = True
-            h.consecutive_failures = 0
             if type(rows) is MeterPoll:
                 h.last_good_ms = rows.ts
             elif rows:
                 h.last_good_ms = max([r.ts for r in rows])
-            return rows, True
+            if not h.online or h.consecutive_failures or meter.name in self._watch:
+                self._recovered(meter, h, ())
+            return rows, True, None
         good = [r for r in rows if not r.quality]
         if good:
-            if not h.online:
-                log.info("%s: back online", label(meter))
-            h.online = True
-            h.consecutive_failures = 0
             h.last_good_ms = max(r.ts for r in good)
-            if bad:
-                names = ", ".join(sorted({r.point for r in bad}))
-                message = f"{label(meter)}: {len(bad)} point(s) failed: {names} — {self._why(meter, bad)}"
-                self._note_error(h, message)
-                log.warning("%s", message)
+            names = tuple(sorted({r.point for r in bad}))
+            why = self._why(meter, bad)
+            if self._failing.get(meter.name) != names:
+                # An error when these points start failing, not on every poll they go on failing
+                # (a refused point would otherwise rewrite the meter's health every poll).
+                self._note_error(h, f"{label(meter)}: {len(bad)} point(s) failed: {', '.join(names)} — {why}")
+            self._recovered(meter, h, names)
+            self._watch.add(meter.name)
+            self.conditions.happening(
+                ("points", meter.name, names),
+                f"{label(meter)}: {len(names)} point(s) failing, the others are read: "
+                f"{', '.join(names)} — {why}", f"{label(meter)}: still failing: {', '.join(names)}", why,
+            )
         else:
             why = self._why(meter, bad)
             self._failed(meter, h, f"{label(meter)}: every point failed — {why}", busy=False)
-        return rows, True
+            self._plan_changed(meter)
+        return rows, True, None
+
+    def _recovered(self, meter: MeterConfig, h: MeterHealth, failing: tuple[str, ...]) -> None:
+        """The meter answered (`failing`: the points that still failed). Conditions that ended
+        are logged as such: offline at once, the others after three good polls in a row."""
+        name, c = meter.name, self.conditions
+        h.online = True
+        h.consecutive_failures = 0
+        c.over(("busy", name), f"{label(meter)}: no longer busy", after=3)
+        if not c.over(("offline", name), f"{label(meter)}: back online"):
+            c.over(("failing", name), f"{label(meter)}: answering again", after=3)
+        self._points_ok(meter, failing)
+        self._plan_changed(meter)
+        if name not in self._failing and not self._plans.get(name) and not any(
+            (kind, name) in c for kind in ("busy", "offline", "failing")
+        ):
+            self._watch.discard(name)
+
+    def _bus_recovered(self) -> None:
+        """The bus answers again: the meters it took offline are probed in this cycle, not a
+        cooldown later (they were not at fault)."""
+        self.conditions.over(("bus",), f"bus {self.bus.name}: working again")
+        for h in self.health.values():
+            if not h.online:
+                h.next_probe_ms = 0
+
+    def _points_ok(self, meter: MeterConfig, failing: tuple[str, ...]) -> None:
+        """End the meter's failing-points condition unless the same points still fail."""
+        old = self._failing.get(meter.name)
+        if old is not None and old != failing:
+            key = ("points", meter.name, old)
+            if set(old) <= set(failing):  # more points fail now: the new line covers these
+                self.conditions.forget(key)
+            elif not self.conditions.over(key, f"{label(meter)}: {', '.join(old)} read again", after=3):
+                return  # not over yet (it failed within the last three polls)
+        if failing:
+            self._failing[meter.name] = failing
+        else:
+            self._failing.pop(meter.name, None)
+
+    def _plan_changed(self, meter: MeterConfig) -> None:
+        read_plan = getattr(self.driver, "read_plan", None)
+        plan = read_plan(meter.name) if read_plan is not None else None
+        if plan != self._plans.get(meter.name):
+            # Not logged: the failing-points line already names each refused point and why.
+            self._plans[meter.name] = plan
+            if self.on_plan is not None:
+                self.on_plan(meter.name, plan)
 
     def _why(self, meter: MeterConfig, bad: list[Reading]) -> str:
         """The driver's own reasons for the failed requests (exception code, registers, hint),
@@ -157,7 +266,8 @@ class BusPoller:
 
     def _worth_storing(self, h: MeterHealth) -> bool:
         """Health is stored when it changes meaning, and its last-good time once a minute:
-        a row per meter per poll would double the writes for nothing `status` needs."""
+        a row per meter per poll would double the writes for nothing `status` needs (it reads
+        the newest sample's time from the samples themselves)."""
         key = (h.online, h.errors_total, h.consecutive_failures)
         now = self._now_ms()
         last = self._stored.get(h.meter)
@@ -171,21 +281,31 @@ class BusPoller:
         h.last_error_ms = self._now_ms()
         h.last_error = message
 
-    def _failed(self, meter: MeterConfig, h: MeterHealth, message: str, busy: bool) -> None:
+    def _failed(self, meter: MeterConfig, h: MeterHealth, message: str, busy: bool,
+                quiet: bool = False) -> None:
+        """A failed poll of the meter. `quiet`: the bus's own condition line covers it."""
         self._note_error(h, message)
+        self._watch.add(meter.name)
         if busy:
             # Exception 6: the meter is alive but occupied; retry next cycle, never take it offline.
-            log.info("%s — busy, retried next cycle", message)
+            self.conditions.happening(("busy", meter.name), f"{message} — busy, retried next cycle",
+                                      f"{label(meter)}: still busy", level=logging.INFO)
             return
         h.consecutive_failures += 1
+        detail = message.removeprefix(f"{label(meter)}: ")
         if h.online and h.consecutive_failures >= self.bus.offline_after:
             h.online = False
-            log.warning(
-                "%s — offline after %d failed cycles; probed again every %g s",
-                message, h.consecutive_failures, self.bus.offline_cooldown,
-            )
-        elif h.online:
-            log.warning("%s", message)
+            self.conditions.forget(("failing", meter.name))
+            if not quiet:
+                self.conditions.happening(
+                    ("offline", meter.name),
+                    f"{message} — offline after {h.consecutive_failures} failed cycles; probed "
+                    f"again every {self.bus.offline_cooldown:g} s", f"{label(meter)}: still offline",
+                    detail,
+                )
+        elif not quiet:
+            key = ("failing" if h.online else "offline", meter.name)
+            self.conditions.happening(key, message, f"{label(meter)}: still {key[0]}", detail)
         if not h.online:
             h.next_probe_ms = self._now_ms() + int(self.bus.offline_cooldown * 1000)
 

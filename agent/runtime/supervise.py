@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 
+from agent.runtime.backoff import Backoff
 from buffer.store import StoreError
 
 log = logging.getLogger("agent.runtime.supervise")
@@ -25,19 +25,20 @@ async def supervise(
     A StoreError is not survivable here: an agent that no longer knows what is on disk must
     not keep polling into the void, so it propagates and the process exits for systemd.
     """
-    delay = backoff_min
+    backoff = Backoff(backoff_min, backoff_max)
     while not stop.is_set():
         try:
             await factory()
             if stop.is_set():
                 return
-            log.error("task %s returned unexpectedly; restarting in %.1f s", name, delay)
+            why = "returned unexpectedly"
         except asyncio.CancelledError:
             raise
         except StoreError:
             raise
         except Exception as e:
-            log.error("task %s failed (%s: %s); restarting in %.1f s", name, type(e).__name__, e, delay)
+            why = f"failed ({type(e).__name__}: {e})"
+        delay = backoff.next()
+        log.error("task %s %s; restarting in %.1f s", name, why, delay)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay * (0.8 + 0.4 * random.random()))
-        delay = min(delay * 2, backoff_max)
+            await asyncio.wait_for(stop.wait(), delay)

@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol, TypeVar
 
+from agent.runtime.backoff import Backoff
+from agent.runtime.conditions import Conditions
 from buffer.names import MQTT
 
 log = logging.getLogger("energy_agent.forwarder")
@@ -74,7 +75,7 @@ class Forwarder:
         window: int = 20,
         idle_check: float = 5.0,
         backoff_min: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_max: float = 10.0,
     ) -> None:
         self.store = store
         self.db = db_executor
@@ -82,8 +83,9 @@ class Forwarder:
         self.destination = destination
         self.window = max(1, window)
         self.idle_check = idle_check
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
+        # Low cap: once the link is back, the next round follows within seconds (see backoff.py).
+        self.backoff = Backoff(backoff_min, backoff_max)
+        self._conditions = Conditions(log)
         self._wake = asyncio.Event()
         # Stats for status/heartbeat.
         self.delivered_total = 0
@@ -92,7 +94,6 @@ class Forwarder:
         self.last_delivered_seq: int | None = None
         self.last_delivered_ms: int | None = None
         self.last_error: str | None = None
-        self._failures_in_row = 0
 
     def wake(self) -> None:
         """New envelopes were enqueued (or we are stopping): look at the outbox now."""
@@ -134,7 +135,7 @@ class Forwarder:
             if ok is None:
                 await self._sleep(stop, self.idle_check)  # nothing pending
             elif not ok:
-                await self._sleep(stop, self._backoff(), wake=False)
+                await self._sleep(stop, self.backoff.next(), wake=False)
 
     async def _drain(self, stop: asyncio.Event) -> bool | None:
         """Send until the outbox is empty (None), a failure (False) or stop (True)."""
@@ -230,7 +231,8 @@ class Forwarder:
         if self.last_delivered_seq is None or top > self.last_delivered_seq:
             self.last_delivered_seq = top
         self.last_delivered_ms = int(time.time() * 1000)
-        self._failures_in_row = 0
+        self.backoff.reset()
+        self._conditions.over("paused", f"{self.destination}: forwarding resumed")
         log.debug("delivered %d envelope(s) up to seq %d", len(seqs), top)
 
     async def _store(self, fn: Callable[..., _R], *args: Any) -> _R:
@@ -243,20 +245,14 @@ class Forwarder:
 
     def _failed(self, what: str, unexpected: bool = False) -> None:
         self.failures_total += 1
-        self._failures_in_row += 1
         self.last_error = what
-        # One line per failed round, not per envelope; an outage logs at DEBUG after the first.
         if unexpected:
             log.error("forwarder round failed: %s", what, exc_info=True)
-        elif self._failures_in_row == 1:
-            log.warning("forwarding paused: %s", what)
-        else:
-            log.debug("forwarding still failing (%d): %s", self._failures_in_row, what)
-
-    def _backoff(self) -> float:
-        n = max(0, self._failures_in_row - 1)
-        cap = min(self.backoff_max, self.backoff_min * (2**min(n, 20)))
-        return cap * (0.5 + random.random() / 2)  # jitter: many gateways, one broker
+        # One line when forwarding stops, one an hour while it stays stopped, one when it resumes.
+        self._conditions.happening(
+            "paused", f"{self.destination}: forwarding paused: {what}",
+            f"{self.destination}: forwarding still paused", what,
+        )
 
     async def _sleep(self, stop: asyncio.Event, seconds: float, wake: bool = True) -> None:
         """Sleep until the timeout, stop, the link changing state, or (if wake) wake()."""

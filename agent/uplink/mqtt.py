@@ -25,6 +25,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
 from agent.config.secret_files import SecretFileError, read_secret
+from agent.runtime.backoff import Backoff
+from agent.runtime.conditions import Conditions
 from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
 from buffer.names import MQTT
 
@@ -55,6 +57,10 @@ class MqttUplink:
         self._by_mid: dict[int, asyncio.Future[None]] = {}
         self._by_id: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._connect_failures = 0
+        # paho's own reconnect delay doubles without jitter; ours replaces it before every wait
+        # (set from paho's thread, in the callbacks that precede the wait).
+        self._reconnect = Backoff(cfg.reconnect_min, cfg.reconnect_max)
+        self._conditions = Conditions(log)
         self._broker_max: int | None = None  # MQTT 5 CONNACK's Maximum Packet Size
         self._started = False
         self._stopping = False
@@ -101,7 +107,8 @@ class MqttUplink:
             raise ConfigError([f"platform: cannot load {files}: {e}"]) from None
         if will:
             client.will_set(will[0], will[1], qos=1, retain=False)
-        # paho sleeps these with time.sleep: fractions of a second work (tests use them).
+        # paho sleeps these with time.sleep: fractions of a second work (tests use them). Only
+        # the first retry uses them as they are; _next_reconnect sets each later one.
         client.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)  # type: ignore[arg-type]
         client.max_inflight_messages_set(cfg.inflight)
         # Counts in-flight too; room for a forwarder window a little larger than `inflight`.
@@ -269,54 +276,71 @@ class MqttUplink:
             with contextlib.suppress(RuntimeError):  # loop closed between check and call
                 loop.call_soon_threadsafe(fn, *args)
 
+    def _next_reconnect(self, client: mqtt.Client) -> None:
+        """Paho's thread, before it waits to reconnect: make that wait our jittered delay."""
+        delay = self._reconnect.next()
+        client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+
     def _on_connect(
         self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         if rc.is_failure:
             self._call(self._log_refused, rc)
             return
+        self._reconnect.reset()
         _forget_paho_outgoing(client)
         if self.platform_acks:
             client.subscribe(self.ack_topic, qos=1)  # connected once the SUBACK is in
         # MQTT 5: the broker's largest packet, if it has a limit (absent: none).
         self._call(self._connected, rc, getattr(props, "MaximumPacketSize", None))
 
+    def _where(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.port}"
+
+    def _down(self, first: str, detail: str, level: int = logging.WARNING) -> None:
+        """The broker is unreachable: one line when that starts, one an hour while it lasts."""
+        self._conditions.happening(
+            "down", first, f"mqtt: {self._where()} still unreachable", detail, level=level,
+        )
+
     def _connected(self, rc: ReasonCode, broker_max: int | None = None) -> None:
         self._broker_max = broker_max
-        log.info(
-            "mqtt connected to %s:%d as %s (%s%s)",
-            self.cfg.host, self.cfg.port, self.client_id, rc,
-            f"; packets up to {broker_max} bytes" if broker_max else "",
+        self._connect_failures = 0
+        message = (
+            f"mqtt connected to {self._where()} as {self.client_id} ({rc}"
+            + (f"; packets up to {broker_max} bytes" if broker_max else "") + ")"
         )
+        if not self._conditions.over("down", message):
+            log.info("%s", message)
         if not self.platform_acks:
             self._set_up()
 
     def _log_refused(self, rc: ReasonCode) -> None:
         self._connect_failures += 1
-        level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
-        log.log(level, "mqtt connection to %s:%d refused: %s", self.cfg.host, self.cfg.port, rc)
+        self._down(f"mqtt connection to {self._where()} refused: {rc}", f"refused: {rc}")
 
-    def _on_connect_fail(self, _client: mqtt.Client, _u: Any) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
+        self._next_reconnect(client)
         self._call(self._connect_failed)
 
     def _connect_failed(self) -> None:
-        # A broker that is down fails every reconnect_delay: say it once, then at DEBUG.
         self._connect_failures += 1
-        level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
-        log.log(
-            level, "mqtt cannot connect to %s:%d (attempt %d); retrying",
-            self.cfg.host, self.cfg.port, self._connect_failures,
+        self._down(
+            f"mqtt cannot connect to {self._where()}; retrying every {self.cfg.reconnect_max:g} s "
+            "at most (jittered)",
+            f"{self._connect_failures} attempts",
         )
 
     def _on_disconnect(
-        self, _client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _props: Any
+        self, client: mqtt.Client, _u: Any, _flags: Any, rc: ReasonCode, _props: Any
     ) -> None:
+        self._next_reconnect(client)
         self._call(self._disconnected, rc)
 
     def _disconnected(self, rc: ReasonCode) -> None:
         if not self._stopping:
-            level = logging.WARNING if rc.is_failure else logging.INFO
-            log.log(level, "mqtt disconnected from %s:%d (%s)", self.cfg.host, self.cfg.port, rc)
+            self._down(f"mqtt disconnected from {self._where()} ({rc})", f"disconnected: {rc}",
+                       level=logging.WARNING if rc.is_failure else logging.INFO)
         self._set_down(f"disconnected: {rc}")
 
     def _on_subscribe(
