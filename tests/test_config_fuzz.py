@@ -30,11 +30,10 @@ from hypothesis import strategies as st
 
 from agent.cli import main
 from agent.config import load_config
-from agent.protocol.signing import generate_key
 from agent.runtime.app import App
 from buffer.names import MQTT
+from tests.example_config import example_text, key_material
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "agent.example.toml"
 EXAMPLES = int(os.environ.get("CONFIG_FUZZ_EXAMPLES", "300"))
 
 NUMBERS = [0, -1, 1, 2**31, 2**63 - 1, -(2**63), 0.5, -0.0, 1e-320, 1e308, -1e308,
@@ -48,24 +47,11 @@ STRINGS = ["", " ", "x" * 5000, "a\x00b", "gw-01\n", "line\nbreak", "$SYS", "$SY
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Real key material: the signing key, a CA, a client certificate and its 0600 key."""
-    d = tmp_path_factory.mktemp("fuzz")
-    generate_key(d / "signing.key")
-    for args in (["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=fuzz CA"],
-                 ["-keyout", "client.key", "-out", "client.crt", "-subj", "/CN=gw-01"]):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", *args],
-                       cwd=d, check=True, capture_output=True)
-    (d / "client.key").chmod(0o600)
-    return {"dir": str(d), "signing": str(d / "signing.key"), "ca": str(d / "ca.crt"),
-            "cert": str(d / "client.crt"), "key": str(d / "client.key")}
+    return key_material(tmp_path_factory.mktemp("fuzz"))
 
 
 def example(files: dict[str, str], data_dir: str) -> dict[str, Any]:
-    raw = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    raw["agent"]["data_dir"] = data_dir
-    raw["platform"].update(ca_file=files["ca"], cert_file=files["cert"], key_file=files["key"])
-    raw["signing"]["key_file"] = files["signing"]
-    return raw
+    return tomllib.loads(example_text(files, data_dir))
 
 
 # -- a TOML writer for what the mutations make: everything inline, one top-level key a line ----

@@ -21,6 +21,7 @@ from agent.cli import main
 from agent.commands._common import load_or_exit
 from agent.config.transport import is_loopback, plaintext_problem
 from agent.protocol.signing import generate_key
+from tests.example_config import key_material
 from tests.test_config import GOOD
 
 # test_config's minimal config with a data dir and key of the test's own, and the keys the
@@ -266,14 +267,11 @@ def test_a_password_file_others_can_read_is_refused(tmp_path: Path, capsys: pyte
 
 
 def test_a_client_key_others_can_read_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    d = tmp_path
-    for args in (["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                  "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test CA"],
-                 ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                  "-keyout", "client.key", "-out", "client.crt", "-days", "2", "-subj", "/CN=gw-01"]):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-    text = BASE.replace('topic_prefix = "energy"', f'topic_prefix = "energy"\ntls = true\nca_file = "{d}/ca.crt"\n'
-                        f'cert_file = "{d}/client.crt"\nkey_file = "{d}/client.key"')
+    d = tmp_path / "pki"
+    d.mkdir()
+    files = key_material(d)
+    text = BASE.replace('topic_prefix = "energy"', f'topic_prefix = "energy"\ntls = true\nca_file = "{files["ca"]}"\n'
+                        f'cert_file = "{files["cert"]}"\nkey_file = "{files["key"]}"')
     (d / "client.key").chmod(0o644)
     code, _, err = check_config(tmp_path, text, capsys)
     assert "TLS client key is accessible by group or others (mode 0644)" in one_error(
