@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "write a day's or month's report as CSV, sealed or not yet"),
     "replace-meter": ("replace_meter", "record a meter replacement (old final, new initial value)"),
     "resend": ("resend", "list envelopes set aside as undeliverable, or queue them again"),
+    "serve": ("serve", "the energy manager's web page and JSON endpoints (a process of its own)"),
+    "web-passwd": ("web_passwd", "set the web page's login (password hash file, mode 0600)"),
     "demo": ("demo", "the whole chain on this machine: simulated meters, broker, platform, agent"),
 }
 

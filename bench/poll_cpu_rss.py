@@ -11,6 +11,13 @@ their own process. Two pollers read them every second, at the same time, for `--
   Mosquitto.
 
 It prints CPU time per transaction for both, the ratio, and the agent's steady RSS.
+
+`--serve` also runs `energy-agent serve` beside the agent on the same store, and a client that
+loads the overview, meters and deliveries pages and their JSON every 2 s during the measured
+window (an energy manager with the page open, refreshing far more often than one would):
+the agent's figures with it against a `--codes` run without it show what the page costs the
+poller; serve's own RSS is printed. Both give every meter's first counter a data code, so the
+pages have items to compute (and the agent's Reporter has them to seal).
 Targets (issue 2): ratio ≤ 1.5, RSS ≤ 45 MiB. `--tune-floor` gives the floor the glibc
 thresholds the agent sets for itself (agent/runtime/malloc_tuning.py), to show what that tuning is
 worth in the ratio.
@@ -173,16 +180,33 @@ def floor_environment(tuned: bool) -> dict[str, str]:
     return env
 
 
+def page_client(port: int, stop_at: float) -> int:
+    """Load the pages and their JSON every 2 s until stop_at; returns the requests made."""
+    import urllib.request
+
+    n = 0
+    while time.time() < stop_at:
+        for path in ("/overview", "/api/overview", "/meters", "/api/meters", "/deliveries", "/api/deliveries"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+                r.read()
+            n += 1
+        time.sleep(2)
+    return n
+
+
 def agent_run(ports: list[int], seconds: float, warmup: float, tmp: Path, ports_file: Path,
-              seal_interval: float, tune_floor: bool) -> tuple[dict[str, Any], dict[str, float]]:
+              seal_interval: float, tune_floor: bool, codes: bool = False,
+              serve: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     """(the agent's figures, the floor's): the floor polls the same meters in another process
     during the agent's measured window, so both see the same machine (on a shared VM its
     speed drifts by ±20 % within minutes, which measured one after the other moved the ratio
     by as much)."""
     from agent.protocol.signing import generate_key
-    from hil.broker import Mosquitto
+    from hil.broker import Mosquitto, free_port, port_open
 
     generate_key(tmp / "k.pem")
+    web_port = free_port()
+    serve_proc = None
     with Mosquitto() as broker:
         lines = [f"""
 [agent]
@@ -199,6 +223,8 @@ key_file = "{tmp / 'k.pem'}"
 poll_interval = 1
 seal_interval = {seal_interval:g}
 heartbeat = 3600
+[web]
+port = {web_port}
 """]
         for i, port in enumerate(ports):
             lines.append(f'[[bus]]\nname = "b{i}"\nkind = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
@@ -209,12 +235,20 @@ heartbeat = 3600
                 kind = "counter" if j < POINTS // 2 else "instantaneous"
                 lines.append(f'[[meter.point]]\nname = "p{j}"\nregister = {2 * j}\ntype = "{typ}"\n'
                              f'kind = "{kind}"\n')
+                if (codes or serve) and j == 0:
+                    lines.append(f'unit = "kWh"\nvariety = "electricity"\ncode = "01-{i % 100:02d}-0000-020101-10"\n')
         cfg = tmp / "agent.toml"
         cfg.write_text("".join(lines))
         with open(tmp / "agent.log", "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], cwd=REPO,
                                     stderr=log, stdin=subprocess.DEVNULL, env=unit_environment())
         try:
+            if serve:
+                with open(tmp / "serve.log", "wb") as slog:
+                    serve_proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "-c", str(cfg)], cwd=REPO,
+                                                  stderr=slog, stdin=subprocess.DEVNULL, env=unit_environment())
+                while not port_open("127.0.0.1", web_port):
+                    time.sleep(0.1)
             time.sleep(warmup)
             # Start half a seal interval after a seal (seals fall on multiples of the interval):
             # the window then holds whole seal rounds, none cut at its edges.
@@ -228,10 +262,21 @@ heartbeat = 3600
                                           stderr=subprocess.PIPE, text=True, env=floor_environment(tune_floor))
             t0, cpu0 = time.time(), proc_cpu(proc.pid)
             threads0, written0 = thread_cpu(proc.pid), written_bytes(proc.pid)
-            rss = []
+            rss, serve_rss, pages = [], [], 0
+            if serve_proc is not None:
+                import concurrent.futures
+
+                pool = concurrent.futures.ThreadPoolExecutor(1)
+                loads = pool.submit(page_client, web_port, t0 + seconds)
+                serve_cpu0 = proc_cpu(serve_proc.pid)
             while time.time() < t0 + seconds:
                 time.sleep(1)
                 rss.append(proc_rss_mib(proc.pid))
+                if serve_proc is not None:
+                    serve_rss.append(proc_rss_mib(serve_proc.pid))
+            if serve_proc is not None:
+                pages = loads.result(timeout=120)
+                serve_cpu = proc_cpu(serve_proc.pid) - serve_cpu0
             t1, cpu1 = time.time(), proc_cpu(proc.pid)
             threads1, written1 = thread_cpu(proc.pid), written_bytes(proc.pid)
             mappings = rss_by_mapping(proc.pid)
@@ -242,6 +287,9 @@ heartbeat = 3600
         finally:
             proc.terminate()
             proc.wait(30)
+            if serve_proc is not None:
+                serve_proc.terminate()
+                serve_proc.wait(30)
     from buffer.store import Store
 
     store = Store(tmp / "data" / "agent.db", readonly=True)
@@ -253,7 +301,9 @@ heartbeat = 3600
     return fl, {"transactions": rows / POINTS, "cpu_s": cpu1 - cpu0, "rss_max": max(rss),
             "threads": [threads.pop(proc.pid, (0.0, 0.0)), *sorted(threads.values(), key=sum, reverse=True)],
             "written_per_s": (written1 - written0) / (t1 - t0), "mappings": mappings,
-            "rss_last": rss[-1], "rss_first": rss[0]}
+            "rss_last": rss[-1], "rss_first": rss[0],
+            "serve": {"rss_first": serve_rss[0], "rss_max": max(serve_rss), "requests": pages,
+                      "cpu_s": serve_cpu} if serve_rss else None}
 
 
 def main() -> None:
@@ -265,6 +315,9 @@ def main() -> None:
                     help="the agent's schedule.seal_interval (its default is 60; 5 puts 12 seals in a minute)")
     ap.add_argument("--tune-floor", action="store_true",
                     help="give the floor the glibc mmap/trim thresholds the agent sets itself")
+    ap.add_argument("--codes", action="store_true", help="give each meter's first counter a data code")
+    ap.add_argument("--serve", action="store_true",
+                    help="run energy-agent serve beside the agent, its pages loaded every 2 s (implies --codes)")
     ap.add_argument("--serve-meters", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ports-file", help=argparse.SUPPRESS)
@@ -284,7 +337,8 @@ def main() -> None:
             while not ports_file.exists():
                 time.sleep(0.1)
             ports = json.loads(ports_file.read_text())
-            fl, ag = agent_run(ports, a.seconds, a.warmup, tmp, ports_file, a.seal_interval, a.tune_floor)
+            fl, ag = agent_run(ports, a.seconds, a.warmup, tmp, ports_file, a.seal_interval, a.tune_floor,
+                               a.codes, a.serve)
         finally:
             farm.terminate()
             farm.wait(10)
@@ -307,6 +361,10 @@ def main() -> None:
           f"max {ag['rss_max']:.1f} MiB  (target ≤ 45 MiB)")
     top = sorted(ag["mappings"].items(), key=lambda kv: -kv[1])[:8]
     print("  by mapping, MiB: " + ", ".join(f"{name} {kib / 1024:.1f}" for name, kib in top))
+    if ag["serve"]:
+        sv = ag["serve"]
+        print(f"serve beside it: {sv['requests']} page/JSON requests, {sv['cpu_s']:.2f} s CPU, "
+              f"RSS first {sv['rss_first']:.1f} MiB, max {sv['rss_max']:.1f} MiB")
 
 
 if __name__ == "__main__":

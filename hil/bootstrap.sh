@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian/Ubuntu machine with Python 3.11+:
-# mosquitto, socat and systemd-analyze through apt-get when missing, and a venv (.venv) with
-# the package and its test extras. Safe to run again; it only adds what is missing.
+# mosquitto, socat, systemd-analyze, chromium + chromium-driver + a CJK font through apt-get
+# when missing, and a venv (.venv) with the package and its test extras. Safe to run again;
+# it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,11 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The web page's real-browser test (tests/test_web_browser.py): Debian's headless Chromium, its
+# WebDriver, and a CJK font so the Chinese pages render (and screenshot) as glyphs, not boxes.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || need+=(fonts-wqy-microhei)
 if [ ! -x .venv/bin/python ] && ! "$PY" -c 'import ensurepip' >/dev/null 2>&1; then
     need+=("python3-venv")
 fi

@@ -111,6 +111,7 @@ put_file() {  # put_file MODE OWNER SOURCE PATH — replace with the shipped ver
 make_dir 0755 root:root "$OPT"
 make_dir 0755 root:root "$OPT/doc"
 put_file 0644 root:root "$SRC/docs/operations.md" "$OPT/doc/operations.md"
+put_file 0644 root:root "$SRC/docs/web.md" "$OPT/doc/web.md"
 # The current example config, so a site can diff it against its own after an upgrade.
 put_file 0644 root:root "$SRC/config/agent.example.toml" "$OPT/doc/agent.example.toml"
 
@@ -152,6 +153,8 @@ make_dir 0750 "$NAME:$NAME" "$STATE"
 # --- the unit -------------------------------------------------------------------------------
 make_dir 0755 root:root "$UNITDIR"
 put_file 0644 root:root "$SRC/systemd/$NAME.service" "$UNITDIR/$NAME.service"
+# The web page (energy-agent serve): installed, never enabled here — the site decides.
+put_file 0644 root:root "$SRC/systemd/$NAME-web.service" "$UNITDIR/$NAME-web.service"
 
 if [ -z "$DESTDIR" ] && [ ! -e /proc/self/ns/user ]; then
     say "WARNING: this kernel has no user namespaces; the unit's PrivateUsers=yes would fail"
@@ -160,12 +163,12 @@ fi
 
 if [ -n "$DESTDIR" ] || [ "$RUN_SYSTEMCTL" -eq 0 ]; then
     printf 'install: would run: systemctl daemon-reload\n'
-    printf 'install: would run: systemctl try-restart %s\n' "$NAME"
+    printf 'install: would run: systemctl try-restart %s %s-web\n' "$NAME" "$NAME"
 elif [ -d /run/systemd/system ]; then
     host systemctl daemon-reload
     # Restarts only if it was running: an upgrade takes effect, a fresh install waits for
     # the config to be edited.
-    host systemctl try-restart "$NAME"
+    host systemctl try-restart "$NAME" "$NAME-web"
 else
     say "systemd is not running here; skipped systemctl daemon-reload"
 fi
@@ -183,4 +186,8 @@ energy-agent is installed. Next steps (docs: $OPT/doc/operations.md):
   4. Start it now and at every boot:
        systemctl enable --now $NAME
        journalctl -u $NAME -f
+  5. Optional, the energy manager's web page (docs: $OPT/doc/web.md; 127.0.0.1:8640 unless
+     [web] in agent.toml gives TLS and a login):
+       $VENV/bin/energy-agent web-passwd -c $ETC/agent.toml
+       systemctl enable --now $NAME-web
 EOF

@@ -42,9 +42,9 @@ if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
 fi
 
 if [ -n "$DESTDIR" ] || [ -d /run/systemd/system ]; then
-    host systemctl disable --now "$NAME"
+    host systemctl disable --now "$NAME" "$NAME-web"
 fi
-rm -f "$DESTDIR/etc/systemd/system/$NAME.service"
+rm -f "$DESTDIR/etc/systemd/system/$NAME.service" "$DESTDIR/etc/systemd/system/$NAME-web.service"
 host systemctl daemon-reload
 rm -rf "$DESTDIR/opt/$NAME"
 say "removed /opt/$NAME and the unit"

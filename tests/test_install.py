@@ -84,8 +84,11 @@ def test_layout_matches_the_documentation(tmp_path: Path) -> None:
     assert extra == [], f"installed but not documented in docs/operations.md: {extra}"
 
     # Shipped files are copied verbatim.
-    assert (root / "etc/systemd/system/energy-agent.service").read_bytes() == (
-        REPO / "systemd/energy-agent.service").read_bytes()
+    for unit in ("energy-agent.service", "energy-agent-web.service"):
+        assert (root / "etc/systemd/system" / unit).read_bytes() == (REPO / "systemd" / unit).read_bytes()
+    # The web page's unit is installed but never enabled by the installer.
+    assert "enable" not in "".join(x for x in proc.stdout.splitlines(True) if "would run" in x)
+    assert "systemctl enable --now energy-agent-web" in proc.stdout
     assert (root / "etc/energy-agent/agent.toml").read_bytes() == (
         REPO / "config/agent.example.toml").read_bytes()
 
@@ -139,9 +142,10 @@ def test_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert not (root / "opt/energy-agent").exists()
     assert not (root / "etc/systemd/system/energy-agent.service").exists()
+    assert not (root / "etc/systemd/system/energy-agent-web.service").exists()
     assert (root / "etc/energy-agent/agent.toml").exists()
     assert (root / "var/lib/energy-agent").is_dir()
-    assert "would run: systemctl disable --now energy-agent" in proc.stdout
+    assert "would run: systemctl disable --now energy-agent energy-agent-web" in proc.stdout
     proc = run_script(UNINSTALL, root, "--purge")
     assert proc.returncode == 0, proc.stderr
     assert not (root / "etc/energy-agent").exists()

@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "energy-agent.service"
 MAX_EXPOSURE = 2.0
 EXEC_START = "ExecStart=/opt/energy-agent/venv/bin/energy-agent run -c /etc/energy-agent/agent.toml"
+WEB_UNIT = REPO / "systemd" / "energy-agent-web.service"
+WEB_EXEC_START = "ExecStart=/opt/energy-agent/venv/bin/energy-agent serve -c /etc/energy-agent/agent.toml"
+UNITS = [pytest.param(UNIT, EXEC_START, id="daemon"), pytest.param(WEB_UNIT, WEB_EXEC_START, id="web")]
 
 analyze = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -28,9 +31,9 @@ needs_analyze = pytest.mark.skipif(
 )
 
 
-def unit_settings() -> dict[str, list[str]]:
+def unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith(("#", "[")):
             key, _, value = line.partition("=")
@@ -55,16 +58,34 @@ def test_unit_has_the_contract_the_agent_relies_on() -> None:
         assert f"char-{tty} rw" in s["DeviceAllow"]
 
 
+def test_web_unit_mirrors_the_daemons_sandbox_without_its_devices() -> None:
+    web, daemon = unit_settings(WEB_UNIT), unit_settings(UNIT)
+    assert WEB_EXEC_START in WEB_UNIT.read_text().splitlines()
+    # Every hardening line of the daemon's unit is in the page's, with the same value, except
+    # what only the poller needs (serial ports, sd_notify, the watchdog) and the descriptions.
+    only_daemon = {"Description", "Documentation", "Wants", "After", "Type", "NotifyAccess", "WatchdogSec",
+                   "Restart", "TimeoutStartSec", "TimeoutStopSec",
+                   "SupplementaryGroups", "PrivateDevices", "DeviceAllow", "ExecStart", "RestartSec"}
+    for key, values in daemon.items():
+        if key not in only_daemon:
+            assert web.get(key) == values, key
+    assert web["PrivateDevices"] == ["yes"] and "DeviceAllow" not in web
+    assert "SupplementaryGroups" not in web  # no dialout: it never opens a serial port
+    assert web["RestartPreventExitStatus"] == ["78"]
+    assert web["CPUWeight"] == ["50"] and web["MemoryMax"] == ["200M"]  # the poller comes first
+
+
 @needs_analyze
-def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("unit_file", "exec_start"), UNITS)
+def test_systemd_analyze_verify_is_clean(tmp_path: Path, unit_file: Path, exec_start: str) -> None:
     # verify insists that ExecStart's binary exists; the venv only exists after install.sh.
     # So verify a copy whose only difference is ExecStart pointing at /bin/true (same
     # arguments); every other line, including the sandboxing, is checked as shipped.
-    text = UNIT.read_text()
-    copy = text.replace(EXEC_START, EXEC_START.replace(
+    text = unit_file.read_text()
+    copy = text.replace(exec_start, exec_start.replace(
         "/opt/energy-agent/venv/bin/energy-agent", "/bin/true"))
     assert copy != text
-    unit = tmp_path / "energy-agent.service"
+    unit = tmp_path / unit_file.name
     unit.write_text(copy)
     proc = subprocess.run(
         [analyze, "verify", "--man=no", str(unit)],
@@ -102,8 +123,9 @@ def exposure(unit: Path) -> float:
 
 
 @needs_analyze
-def test_hardening_exposure_at_most_2() -> None:
-    score = exposure(UNIT)
+@pytest.mark.parametrize("unit_file", [UNIT, WEB_UNIT], ids=["daemon", "web"])
+def test_hardening_exposure_at_most_2(unit_file: Path) -> None:
+    score = exposure(unit_file)
     print(f"systemd-analyze security --offline=yes: exposure {score}")
     assert score <= MAX_EXPOSURE
 
@@ -152,6 +174,24 @@ MDWE_PROBE = textwrap.dedent(
     assert keep_small_buffers_off_mmap()
     from agent.protocol.signing import Ed25519Signer  # the daemon signs through PyNaCl (libsodium)
     Ed25519Signer(bytes(range(32))).sign(b"x")
+    # energy-agent serve (its own unit has the same MemoryDenyWriteExecute=yes): the ASGI
+    # stack, a request through it, scrypt, and an .xlsx export.
+    import hashlib, http.client, io, socket, threading, time, uvicorn, xlsxwriter
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); web_port = s.getsockname()[1]; s.close()
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("web ok"))])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=web_port, loop="asyncio",
+                                           http="h11", lifespan="off", log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True); thread.start()
+    while not server.started: time.sleep(0.02)
+    conn = http.client.HTTPConnection("127.0.0.1", web_port, timeout=10); conn.request("GET", "/")
+    assert conn.getresponse().read() == b"web ok"
+    server.should_exit = True; thread.join(10)
+    hashlib.scrypt(b"pw", salt=b"salt", n=2**14, r=8, p=1, maxmem=1 << 26)
+    wb = xlsxwriter.Workbook(io.BytesIO(), {"in_memory": True}); wb.add_worksheet().write(0, 0, "x"); wb.close()
+    import agent.web.app, agent.web.routes
     print("ok")
     """
 )

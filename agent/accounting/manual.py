@@ -13,6 +13,7 @@ the daemon sealing at the same moment only makes one of the two wait for the loc
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import date, datetime
 from decimal import Decimal
@@ -20,7 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.accounting import statistics
-from agent.accounting.coal import format_decimal
+from agent.accounting.coal import CoalError, coefficients, format_decimal
 from agent.config import DATA_CODE, Config
 from agent.protocol.sealer import Sealer
 from buffer.store import Store
@@ -83,6 +84,45 @@ def seal_manual(store: Store, sealer: Sealer, body: dict[str, Any], period: str)
     if sup and not any(r.id == sup for r in store.outbox.envelopes("manual")):
         raise ManualError(f"--supersedes {sup}: no manual entry with that id (see `export`)")
     return sealer.seal("manual", body, period=period)
+
+
+def added_tce(cfg: Config, code: str, variety: str, unit: str, value: str) -> str | None:
+    """Tonnes of standard coal a manual value adds, as shown before it is saved; None when it
+    does not count (not an energy or working-medium class, or no variety)."""
+    parse_code(code)
+    v = parse_value(value)
+    if not variety or code.split("-")[3][:2] not in statistics.ENERGY_CLASSES:
+        return None
+    try:
+        return format_decimal(coefficients(cfg.coefficients).tce(variety, unit.strip(), v))
+    except CoalError as e:
+        raise ManualError(str(e)) from None
+
+
+def enter_value(cfg: Config, code: str, value: str, unit: str, *, entered_ms: int,
+                month: str | None = None, day: str | None = None, note: str = "",
+                supersedes: str = "", variety: str = "") -> tuple[str, dict[str, Any], str]:
+    """Validate, sign and seal one manual value into the store: (envelope id, body, period).
+    What `energy-agent enter` and the web page's manual entry both run."""
+    from agent.protocol.signing import KeyFileError, load_signer
+    from buffer.store import StoreError
+
+    body, period = manual_body(code, value, unit, tz=cfg.tz, entered_ms=entered_ms, month=month,
+                               day=day, note=note, supersedes=supersedes, variety=variety)
+    try:
+        # An operator's action: root may use the key the service user owns (run may not).
+        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id, any_owner=os.geteuid() == 0)
+        store = Store(cfg.db_path)
+    except (KeyFileError, StoreError) as e:
+        raise ManualError(str(e)) from None
+    try:
+        seq = seal_manual(store, Sealer(cfg, store, signer), body, period)
+        row = next(r for r in store.outbox.envelopes("manual", period, period) if r.seq == seq)
+    except StoreError as e:
+        raise ManualError(str(e)) from None
+    finally:
+        store.close()
+    return row.id, body, period
 
 
 def parse_time(text: str, tz: ZoneInfo) -> int:

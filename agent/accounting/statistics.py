@@ -26,6 +26,8 @@ from agent.config import Config
 STAT_INTERVAL, STAT_DAY, STAT_MONTH = 0, 1, 2
 INPUT_METER, INPUT_MANUAL = 4, 5
 INCOMPLETE = "incomplete"  # a month with days missing
+# The regulator's data-quality line: values uploaded ÷ values expected ≥ 90 % per item.
+COMPLETENESS_MIN = 0.90
 # Data classes (CC of PP-UU-EEEE-CCTTTT-DD) that are energy or energy-consuming working media
 # and so count towards comprehensive energy consumption; 04 products, 08 indicators do not.
 ENERGY_CLASSES = frozenset({"01", "02", "03"})

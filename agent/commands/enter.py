@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
 from agent.commands._common import add_config_argument, load_or_exit
 
@@ -26,30 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.accounting.manual import ManualError, manual_body, seal_manual
-    from agent.protocol.sealer import Sealer
-    from agent.protocol.signing import KeyFileError, load_signer
-    from buffer.store import Store, StoreError
+    from agent.accounting.manual import ManualError, enter_value
 
     cfg = load_or_exit(args.config)
     try:
-        body, period = manual_body(
-            args.code, args.value, args.unit, tz=cfg.tz, entered_ms=int(time.time() * 1000),
+        id_, body, period = enter_value(
+            cfg, args.code, args.value, args.unit, entered_ms=int(time.time() * 1000),
             month=args.period, day=args.day, note=args.note, supersedes=args.supersedes,
             variety=args.variety)
-        # An operator's command: root may use the key the service user owns (run may not).
-        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id, any_owner=os.geteuid() == 0)
-        store = Store(Path(cfg.agent.data_dir) / "agent.db")
-    except (ManualError, KeyFileError, StoreError) as e:
+    except ManualError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        seq = seal_manual(store, Sealer(cfg, store, signer), body, period)
-        row = next(r for r in store.outbox.envelopes("manual", period, period) if r.seq == seq)
-    except (ManualError, StoreError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    print(f"sealed {row.id}: {args.code} = {body['items'][0]['value']} {args.unit} for {period}")
+    print(f"sealed {id_}: {args.code} = {body['items'][0]['value']} {args.unit} for {period}")
     return 0

@@ -15,8 +15,6 @@ from typing import Any
 from agent.commands._common import add_config_argument, load_or_exit
 from buffer.names import MQTT
 
-COMPLETENESS_MIN = 0.90  # the regulator's threshold (DOMAIN.md §4)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
@@ -48,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
     from agent.accounting.reports import completeness
-    from agent.accounting.statistics import day_start_ms, local_day
+    from agent.accounting.statistics import COMPLETENESS_MIN, day_start_ms, local_day
     from agent.runtime.read_plans import load_read_plan
 
     statuses = {s.meter: s for s in store.state.meter_statuses()}

@@ -15,6 +15,7 @@ from agent.config.schema import (
     ScheduleSection,
     SigningSection,
     StorageSection,
+    WebSection,
 )
 from drivers.validation import ConfigError
 
@@ -28,5 +29,6 @@ __all__ = [
     "ScheduleSection",
     "SigningSection",
     "StorageSection",
+    "WebSection",
     "load_config",
 ]

@@ -15,6 +15,7 @@ import msgspec
 
 from agent.config.credit_code import credit_code_problem
 from agent.config.schema import DATA_CODE, MAX_CLIENT_ID_BYTES, MAX_TOPIC_PREFIX_BYTES, Config
+from agent.config.transport import is_loopback
 from drivers.model import MeterConfig, PointConfig, Profile, ProfileInfo
 from drivers.profiles import load_profile, profile_names
 from drivers.validation import ConfigError, decode_toml
@@ -52,6 +53,8 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
             f"got {len(p.client_id.encode())}")
     if p.allow_plaintext is not None and p.tls:
         cfg.warnings.append(f"{path}: platform.allow_plaintext: ignored, tls = true")
+
+    check_web(cfg, err)
 
     buses: dict[str, int] = {}
     for i, b in enumerate(cfg.bus):
@@ -197,3 +200,16 @@ def _check_point(p: PointConfig, key: str, err: Any) -> None:
     if p.modulus is not None and p.kind != "counter":
         err(f"{key}.modulus", "only counters roll over; set kind = \"counter\" or remove modulus")
 
+
+
+def check_web(cfg: Config, err: Any) -> None:
+    """The web page leaves loopback only behind TLS and a login: readings, the signing action
+    (manual entry) and the outbox must not be one unauthenticated LAN request away."""
+    w = cfg.web
+    if (w.tls_cert is None) != (w.tls_key is None):
+        err("web.tls_cert", "tls_cert and tls_key go together")
+    if not is_loopback(w.listen):
+        missing = [k for k in ("tls_cert", "tls_key", "password_file") if getattr(w, k) is None]
+        if missing:
+            err("web.listen", f"{w.listen!r} is not loopback: set web.{', web.'.join(missing)} "
+                "(TLS and a login) or listen on 127.0.0.1")

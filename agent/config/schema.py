@@ -101,6 +101,19 @@ class StorageSection(Base, kw_only=True):
     retention_interval: Annotated[float, Meta(ge=1, le=86400)] = 3600.0  # seconds between passes
 
 
+class WebSection(Base, kw_only=True):
+    """`energy-agent serve`: the energy manager's local web page (docs/web.md)."""
+
+    listen: str = "127.0.0.1"  # anything but loopback needs tls_cert, tls_key and password_file
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8640
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    password_file: str | None = None  # made by `energy-agent web-passwd`; set: a login is required
+    session_hours: Annotated[float, Meta(gt=0, le=720)] = 12.0
+    lockout_failures: Annotated[int, Meta(ge=1, le=100)] = 5  # failed logins before a lockout
+    lockout_minutes: Annotated[float, Meta(gt=0, le=1440)] = 15.0
+
+
 class Config(Base, kw_only=True):
     agent: AgentSection
     platform: PlatformSection
@@ -109,6 +122,7 @@ class Config(Base, kw_only=True):
     storage: StorageSection = msgspec.field(default_factory=StorageSection)
     bus: list[BusConfig] = []
     meter: list[MeterConfig] = []
+    web: WebSection = msgspec.field(default_factory=WebSection)
     # energy variety -> kgce per unit (overrides GB/T 2589): positive, finite
     coefficients: dict[Name, Annotated[float, Meta(gt=0, le=1e6)]] = {}
     # Where this config was loaded from; not a TOML key.
