@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from buffer.schema import StoreError
 from buffer.state import add_counter_in, set_cursor_in
 
 if TYPE_CHECKING:
@@ -49,11 +48,6 @@ class OutboxRow:
     period: str | None
 
 
-class SeqConflict(StoreError):
-    """`enqueue` was given a seq that is not the chain's next one: somebody else sealed since
-    the caller read the chain head. Seal with `enqueue_built` to never see this."""
-
-
 # build(seq, prev) -> (payload, meta): makes and signs the envelope for the given chain head.
 EnvelopeBuilder = Callable[[int, str], tuple[bytes, EnvelopeMeta]]
 
@@ -72,19 +66,6 @@ class Outbox:
         before the caller enqueues. Sealing uses `enqueue_built`."""
         row = self._store.row("SELECT next_seq, head FROM chain WHERE id = 1")
         return int(row[0]), str(row[1])
-
-    def enqueue(self, payload: bytes, meta: EnvelopeMeta,
-                cursor: tuple[str, int] | None = None) -> int:
-        """Append an envelope built for seq `meta.seq`; SeqConflict if that is no longer next."""
-        with self._store.transaction() as c:
-            next_seq = c.execute("SELECT next_seq FROM chain WHERE id = 1").fetchone()[0]
-            if meta.seq != next_seq:
-                raise SeqConflict(
-                    f"store {self._store.path}: envelope {meta.id} has seq {meta.seq}, expected {next_seq}"
-                    " — two sealers, or a chain_head() read before another enqueue"
-                )
-            self._append(c, payload, meta, cursor)
-        return meta.seq
 
     def enqueue_built(self, build: EnvelopeBuilder,
                       cursor: tuple[str, int] | None = None) -> int:

@@ -11,7 +11,8 @@ Two cursors say what the rest of the agent is done with:
   reading is held back for accounting.
 A reading is *summarised* when it is both sealed and older than `summarised_ts`.
 
-Order (DESIGN.md), each step only when the previous one was not enough:
+Order (unsent data goes last: nothing is deleted before it is acknowledged unless the disk
+budget leaves no other choice), each step only when the previous one was not enough:
 1. summarised raw readings older than the raw window;
 2. envelopes done (delivered or rejected) for every destination and older than the history window;
 3. over the disk budget, oldest first:

@@ -25,31 +25,22 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from drivers.model import REGISTERS
+
 if TYPE_CHECKING:
     from drivers.model import PointConfig
 
-# type -> (struct format character, number of registers)
-FORMATS: dict[str, tuple[str, int]] = {
-    "u16": ("H", 1),
-    "s16": ("h", 1),
-    "u32": ("I", 2),
-    "s32": ("i", 2),
-    "u64": ("Q", 4),
-    "s64": ("q", 4),
-    "f32": ("f", 2),
-    "f64": ("d", 4),
+# type -> struct format character; how many registers each takes is drivers.model.REGISTERS
+FORMATS: dict[str, str] = {
+    "u16": "H", "s16": "h", "u32": "I", "s32": "i", "u64": "Q", "s64": "q", "f32": "f", "f64": "d",
 }
 ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
 
 
-def register_count(type: str) -> int:
-    """How many 16-bit registers a value of `type` occupies."""
-    return _format(type)[1]
-
-
 def _format(type: str) -> tuple[str, int]:
+    """(struct format character, registers) of `type`."""
     try:
-        return FORMATS[type]
+        return FORMATS[type], REGISTERS[type]
     except KeyError:
         known = ", ".join(FORMATS)
         raise ValueError(f"unknown data type {type!r}, expected one of {known}") from None

@@ -19,4 +19,12 @@ def open_driver(bus: BusConfig) -> Driver:
         from drivers.modbus_rtu import ModbusRtuDriver
 
         return ModbusRtuDriver(bus)
+    if bus.kind == "dlt645":
+        from drivers.dlt645 import Dlt645Driver
+
+        return Dlt645Driver(bus)
+    if bus.kind == "cjt188":
+        from drivers.cjt188 import Cjt188Driver
+
+        return Cjt188Driver(bus)
     raise ValueError(f"bus {bus.name}: no driver for kind {bus.kind!r}")

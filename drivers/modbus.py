@@ -23,7 +23,7 @@ from pymodbus.exceptions import ModbusException
 
 from drivers.base import BusFault, Reading
 from drivers.line_guard import LineGuard, discard_input
-from drivers.modbus_requests import EXCEPTION_NAMES, RequestExecutor, meter_label
+from drivers.modbus_requests import EXCEPTION_NAMES, RequestExecutor
 from drivers.planner import ReadRequest, describe_plan, plan_meter
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drivers.modbus")
 
-__all__ = ["EXCEPTION_NAMES", "ModbusDriver", "Refinement", "meter_label"]
+__all__ = ["EXCEPTION_NAMES", "ModbusDriver", "Refinement"]
 
 
 class Refinement:

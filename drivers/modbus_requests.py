@@ -42,10 +42,6 @@ EXCEPTION_NAMES = {
 }
 
 
-def meter_label(meter: MeterConfig) -> str:
-    return f'meter "{meter.name}" (bus {meter.bus}, unit {meter.unit})'
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -161,7 +157,7 @@ class RequestExecutor:
                 whys.append(failure.what)
                 if not answered and not failure.answered:
                     # A silent meter costs one request's timeout per cycle, not one per request.
-                    raise MeterError(f"{meter_label(meter)}: {failure.what}", failure.quality) from None
+                    raise MeterError(f"{meter.label}: {failure.what}", failure.quality) from None
                 answered = answered or failure.answered
                 if failure.link_down:
                     link_down = failure.quality
@@ -181,11 +177,11 @@ class RequestExecutor:
         codes = [f.code for f in failures if f.code is not None]
         if not kept and refused:
             # Refused throughout: a configuration problem (register map, function, unit id).
-            raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION,
+            raise MeterError(f"{meter.label}: {summary(whys)}", Quality.EXCEPTION,
                              code=codes[0] if codes else None)
         if kept and len(failures) == sent and all(f.busy for f in failures):
             raise MeterError(
-                f"{meter_label(meter)}: busy (exception 6) on every request — retried next cycle",
+                f"{meter.label}: busy (exception 6) on every request — retried next cycle",
                 Quality.EXCEPTION,
                 busy=True,
                 code=BUSY,
@@ -193,7 +189,7 @@ class RequestExecutor:
         if sent and len(failures) == sent and all(f.quality == Quality.EXCEPTION for f in failures):
             # Refused throughout: a configuration problem (register map, function, unit id);
             # the reason must reach the meter's health record.
-            raise MeterError(f"{meter_label(meter)}: {summary(whys)}", Quality.EXCEPTION,
+            raise MeterError(f"{meter.label}: {summary(whys)}", Quality.EXCEPTION,
                              code=codes[0] if codes else None)
         ts = now_ms()
         return [

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.base import MeterPoll, Quality, Reading
 from drivers.codec import FORMATS, apply_scale, decode, is_usable
+from drivers.model import REGISTERS
 
 if TYPE_CHECKING:
     from drivers.model import MeterConfig, PointConfig
@@ -30,7 +31,7 @@ def _byte_order(type: str, order: str) -> str | None:
     """struct's byte-order prefix for the orders that are plain big or little endian over the
     whole value (ABCD, DCBA; and every order of a 16-bit type); None for word-swapped orders,
     which go through codec.decode. Either gives exactly codec.decode's result."""
-    count = FORMATS[type][1]
+    count = REGISTERS[type]
     if order == "ABCD" or (count == 1 and order == "CDAB"):
         return ">"
     if order == "DCBA" or (count == 1 and order == "BADC"):
@@ -42,7 +43,7 @@ def _byte_order(type: str, order: str) -> str | None:
 def _unpacker(type: str, order: str) -> Any:
     """struct's unpack_from for one point (see _byte_order), or None."""
     prefix = _byte_order(type, order)
-    return None if prefix is None else struct.Struct(prefix + FORMATS[type][0]).unpack_from
+    return None if prefix is None else struct.Struct(prefix + FORMATS[type]).unpack_from
 
 
 def _whole_reply(points: Sequence[PointConfig], start: int) -> Any:
@@ -56,7 +57,7 @@ def _whole_reply(points: Sequence[PointConfig], start: int) -> Any:
         offset = 2 * (p.register - start)
         if offset < pos:
             return None
-        code, count = FORMATS[p.type]
+        code, count = FORMATS[p.type], REGISTERS[p.type]
         fmt.append("x" * (offset - pos) + code)
         pos = offset + 2 * count
     return struct.Struct(orders.pop() + "".join(fmt)).unpack_from

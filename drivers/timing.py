@@ -60,10 +60,30 @@ def request_seconds(
     return serial
 
 
+# DL/T 645 / CJ/T 188: one DI per request. Request = preamble + header + DI (+ SER) + CS + 16;
+# reply = (a preamble) + header + DI (+ SER) + values + CS + 16. The standard allows a meter
+# 20–500 ms before it answers (DL/T 645-2007 §5.3); 50 ms is a typical meter.
+DI_TURNAROUND_S = 0.05
+DI_FRAME_BYTES = {"dlt645": (12, 4), "cjt188": (13, 3)}  # (frame overhead, DI [+ SER])
+
+
+def di_request_seconds(bus: BusConfig, data_bytes: int, preamble: int = 4,
+                       turnaround_s: float = DI_TURNAROUND_S) -> float:
+    """One DI read and its reply carrying `data_bytes` of values."""
+    overhead, di = DI_FRAME_BYTES[bus.kind]
+    chars = 2 * (preamble + overhead + di) + data_bytes
+    return chars * character_seconds(bus) + turnaround_s
+
+
 def cycle_seconds(
     bus: BusConfig, meter: MeterConfig, turnaround_s: float = DEFAULT_TURNAROUND_S
 ) -> float:
     """Worst case bus time to read one answering meter: its planned requests plus its pauses."""
+    if bus.kind in DI_FRAME_BYTES:
+        from drivers.di_layout import plan_dis
+
+        preamble = meter.frame.preamble if meter.frame else 4
+        return sum(di_request_seconds(bus, r.data_bytes, preamble) for r in plan_dis(meter.points))
     plan = plan_meter(meter)
     pauses = max(len(plan) - 1, 0) * (meter.pause_ms or 0) / 1000
     return sum(request_seconds(bus, r.count, turnaround_s) for r in plan) + pauses
@@ -71,12 +91,10 @@ def cycle_seconds(
 
 def dead_meter_seconds(bus: BusConfig) -> float:
     """Bus time a silent meter costs per cycle: the driver gives up on a meter after its first
-    unanswered request, which pymodbus retries `retries` times, each waiting `timeout`."""
+    unanswered request, which is tried `retries` more times, each waiting `timeout` — on DL/T
+    645 / CJ/T 188 lines plus the wire time of the request and a reply (drivers/serial_line.py
+    waits for the frames' own time on top of `timeout`)."""
+    if bus.kind in DI_FRAME_BYTES:
+        return (bus.timeout + di_request_seconds(bus, 4, turnaround_s=0.0)) * (bus.retries + 1)
     return bus.timeout * (bus.retries + 1)
 
-
-def transactions_per_second(
-    bus: BusConfig, count: int, turnaround_s: float = DEFAULT_TURNAROUND_S
-) -> float:
-    """The line-rate limit: back-to-back requests of `count` registers per second."""
-    return 1.0 / request_seconds(bus, count, turnaround_s)

@@ -132,7 +132,7 @@ def explain(text: str, root: type) -> str:
             return f"{path}: expected one of {','.join(map(str, choices))}, got {got}"
         return f"{path}: unexpected value {got}"
     if u := re.match(r"Expected `([^`]+)`, got `([^`]+)`", msg):
-        want = u.group(1)
+        want = u.group(1).removesuffix(" | null")  # optional keys: leaving one out is fine
         choices = _choices(root, path)
         if choices:
             want = "one of " + ",".join(map(str, choices))

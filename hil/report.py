@@ -46,6 +46,8 @@ class Report:
     unexpected: int = 0
     wrong: int = 0
     gaps: int = 0  # received samples with quality != 0 (dead meter, timeouts)
+    offline_seen: list[str] = field(default_factory=list)  # meters with OFFLINE samples
+    gap_meters: dict[str, int] = field(default_factory=dict)  # meter -> its gap samples
     rejected: int = 0
     chain: dict[str, Any] = field(default_factory=dict)
     backlog_peak_samples: int = 0
@@ -175,6 +177,7 @@ def build_report(
             continue
         if quality != 0:
             rep.gaps += 1
+            rep.gap_meters[meter] = rep.gap_meters.get(meter, 0) + 1
         elif meter not in meters or not meters[meter].matches(point, ts, value, window_ms):
             rep.wrong += 1
             if len(rep.examples) < 5 and meter in meters:
@@ -350,6 +353,11 @@ def judge(rep: Report, expect: dict[str, Any]) -> None:
             rep.failures.append(f"coverage of {m} {cov:.0%} < {floor:.0%}")
     if dead and rep.gaps == 0:
         rep.failures.append("dead meter produced no gap samples")
+    if expect.get("gaps_only_from_dead") and set(rep.gap_meters) - dead:
+        rep.failures.append(f"gap samples from healthy meters: {sorted(set(rep.gap_meters) - dead)}")
+    for m in expect.get("offline_meters", []):
+        if m not in rep.offline_seen:
+            rep.failures.append(f"{m} was never taken offline (no OFFLINE samples)")
     # Dropping unsent envelopes is a policy, allowed only where the scenario says so and only
     # when every drop was counted, recorded as an event and told to the platform.
     most = int(expect.get("max_dropped_envelopes", 0))

@@ -27,8 +27,9 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from drivers.bcd import parse_format
 from drivers.codec import encode
-from drivers.model import PointConfig
+from drivers.model import FrameOptions, PointConfig
 from drivers.profiles import load_profile
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,23 @@ _UNIT_MID = {
     "1": 0.9, "": 0.9,  # power factor and other ratios
 }
 _SEQUENCE = (0, 3, -2, 5, -4, 1, 6, -1, 2, -5, 4, -3, -6, 7, 0, -7)
+
+
+def int_range(p: PointConfig) -> tuple[float, float]:
+    """The raw values a point can hold: its register type's range, or for a BCD (DI) point
+    the integers its digits spell (XXXXXX.XX: 0 … 99999999, rolling over after that)."""
+    if p.format is not None:
+        length, _ = parse_format(p.format)
+        top = 10 ** (2 * length) - 1
+        return (-(10 ** (2 * length - 1) - 1), 10 ** (2 * length - 1) - 1) if p.signed else (0, top)
+    return _INT_RANGE.get(p.type, (-1e12, 1e12))
+
+
+def raw_scale(p: PointConfig) -> float:
+    """Engineering units per raw unit: the scale, and for BCD points the digits' decimals."""
+    if p.format is not None:
+        return p.scale / 10 ** parse_format(p.format)[1]
+    return p.scale
 
 
 def _stable_hash(*parts: str) -> int:
@@ -66,25 +84,25 @@ class PointModel:
         return self.point.type.startswith("f")
 
 
-def model_point(meter: str, p: PointConfig) -> PointModel:
+def model_point(meter: str, p: PointConfig, counter_start: float | None = None) -> PointModel:
     """A deterministic model that fits the point's type for at least a day of growth."""
     h = _stable_hash(meter, p.name)
-    lo, hi = _INT_RANGE.get(p.type, (-1e12, 1e12))
-    scale = abs(p.scale)
+    lo, hi = int_range(p)
+    scale = abs(raw_scale(p))
     if p.kind == "counter":
-        mid = 10_000.0 + h % 5_000
-        raw = (mid - p.offset) / p.scale
+        mid = 10_000.0 + h % 5_000 if counter_start is None else counter_start
+        raw = (mid - p.offset) / raw_scale(p)
         rate = 0.5 / scale  # ~0.5 engineering units per second
         # Fit a day of growth into the type (a u16 counter at 0.01 kWh would wrap in minutes).
         room = (hi - max(lo, 0)) * 0.3
-        if abs(raw) > room:
+        if abs(raw) > room and counter_start is None:
             raw = room * 0.5
         rate = max(min(rate, room / 86_400.0), 0.0 if p.type.startswith("f") else 1.0)
         if not p.type.startswith("f"):
             raw, rate = float(int(raw)), float(max(1, int(rate)))
     else:
         mid = _UNIT_MID.get(p.unit, 100.0) * (1 + (h % 3) / 100)
-        raw = (mid - p.offset) / p.scale
+        raw = (mid - p.offset) / raw_scale(p)
         if not lo * 0.6 <= raw <= hi * 0.6:
             raw = (lo + hi) / 2 + (hi - lo) * 0.1
         rate = abs(raw) * 0.004  # the sequence spans about ±3 %
@@ -107,11 +125,18 @@ class SimMeter:
     exception_code: int = 4
     resets: list[int] = field(default_factory=list)  # counter reset instants (ms)
     requests: int = 0  # requests answered (any reply, exceptions included)
+    # DL/T 645 / CJ/T 188 meters (hil/sim_di.py): the nameplate address and framing.
+    address: str | None = None
+    frame: FrameOptions | None = None
+    # Where counters start (engineering units): near 999999.99 to watch a BCD counter roll over.
+    counter_start: float | None = None
 
     def __post_init__(self) -> None:
-        self.models = {p.name: model_point(self.name, p) for p in self.points}
+        self.models = {p.name: model_point(self.name, p, self.counter_start) for p in self.points}
         self._by_register: dict[tuple[str, int], tuple[PointModel, int]] = {}
         for m in self.models.values():
+            if m.point.register is None:
+                continue  # read by data identifier (hil/sim_di.py)
             for i in range(m.point.count):
                 self._by_register[m.point.function, m.point.register + i] = (m, i)
 
@@ -145,14 +170,14 @@ class SimMeter:
             if p.type == "f32":
                 raw = struct.unpack(">f", struct.pack(">f", raw))[0]
             return raw
-        lo, hi = _INT_RANGE[p.type]
+        lo, hi = int_range(p)
         span = hi - lo + 1
         return int(((int(raw) - lo) % span) + lo)  # counters wrap like the real register
 
     def true_value(self, point: str, ts_ms: int) -> float:
         """The engineering value (raw × scale + offset) the meter shows at instant ts_ms."""
         p = self.models[point].point
-        return self.raw_value(point, ts_ms) * p.scale + p.offset
+        return self.raw_value(point, ts_ms) * raw_scale(p) + p.offset
 
     def candidates(self, point: str, ts_ms: int, window_ms: int) -> list[float]:
         """Every value the point showed during [ts_ms − window_ms, ts_ms]."""
@@ -196,8 +221,9 @@ class SimMeter:
             lo_raw, hi_raw = self.raw_value(point, a), self.raw_value(point, b - 1)
             if not self.models[point].is_float and hi_raw < lo_raw and p.scale > 0:
                 # Wrapped inside the window: two ranges, up to the top and from the bottom.
-                lo, hi = _INT_RANGE[p.type]
-                out += [(va, hi * p.scale + p.offset), (lo * p.scale + p.offset, vb)]
+                lo, hi = int_range(p)
+                k = raw_scale(p)
+                out += [(va, hi * k + p.offset), (lo * k + p.offset, vb)]
                 continue
             out.append((min(va, vb), max(va, vb)))
         return out

@@ -12,13 +12,10 @@ since a pty delivers bytes instantly whatever the baud.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import termios
 import time
-import tty
 
+from hil.pty_port import PtyPort
 from hil.sim_meter import SimMeter, handle_pdu
 
 log = logging.getLogger(__name__)
@@ -41,8 +38,10 @@ def frame(unit: int, pdu: bytes) -> bytes:
     return body + crc16(body)
 
 
-class RtuLine:
+class RtuLine(PtyPort):
     """The slave side of one serial line: open `device` (a pty), answer for `meters`."""
+
+    label = "rtu line"
 
     def __init__(
         self,
@@ -53,49 +52,26 @@ class RtuLine:
         line_rate: bool = False,
         turnaround: float = 0.005,
     ) -> None:
-        self.device = device
+        super().__init__(device)
         self.meters = {m.unit: m for m in meters}
         self.baud, self.char_bits = baud, char_bits
         self.line_rate, self.turnaround = line_rate, turnaround
         self.frames_seen = 0
         self.garbage_bytes = 0
-        self._fd = -1
         self._buf = bytearray()
         self._last_rx = 0.0
         self._queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
         self._flush: asyncio.TimerHandle | None = None
 
-    async def start(self) -> RtuLine:
-        self._fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self._fd, termios.TCSANOW)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._fd, self._on_readable)
-        self._task = asyncio.create_task(self._answer_loop())
-        return self
-
     async def stop(self) -> None:
-        if self._fd >= 0:
-            asyncio.get_running_loop().remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().stop()
         if self._flush is not None:
             self._flush.cancel()
 
     # -- receiving -------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self._fd, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""  # the other side closed (EIO on a pty): wait for it to come back
+        data = self._read()
         if not data:
             return
         self._buf += data
@@ -163,13 +139,3 @@ class RtuLine:
         char = self.char_bits / self.baud
         gap = 0.00175 if self.baud > 19200 else 3.5 * char
         return (request_bytes + reply_bytes) * char + 2 * gap + self.turnaround
-
-    def _write(self, data: bytes) -> None:
-        if self._fd < 0:
-            return
-        try:
-            os.write(self._fd, data)
-        except BlockingIOError:
-            log.warning("rtu line %s: output full, reply dropped", self.device)
-        except OSError as e:
-            log.warning("rtu line %s: write failed: %s", self.device, e)

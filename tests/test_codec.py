@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.client import ModbusTcpClient
 
-from drivers.codec import FORMATS, ORDERS, apply_scale, decode, encode, register_count
-from drivers.model import PointConfig
+from drivers.codec import FORMATS, ORDERS, apply_scale, decode, encode
+from drivers.model import REGISTERS, PointConfig
 
 DT = ModbusTcpClient.DATATYPE
 PYMODBUS_TYPE = {
@@ -89,7 +89,7 @@ def test_agrees_with_pymodbus(type_: str, order: str, data: st.DataObject) -> No
 def test_round_trip(type_: str, order: str, data: st.DataObject) -> None:
     value = data.draw(values_for(type_))
     regs = encode(value, type_, order)
-    assert len(regs) == register_count(type_)
+    assert len(regs) == REGISTERS[type_]
     assert all(0 <= r <= 0xFFFF for r in regs)
     assert decode(regs, type_, order) == value
 

@@ -3,9 +3,9 @@ exit 0 or 78, and every config check-config accepts builds the daemon without er
 
 A mutation replaces, deletes or adds a value anywhere in the example: huge, tiny, negative,
 nan and inf numbers, long strings, NUL and newlines, `$SYS` and wildcards, path traversal,
-wrong types, deeply nested arrays. "Builds the daemon" is App.build (the store, the key, the
-MQTT client with its TLS files, the drivers, the scheduler's jobs), one sealing pass, one
-status envelope and one retention pass — everything short of a connection.
+wrong types, deeply nested arrays. "Builds the daemon" is agent.runtime.app.build (the key,
+the store, the MQTT client with its TLS files, the drivers, the scheduler's jobs), one sealing
+pass, one status envelope and one retention pass — everything short of a connection.
 CONFIG_FUZZ_EXAMPLES raises the count.
 """
 
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from agent.cli import main
 from agent.config import load_config
-from agent.runtime.app import App
+from agent.runtime.app import build
 from buffer.names import MQTT
 from tests.example_config import example_text, key_material
 
@@ -165,17 +165,16 @@ def build_daemon(path: Path) -> None:
     cfg = load_config(path)
 
     async def go() -> int:
-        app = App(cfg)
+        app = await build(cfg)
         try:
-            await app.build()
             await app._seal()
             await app._heartbeat()  # a status envelope: topic, ids, counters from the config
-            pending, _ = await app.in_db(app.store.outbox.backlog, MQTT)
+            pending, _ = await app.store_thread.call(app.store.outbox.backlog, MQTT)
             assert pending >= 1
             await app._retention()
-            await app.in_db(app.store.close)
         finally:
-            app.db.shutdown(wait=True)
+            await app.store_thread.call(app.store.close)
+            app.store_thread.shutdown()
         return app.exit_code
 
     assert asyncio.run(go()) == 0

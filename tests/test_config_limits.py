@@ -130,6 +130,9 @@ CASES: list[tuple[str, Callable[[str], str], str]] = [
                                 'data_dir = "{dir}/data"\ntimezone = "' + "z" * 5000 + '"'), "agent.timezone"),
     ("coefficient inf", sub("[schedule]", "[coefficients]\nelectricity = inf\n\n[schedule]"),
      "coefficients[...]"),
+    # Found by the fuzz test: a traceback (KeyError) in check-config.
+    ("address on an unknown bus", sub('bus = "lan"\nunit = 1', 'bus = "nope"\nunit = 1\naddress = "123"'),
+     "meter[0].bus"),
     ("signing key missing", sub('key_file = "{dir}/signing.key"', 'key_file = "{dir}/nope.key"'),
      "signing.key_file"),
 ]

@@ -30,7 +30,6 @@ from agent.protocol.envelope import (  # noqa: E402
     build_envelope,
     envelope_id,
     format_value,
-    sha256_hex,
     topic_for,
     will_topic,
 )
@@ -40,7 +39,7 @@ from agent.protocol.signing import (  # noqa: E402
     public_key_base64,
     public_key_pem,
 )
-from tests.verifier import ChainVerifier, VerificationError  # noqa: E402
+from tests.verifier import ChainVerifier, VerificationError, sha256_hex  # noqa: E402
 
 E, G = "91370600780790663W", "gw-01"
 CST = timezone(timedelta(hours=8))
@@ -336,7 +335,6 @@ def test_ids_topics_and_hash() -> None:
     assert will_topic("a/b", E, G) == "a/b/91370600780790663W/gw-01/will"
     with pytest.raises(ValueError, match="cannot be an MQTT topic level"):
         topic_for("energy", E, "gw/+", "readings")
-    assert sha256_hex(b"abc") == hashlib.sha256(b"abc").hexdigest()
 
 
 def test_key_id_is_sha256_prefix_of_raw_public_key() -> None:

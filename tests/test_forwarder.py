@@ -8,10 +8,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -20,27 +19,26 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.cli import main
 from agent.config import PlatformSection
 from agent.protocol.signing import generate_key
+from agent.runtime.store_thread import StoreThread
 from agent.uplink.forwarder import Forwarder
 from agent.uplink.mqtt import MqttUplink
 from buffer.store import EnvelopeMeta, Store
 from hil.broker import Mosquitto, Subscriber
+from tests.store_helpers import enqueue
 from tests.test_reports import CONFIG
 
 E, G = "91370600780790663W", "gw-01"
 UP = f"energy/{E}/{G}/up"
-_R = TypeVar("_R")
 
 
 class Rig:
     """Store on its own SQLite thread, uplink, forwarder task: what agent/runtime/app.py wires."""
 
-    def __init__(self, db: ThreadPoolExecutor, store: Store, uplink: MqttUplink,
+    def __init__(self, db: StoreThread, store: Store, uplink: MqttUplink,
                  forwarder: Forwarder, task: asyncio.Task[None], stop: asyncio.Event) -> None:
         self.db, self.store, self.uplink = db, store, uplink
         self.forwarder, self.task, self.stop = forwarder, task, stop
-
-    async def call(self, fn: Callable[..., _R], *args: Any) -> _R:
-        return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
+        self.call = db.call
 
     async def enqueue(self, n: int, kind: str = "readings", tag: str = "", pad: int = 200) -> list[str]:
         def work() -> list[str]:
@@ -50,7 +48,7 @@ class Rig:
                 eid = f"{E}-{G}-{seq}{tag}"
                 payload = json.dumps({"v": 1, "id": eid, "seq": seq, "pad": "x" * pad}).encode()
                 meta = EnvelopeMeta(seq, eid, kind, f"{UP}/{kind}", int(time.time() * 1000))
-                self.store.outbox.enqueue(payload, meta)
+                enqueue(self.store, payload, meta)
                 ids.append(eid)
             return ids
 
@@ -67,9 +65,8 @@ class Rig:
 
 @asynccontextmanager
 async def rig(tmp: Path, cfg: PlatformSection, window: int = 20) -> AsyncIterator[Rig]:
-    db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-    loop = asyncio.get_running_loop()
-    store = await loop.run_in_executor(db, Store, tmp / "agent.db", ("mqtt",))
+    db = StoreThread()
+    store = await db.call(Store, tmp / "agent.db", ("mqtt",))
     uplink = MqttUplink(cfg, E, G)
     await uplink.start()
     fwd = Forwarder(store, db, uplink, "mqtt", window, backoff_min=0.1, backoff_max=1.0)
@@ -82,8 +79,8 @@ async def rig(tmp: Path, cfg: PlatformSection, window: int = 20) -> AsyncIterato
         fwd.wake()
         await uplink.stop(grace=1.0)
         await asyncio.wait_for(task, 5)
-        await loop.run_in_executor(db, store.close)
-        db.shutdown(wait=True)
+        await db.call(store.close)
+        db.shutdown()
 
 
 def platform(port: int, **kw: Any) -> PlatformSection:
@@ -155,8 +152,8 @@ def test_wake_sends_at_once_and_stats(tmp_path: Path) -> None:
             await r.wait_backlog_zero(2)
             assert time.monotonic() - t0 < 1.0
             s = r.forwarder.stats()
-            assert s["delivered_total"] == 1 and s["last_delivered_seq"] == 1
-            assert s["last_delivered_ms"] is not None and s["connected"] is True
+            assert s.delivered_total == 1 and s.last_delivered_seq == 1
+            assert s.last_delivered_ms is not None and s.connected is True
 
     with Mosquitto() as broker:
         asyncio.run(main())

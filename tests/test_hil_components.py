@@ -156,7 +156,8 @@ def _chain(signer: object, n: int, tag: str = "") -> list[bytes]:
     """n readings envelopes built by the agent's own envelope code (the sim must accept them)."""
     from datetime import UTC, datetime
 
-    from agent.protocol.envelope import build_envelope, sha256_hex
+    from agent.protocol.envelope import build_envelope
+    from tests.verifier import sha256_hex
 
     out, prev = [], "0" * 64
     for seq in range(1, n + 1):
@@ -347,10 +348,11 @@ def test_fault_proxy_pass_delay_blackhole_cut_flap() -> None:
 def test_report_counts_lost_wrong_and_duplicated_samples(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
-    from agent.protocol.envelope import build_envelope, sha256_hex
+    from agent.protocol.envelope import build_envelope
     from hil.observer import Observer
     from hil.platform_sim import PlatformSim
     from hil.report import build_report, judge
+    from tests.verifier import sha256_hex
 
     signer = _signer()
     meter = SimMeter(name="m", unit=1, points=INLINE, t0_ms=_now() - 60_000)

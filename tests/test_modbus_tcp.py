@@ -22,7 +22,7 @@ from drivers.base import BusFault, MeterError, Quality
 from drivers.codec import FORMATS, ORDERS, encode
 from drivers.factory import open_driver
 from drivers.modbus_tcp import ModbusTcpDriver
-from drivers.model import BusConfig, MeterConfig, PointConfig
+from drivers.model import REGISTERS, BusConfig, MeterConfig, PointConfig
 
 VALUES: dict[str, int | float] = {
     "u16": 54321,
@@ -132,7 +132,7 @@ def all_types_device() -> tuple[SimDevice, list[PointConfig]]:
     for t in FORMATS:
         typed.append(SimData(at, values=VALUES[t], datatype=PYMODBUS_TYPES[t]))
         typed_points.append(PointConfig(name=f"typed-{t}", register=at, type=t))  # type: ignore[arg-type]
-        at += FORMATS[t][1]
+        at += REGISTERS[t]
     device = SimDevice(1, simdata=(
         bits(), bits(),
         [SimData(0, values=hold_regs, datatype=DataType.REGISTERS), *typed],

@@ -300,3 +300,39 @@ def test_restore_keeps_counts_last_error_and_the_offline_state() -> None:
         assert sink.statuses[-1].online is True
 
     run(body)
+
+
+class Held(Refusal):
+    """Answers normally, but only once `release` is set: a cycle that outlasts its tick."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def act(self, *_: Any) -> ExcCodes | None:
+        await self.release.wait()
+        return None
+
+
+def test_a_tick_while_the_cycle_runs_is_skipped_counted_and_in_the_snapshot() -> None:
+    held = Held()
+
+    async def body(poller: BusPoller, driver: CountingDriver, server: Server, clock: Clock,
+                   sink: Sink) -> None:
+        first = poller.start_cycle()
+        assert first is not None and first.get_name() == "b"
+        await asyncio.sleep(0.05)  # its request is on the wire, the reply held back
+        assert poller.start_cycle() is None and poller.start_cycle() is None
+        assert driver.reads == 1  # a skipped tick never starts a second cycle on the line
+        held.release.set()
+        await first
+        poller.missed_tick()  # the scheduler could not even start a tick
+        snap = poller.snapshot()
+        assert (snap.bus, snap.cycles, snap.overruns) == ("b", 1, 3)
+        assert [(m.meter, m.online, m.errors_total) for m in snap.meters] == [("m", True, 0)]
+        second = poller.start_cycle()
+        assert second is not None and second is not first
+        await second
+        assert poller.snapshot().cycles == 2 and driver.reads == 2
+
+    run(body, refusal=held)

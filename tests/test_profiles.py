@@ -43,7 +43,17 @@ CANONICAL_UNITS: dict[str, tuple[str, ...]] = {
     "temperature_supply": ("°C",),
     "temperature_return": ("°C",),
     "pressure": ("MPa",),
+    # DL/T 645 / CJ/T 188 meters: tariff splits, the meter's own daily freeze, settlement days.
+    **{f"{d}_active_energy_t{t}": ("kWh",) for d in ("import", "export") for t in range(1, 5)},
+    "import_active_energy_freeze": ("kWh",),
+    "freeze_time": ("",),
+    "heat_energy_settlement": ("GJ", "kWh"),
+    "volume_settlement": ("m3",),
+    "heat_power": ("kW",),
+    "operating_hours": ("h",),
 }
+# Tariff splits divide a total: counters, but without a variety, so no sum counts them twice.
+TARIFFS = {f"{d}_active_energy_t{t}" for d in ("import", "export") for t in range(1, 5)}
 COUNTERS = {
     "import_active_energy",
     "export_active_energy",
@@ -53,6 +63,7 @@ COUNTERS = {
     "standard_volume",
     "mass",
     "heat_energy",
+    *TARIFFS,
 }
 KINDS = {"electricity", "gas", "steam", "heat", "water"}
 
@@ -97,8 +108,10 @@ def test_units_match_vocabulary(name):
 @pytest.mark.parametrize("name", PROFILES)
 def test_counters_have_variety_and_kind(name):
     for p in load_profile(name).point:
-        if p.kind == "counter":
+        if p.kind == "counter" and p.name not in TARIFFS:
             assert p.variety, f"{name}.{p.name}: a counter needs an energy variety"
+        if p.name in TARIFFS:
+            assert p.variety is None, f"{name}.{p.name}: a tariff split must not carry a variety"
         assert (p.kind == "counter") == (p.name in COUNTERS), (
             f"{name}.{p.name}: kind {p.kind!r} disagrees with the vocabulary"
         )
@@ -109,6 +122,9 @@ def test_registers_do_not_overlap(name):
     prof = load_profile(name)
     spans: dict[str, list[tuple[int, int, str]]] = {}
     for p in prof.point:
+        if p.register is None:
+            assert prof.profile.protocol != "modbus" and p.di, f"{name}.{p.name}: no register"
+            continue
         end = p.register + REGISTERS[p.type]
         assert end <= 65536, f"{name}.{p.name} runs past register 65535"
         spans.setdefault(p.function, []).append((p.register, end, p.name))
@@ -123,3 +139,19 @@ def test_single_point_fits_one_read(name):
     prof = load_profile(name)
     for p in prof.point:
         assert REGISTERS[p.type] <= prof.profile.max_registers, f"{name}.{p.name}"
+
+
+@pytest.mark.parametrize("name", [n for n in PROFILES if load_profile(n).profile.protocol != "modbus"])
+def test_di_profiles_resolve_and_name_their_clause(name):
+    from drivers.di_layout import resolve_point
+
+    prof = load_profile(name)
+    text = (PROFILE_DIR / f"{name}.toml").read_text(encoding="utf-8")
+    for p in prof.point:
+        assert not isinstance(resolve_point(p, prof.profile.protocol, prof.profile.frame), str), p.name
+        # Every DI names its source (standard clause or datasheet) in its line's comment.
+        line = next(x for x in text.splitlines() if x.startswith(f'name = "{p.name}"'))
+        assert "—" in line and ("表" in line or "CJ/T 188" in line), line
+    freezes = [p for p in prof.point if p.freeze_of]
+    if prof.profile.protocol == "dlt645":
+        assert [p.freeze_of for p in freezes] == ["import_active_energy"]

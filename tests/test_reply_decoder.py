@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from drivers.base import MeterPoll, Quality
 from drivers.codec import FORMATS, ORDERS
-from drivers.model import PointConfig
+from drivers.model import REGISTERS, PointConfig
 from drivers.planner import plan_meter
 from drivers.reply_decoder import ReplyDecoder, _whole_reply, decode_point
 from tests.rtu_sim import inline_meter
@@ -28,7 +28,7 @@ def meters(draw: st.DrawFn, same_order: bool):
                                   order=order if same_order else draw(st.sampled_from(ORDERS)),  # type: ignore[arg-type]
                                   scale=draw(st.sampled_from([1.0, 0.01, 10.0])),
                                   offset=draw(st.sampled_from([0.0, -5.0]))))
-        register += FORMATS[type_][1] + draw(st.integers(0, 3))
+        register += REGISTERS[type_] + draw(st.integers(0, 3))
     if draw(st.booleans()):
         points.reverse()  # listed out of address order: planned in address order
     return inline_meter("m", 1, points)

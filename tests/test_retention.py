@@ -12,6 +12,7 @@ from buffer import readings
 from buffer.retention import prune
 from buffer.store import EnvelopeMeta, Store
 from drivers.base import Reading
+from tests.store_helpers import enqueue
 
 DAY = 86_400_000
 NOW = 1_763_700_000_000 + 400 * DAY
@@ -28,7 +29,7 @@ def add_envelopes(store: Store, n: int, created_ms: int, size: int = 4000) -> li
     for _ in range(n):
         seq, _ = store.outbox.chain_head()
         payload = (f"{seq}:".encode() + b"x" * size)[:size]
-        store.outbox.enqueue(payload, EnvelopeMeta(seq, f"E-G-{seq}", "daily", "t", created_ms))
+        enqueue(store, payload, EnvelopeMeta(seq, f"E-G-{seq}", "daily", "t", created_ms))
         seqs.append(seq)
     return seqs
 
@@ -263,7 +264,7 @@ def test_budget_takes_needed_readings_only_before_unsent_envelopes(
 def test_unsent_envelopes_go_by_worth_superseded_heartbeats_then_raw_samples(store: Store) -> None:
     def put(type_: str) -> int:
         seq, _ = store.outbox.chain_head()
-        store.outbox.enqueue(b"x" * 2000, EnvelopeMeta(seq, f"E-G-{seq}", type_, "t", NOW - DAY))
+        enqueue(store, b"x" * 2000, EnvelopeMeta(seq, f"E-G-{seq}", type_, "t", NOW - DAY))
         return seq
 
     kinds = ["status", "readings", "daily", "status", "readings", "interval", "manual", "status", "readings"]

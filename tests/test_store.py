@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from buffer import schema
-from buffer.outbox import SeqConflict
 from buffer.store import EnvelopeMeta, MeterStatus, OutboxRow, Store, StoreError
 from drivers.base import Quality, Reading
+from tests.store_helpers import enqueue
 
 T0 = 1_763_700_000_000
 
@@ -27,7 +27,7 @@ def put(store: Store, n: int, type: str = "readings", period: str | None = None)
     for _ in range(n):
         seq, prev = store.outbox.chain_head()
         payload = f'{{"seq":{seq},"prev":"{prev}"}}'.encode()
-        store.outbox.enqueue(payload, meta(seq, type, period))
+        enqueue(store, payload, meta(seq, type, period))
         payloads.append(payload)
     return payloads
 
@@ -94,27 +94,16 @@ def test_chain_head_enqueue_and_continuity_across_reopen(tmp_path: Path) -> None
     s.close()
 
 
-def test_enqueue_wrong_seq_fails_and_changes_nothing(store: Store) -> None:
-    put(store, 2)
-    head = store.outbox.chain_head()
-    for seq in (1, 2, 4):
-        with pytest.raises(SeqConflict, match="expected 3"):
-            store.outbox.enqueue(b"x", meta(seq), ("sealed_rowid", 99))
-    assert store.outbox.chain_head() == head
-    assert store.state.cursor("sealed_rowid") == 0
-    assert [r.seq for r in store.outbox.pending("mqtt", 10)] == [1, 2]
-
-
 def test_enqueue_sets_cursor_atomically(store: Store) -> None:
     assert store.state.cursor("sealed_rowid") == 0
-    store.outbox.enqueue(b"a", meta(1), ("sealed_rowid", 42))
+    enqueue(store, b"a", meta(1), ("sealed_rowid", 42))
     assert store.state.cursor("sealed_rowid") == 42
     store.state.set_cursor("other", 7)
     assert store.state.cursor("other") == 7
 
 
 def test_pending_rows_and_after_seq(store: Store) -> None:
-    store.outbox.enqueue(b"p1", meta(1, "daily", "2026-11-21", T0 + 1))
+    enqueue(store, b"p1", meta(1, "daily", "2026-11-21", T0 + 1))
     put(store, 3)
     rows = store.outbox.pending("mqtt", 2)
     assert rows[0] == OutboxRow(1, "E-G-1", "daily", "energy/E/G/up/daily", b"p1", T0 + 1,
@@ -210,8 +199,8 @@ def test_corrupt_payload_skipped_and_counted(store: Store, caplog: pytest.LogCap
 
 def test_envelopes_by_type_and_period(store: Store) -> None:
     for i, day in enumerate(["2026-11-20", "2026-11-21", "2026-11-22"], start=1):
-        store.outbox.enqueue(day.encode(), meta(i, "daily", day))
-    store.outbox.enqueue(b"m", meta(4, "monthly", "2026-11"))
+        enqueue(store, day.encode(), meta(i, "daily", day))
+    enqueue(store, b"m", meta(4, "monthly", "2026-11"))
     assert [r.period for r in store.outbox.envelopes("daily")] == ["2026-11-20", "2026-11-21",
                                                             "2026-11-22"]
     assert [r.period for r in store.outbox.envelopes("daily", "2026-11-21", "2026-11-21")] \
@@ -225,9 +214,9 @@ def test_envelopes_by_type_and_period(store: Store) -> None:
 def test_sealed_periods_from_the_index_alone(store: Store) -> None:
     days = ["2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22"]
     for i, day in enumerate(days, start=1):
-        store.outbox.enqueue(f"{day}-{i}".encode(), meta(i, "daily", day))
-    store.outbox.enqueue(b"again", meta(5, "daily", "2026-11-21"))  # a period sealed twice counts once
-    store.outbox.enqueue(b"i", meta(6, "interval", "2026-11-21T10:15"))
+        enqueue(store, f"{day}-{i}".encode(), meta(i, "daily", day))
+    enqueue(store, b"again", meta(5, "daily", "2026-11-21"))  # a period sealed twice counts once
+    enqueue(store, b"i", meta(6, "interval", "2026-11-21T10:15"))
     assert store.outbox.sealed_periods("daily", "2026-11-20", "2026-11-21") == {"2026-11-20",
                                                                         "2026-11-21"}
     assert store.outbox.sealed_periods("daily", "2026-11-23", "2026-12-31") == set()
@@ -246,8 +235,8 @@ def test_sealed_periods_from_the_index_alone(store: Store) -> None:
 
 
 def test_sealed_periods_skip_a_quarantined_envelope(store: Store) -> None:
-    store.outbox.enqueue(b"d20", meta(1, "daily", "2026-11-20"))
-    store.outbox.enqueue(b"d21", meta(2, "daily", "2026-11-21"))
+    enqueue(store, b"d20", meta(1, "daily", "2026-11-20"))
+    enqueue(store, b"d21", meta(2, "daily", "2026-11-21"))
     with store.transaction() as c:
         c.execute("UPDATE payloads SET payload = ? WHERE seq = 2", (b"d2X",))
     assert store.outbox.sealed_periods("daily", "2026-11-01", "2026-11-30") == {"2026-11-20",

@@ -27,6 +27,7 @@ WRITER = f"""
 import json, sys
 from buffer.store import EnvelopeMeta, Store
 from drivers.base import Reading
+from tests.store_helpers import enqueue
 store = Store(sys.argv[1])
 last = store.readings.readings_after(store.conn.execute("SELECT coalesce(max(id), 0) FROM polls").fetchone()[0] - 1, 1)
 batch = int(last[-1][1].value) if last else 0
@@ -42,8 +43,8 @@ while True:
         last = store.readings.readings_after(store.state.cursor("sealed_rowid"), 10**9)[-1][0]
         payload = json.dumps({{"seq": seq, "prev": prev, "cursor": last,
                               "pad": "x" * (seq % 4000)}}).encode()
-        store.outbox.enqueue(payload, EnvelopeMeta(seq, "E-G-%d" % seq, "readings", "t", seq),
-                      ("sealed_rowid", last))
+        enqueue(store, payload, EnvelopeMeta(seq, "E-G-%d" % seq, "readings", "t", seq),
+                ("sealed_rowid", last))
         print("E", seq, flush=True)
 """
 

@@ -37,6 +37,11 @@ NEGATIVE_ZERO = re.compile(r"-0(\.0+)?")
 QUALITIES = range(6)
 
 
+def sha256_hex(data: bytes) -> str:
+    """Lowercase hex SHA-256: the next envelope's `prev` is sha256_hex(this envelope's bytes)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 class VerificationError(Exception):
     """The payload must be rejected; `reason` says why."""
 

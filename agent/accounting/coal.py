@@ -1,6 +1,6 @@
 """Standard-coal conversion (GB/T 2589): kgce per unit of each energy variety.
 
-The defaults are the reference values of DOMAIN.md §5. Provinces publish their own coefficient
+The defaults are GB/T 2589-2020's reference values (1 kgce = 29,307.6 kJ). Provinces publish their own coefficient
 per energy code and a measured calorific value beats any table, so `Config.coefficients`
 (variety → kgce per unit) overrides them site by site. Everything here is Decimal so a report's
 tonnes of standard coal equivalent (tce) are reproducible to the last digit from the figures in
@@ -23,8 +23,9 @@ STEAM_KGCE_PER_MJ = Decimal("0.03412")  # = 1 / 29.3076 MJ per kgce, rounded as 
 ELECTRICITY_EQUIVALENT = Decimal("0.1229")
 TCE_PLACES = Decimal("0.0001")  # tonnes of standard coal to 0.1 kgce
 
-# variety -> (kgce per base unit, base unit). Tags as in DOMAIN.md §5: [K] values are background
-# knowledge to confirm against the province's table; sites override them via Config.coefficients.
+# variety -> (kgce per base unit, base unit). [P]: the value a provincial platform's open-source
+# client uses (github.com/OceanWht/yn-nhjc); [K]: a commonly quoted value not checked against the
+# standard's text — confirm against the province's table; sites override via Config.coefficients.
 DEFAULTS: dict[str, tuple[Decimal, str]] = {
     "electricity": (ELECTRICITY_EQUIVALENT, "kWh"),  # equivalent value [P]
     "heat": (Decimal("0.03412"), "MJ"),  # 34.12 kgce per GJ [P]

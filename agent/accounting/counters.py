@@ -2,7 +2,8 @@
 
 A counter point (energy, volume) is read as a running total. Consumption over a period is the
 difference of the counter's values at the period's boundaries, where each boundary value is
-interpolated between the reads either side (DOMAIN.md §4: the day starts at 00:00 ± 1 min).
+interpolated between the reads either side (the monitoring system's data-quality requirements:
+the statistical day starts at 00:00 ± 1 min).
 
 The hard part is what a raw difference can hide, so every step between two consecutive reads is
 classified before it counts:

@@ -1,7 +1,8 @@
 """Manual entry: what no meter measures (coal received, product output, output value), and
 recorded meter replacements.
 
-A manual value is sealed as its own `manual` envelope with input type 5 (DOMAIN.md §2). A
+A manual value is sealed as its own `manual` envelope with input type 5 (the provincial
+interface's `inputType`: 4 field meter, 5 manual entry; github.com/OceanWht/yn-nhjc). A
 correction is a new manual envelope naming the id it supersedes — nothing is ever deleted, so
 the platform and an auditor see both the mistake and its fix.
 

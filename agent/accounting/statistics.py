@@ -2,9 +2,11 @@
 
 Pure functions over already-fetched data; agent/accounting/reports.py does the store reading and sealing.
 Values travel as decimal strings and are summed as Decimal, so a month is exactly the sum of its
-days (DOMAIN.md §4: daily and monthly figures must agree within 5 % — here they agree exactly).
+days (the monitoring system's data-quality requirements ask daily and monthly figures to agree
+within 5 %; here they agree exactly).
 
-Every period is labelled with its local start (DOMAIN.md §2): interval "2026-11-21T10:15",
+Every period is labelled with its local start, as the provincial data-quality evaluations
+require (e.g. Anhui's, http://www.boteman.cn/paper/315935852.html): interval "2026-11-21T10:15",
 day "2026-11-21", month "2026-11"; items carry the same start as RFC 3339 with offset.
 """
 
@@ -26,7 +28,8 @@ from agent.config import Config
 STAT_INTERVAL, STAT_DAY, STAT_MONTH = 0, 1, 2
 INPUT_METER, INPUT_MANUAL = 4, 5
 INCOMPLETE = "incomplete"  # a month with days missing
-# The regulator's data-quality line: values uploaded ÷ values expected ≥ 90 % per item.
+# The regulator's data-quality line: values uploaded ÷ values expected ≥ 90 % per item (the
+# monitoring system's data-quality requirements).
 COMPLETENESS_MIN = 0.90
 # Data classes (CC of PP-UU-EEEE-CCTTTT-DD) that are energy or energy-consuming working media
 # and so count towards comprehensive energy consumption; 04 products, 08 indicators do not.
@@ -85,10 +88,6 @@ def interval_label(ms: int, tz: ZoneInfo) -> str:
 
 def rfc3339(ms: int, tz: ZoneInfo) -> str:
     return datetime.fromtimestamp(ms / 1000, tz).isoformat(timespec="seconds")
-
-
-def parse_day(text: str) -> date:
-    return date.fromisoformat(text)
 
 
 def month_days(month: str) -> list[date]:

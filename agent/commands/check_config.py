@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
 def collect(cfg: Any) -> dict[str, Any]:
     """The config's summary, each bus's read plans and timing, and the warnings."""
+    from drivers.di_layout import describe_di_plan, plan_dis
+    from drivers.model import BUS_PROTOCOL
     from drivers.planner import describe_plan, plan_meter
     from drivers.timing import cycle_seconds, dead_meter_seconds
 
@@ -36,13 +38,14 @@ def collect(cfg: Any) -> dict[str, Any]:
     for bus in cfg.bus:
         meters = []
         total = 0.0
+        by_di = BUS_PROTOCOL[bus.kind] != "modbus"  # DL/T 645, CJ/T 188: one DI per request
         for m in (m for m in cfg.meter if m.bus == bus.name):
-            plan = plan_meter(m)
+            requests = describe_di_plan(plan_dis(m.points)) if by_di else describe_plan(plan_meter(m))
             t = cycle_seconds(bus, m)
             total += t
-            meters.append({"meter": m.name, "unit": m.unit, "profile": m.profile,
-                           "points": len(m.points), "requests": describe_plan(plan),
-                           "cycle_ms": round(t * 1000)})
+            meters.append({"meter": m.name, "unit": None if by_di else m.unit, "address": m.address,
+                           "station": m.station, "profile": m.profile, "points": len(m.points),
+                           "requests": requests, "cycle_ms": round(t * 1000)})
         dead = dead_meter_seconds(bus)
         serial = f"{bus.device} {bus.baud} {bus.data_bits}{bus.parity}{bus.stop_bits}"
         buses.append({"bus": bus.name, "kind": bus.kind,
@@ -74,7 +77,7 @@ def print_report(cfg: Any, r: dict[str, Any]) -> None:
     for b in r["buses"]:
         print(f"bus {b['bus']} ({b['kind']} {b['where']}): {len(b['meters'])} meter(s)")
         for m in b["meters"]:
-            print(f"  meter {m['meter']} unit {m['unit']}{' profile ' + m['profile'] if m['profile'] else ''}: "
+            print(f"  meter {m['meter']} {m['station']}{' profile ' + m['profile'] if m['profile'] else ''}: "
                   f"{m['points']} point(s) in {len(m['requests'])} request(s), ~{m['cycle_ms']:.0f} ms per cycle")
             for line in m["requests"]:
                 print(f"    {line}")

@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import json
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from agent.commands._common import add_config_argument, load_or_exit
+
+if TYPE_CHECKING:
+    from drivers.model import PointConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,17 +32,23 @@ def run(args: argparse.Namespace) -> int:
 async def _probe(cfg, name: str, as_json: bool = False) -> int:  # type: ignore[no-untyped-def]
     from agent.protocol.envelope import format_value
     from drivers.base import MeterError, Quality
+    from drivers.di_layout import describe_di_plan, plan_dis
     from drivers.factory import open_driver
+    from drivers.model import BUS_PROTOCOL
     from drivers.planner import describe_plan, plan_reads
 
     meter = cfg.meter_named(name)
     bus = cfg.bus_named(meter.bus)
-    plan = plan_reads(meter.points, meter.max_registers, meter.max_gap)
-    head = {"meter": meter.name, "bus": bus.name, "kind": bus.kind, "unit": meter.unit,
-            "requests": describe_plan(plan)}
+    if BUS_PROTOCOL[bus.kind] != "modbus":  # DL/T 645, CJ/T 188: one DI per request
+        requests = describe_di_plan(plan_dis(meter.points))
+    else:
+        requests = describe_plan(plan_reads(meter.points, meter.max_registers, meter.max_gap))
+    head = {"meter": meter.name, "bus": bus.name, "kind": bus.kind,
+            "unit": meter.unit if meter.address is None else None, "address": meter.address,
+            "requests": requests}
     if not as_json:
-        print(f"meter {meter.name}: bus {bus.name} ({bus.kind}), unit {meter.unit}, "
-              f"{len(meter.points)} point(s) in {len(plan)} request(s)")
+        print(f"meter {meter.name}: bus {bus.name} ({bus.kind}), {meter.station}, "
+              f"{len(meter.points)} point(s) in {len(requests)} request(s)")
     driver = open_driver(bus)
     try:
         readings = await driver.read(meter)
@@ -56,8 +66,7 @@ async def _probe(cfg, name: str, as_json: bool = False) -> int:  # type: ignore[
         rows = [{"point": r.point, "value": format_value(r.value, points[r.point].value_decimals)
                  if r.quality == Quality.GOOD else None, "unit": points[r.point].unit,
                  "quality": Quality(r.quality).name.lower(), "ts_ms": r.ts,
-                 "register": points[r.point].register, "function": points[r.point].function,
-                 "type": points[r.point].type, "order": points[r.point].order}
+                 **_where(points[r.point])}
                 for r in readings]
         why = driver.last_failures(meter.name)
         print(json.dumps({**head, "read_plan": read_plan, "failures": why, "points": rows},
@@ -70,9 +79,18 @@ async def _probe(cfg, name: str, as_json: bool = False) -> int:  # type: ignore[
         at = datetime.fromtimestamp(r.ts / 1000, cfg.tz).strftime("%H:%M:%S")
         if r.quality == Quality.GOOD:
             value = format_value(r.value, p.value_decimals)
-            print(f"  {r.point:<{width}}  {value:>16} {p.unit:<6} {p.kind:<13} "
-                  f"reg {p.register} {p.function} {p.type} {p.order}  {at}")
+            where = f"DI {p.di} {p.format}" if p.di else f"reg {p.register} {p.function} {p.type} {p.order}"
+            print(f"  {r.point:<{width}}  {value:>16} {p.unit:<6} {p.kind:<13} {where}  {at}")
         else:
             failed += 1
             print(f"  {r.point:<{width}}  {'—':>16} {p.unit:<6} {Quality(r.quality).name.lower()}")
+    for why in driver.last_failures(meter.name):
+        print(f"  ! {why}")
     return 1 if failed == len(readings) else 0
+
+
+def _where(p: PointConfig) -> dict[str, object]:
+    """Where a point is read from: its register (Modbus) or data identifier (DL/T 645, CJ/T 188)."""
+    if p.di is not None:
+        return {"di": p.di, "at": p.at, "format": p.format}
+    return {"register": p.register, "function": p.function, "type": p.type, "order": p.order}

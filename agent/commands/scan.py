@@ -22,7 +22,7 @@ import asyncio
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
@@ -85,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profiles", help="only these profiles' probes (default: all shipped)")
     parser.add_argument("--thorough", action="store_true",
                         help="send every probe even to ids silent on the first one")
+    parser.add_argument("--address", help="DL/T 645 / CJ/T 188: the meter number to probe instead of "
+                        "asking AA…AA (which works with one meter on the line only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,10 +98,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no bus named {args.bus!r} (buses: {', '.join(names) or 'none'})", file=sys.stderr)
         return 2
     bus = cfg.bus_named(args.bus)
+    from drivers.model import BUS_PROTOCOL
+    from drivers.profiles import load_profile
+
+    protocol = BUS_PROTOCOL[bus.kind]
+    if args.profiles:
+        profiles = args.profiles.split(",")
+        other = [n for n in profiles if _protocol_of(n, load_profile) not in (protocol, None)]
+        if other:
+            print(f"error: --profiles: {', '.join(other)} do(es) not speak {protocol}, which bus "
+                  f"{bus.name} carries (a line carries one protocol)", file=sys.stderr)
+            return 2
+    else:  # a line carries one protocol: only its profiles can match
+        profiles = [n for n in profile_names() if _protocol_of(n, load_profile) == protocol]
+    if protocol != "modbus":
+        return _scan_di(bus, profiles, args.timeout, args.address)
+    if args.address:
+        print(f"error: --address: bus {bus.name} is Modbus; give --units", file=sys.stderr)
+        return 2
     try:
         units = parse_units(args.units)
         settings = serial_settings(bus, args.bauds, args.parities)
-        profiles = args.profiles.split(",") if args.profiles else profile_names()
         probes = probes_for(profiles)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -121,6 +140,37 @@ def run(args: argparse.Namespace) -> int:
         return EX_PORT_BUSY  # each refused setting was named on its own line already
     print_table(found, sys.stdout)
     return 0 if found else 1
+
+
+def _protocol_of(name: str, load: Any) -> str | None:
+    try:
+        return str(load(name).profile.protocol)
+    except Exception:  # a broken profile is reported when it is used, not here
+        return None
+
+
+def _scan_di(bus: BusConfig, profiles: list[str], timeout: float, address: str | None) -> int:
+    from agent.commands.scan_di import scan_line
+
+    if problem := port_in_use(bus.device or ""):
+        print(f"error: {problem}", file=sys.stderr)
+        return EX_PORT_BUSY
+    logging.getLogger("drivers").setLevel(logging.ERROR)
+    if address is not None and not (address.isdigit() and len(address) <= (12 if bus.kind == "dlt645" else 14)):
+        print(f"error: --address: expected the meter number from its nameplate, got {address!r}",
+              file=sys.stderr)
+        return 2
+    rows = asyncio.run(scan_line(bus, profiles, timeout, sys.stderr, address))
+    if not rows:
+        print("no meter answered the address query (AA…AA) — with more than one meter on the line "
+              "they answer at once; disconnect the others or read the number off the nameplate "
+              "and give it with --address")
+        return 1
+    for address, serial, candidates, evidence in rows:
+        print(f"address {address}  {serial}  candidates: {', '.join(candidates) or '(unknown)'}")
+        for e in evidence:
+            print(f"  {e}")
+    return 0
 
 
 def parse_units(text: str) -> list[int]:
@@ -203,7 +253,7 @@ def port_in_use(device: str) -> str | None:
 
 
 def describe_serial(bus: BusConfig) -> str:
-    if bus.kind != "modbus-rtu":
+    if bus.kind not in ("modbus-rtu", "dlt645", "cjt188"):
         return bus.kind
     return f"{bus.baud} {bus.data_bits}{bus.parity}{bus.stop_bits}"
 

@@ -64,7 +64,8 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
         ratios = [r for (meter, _), r in today.items() if meter == m.name]
         worst = min(ratios) if ratios else None
         meters.append({
-            "meter": m.name, "bus": m.bus, "unit": m.unit,
+            "meter": m.name, "bus": m.bus, "unit": m.unit if m.address is None else None,
+            "address": m.address,  # DL/T 645 / CJ/T 188 meters: the nameplate number
             "state": "unknown" if s is None else ("online" if s.online else "offline"),
             "last_good_ms": max(filter(None, (s.last_good_ms if s else None, newest.get(m.name))), default=None),
             "errors_total": s.errors_total if s else 0,
@@ -116,7 +117,7 @@ def print_report(cfg: Any, r: dict[str, Any]) -> None:
     rows = [("METER", "BUS/UNIT", "STATE", "LAST GOOD READ", "ERRORS", "TODAY", "LAST ERROR")]
     for m in r["meters"]:
         c = m["completeness_today"]
-        rows.append((m["meter"], f"{m['bus']}/{m['unit']}", m["state"], when(m["last_good_ms"]),
+        rows.append((m["meter"], f"{m['bus']}/{m['address'] or m['unit']}", m["state"], when(m["last_good_ms"]),
                      str(m["errors_total"]), "—" if c is None else f"{c:.0%}",
                      (m["last_error"] or "")[:80]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -16,7 +16,8 @@ import msgspec
 from agent.config.credit_code import credit_code_problem
 from agent.config.schema import DATA_CODE, MAX_CLIENT_ID_BYTES, MAX_TOPIC_PREFIX_BYTES, Config
 from agent.config.transport import is_loopback
-from drivers.model import MeterConfig, PointConfig, Profile, ProfileInfo
+from drivers.di_layout import resolve_point
+from drivers.model import BUS_PROTOCOL, SERIAL_KINDS, MeterConfig, PointConfig, Profile, ProfileInfo
 from drivers.profiles import load_profile, profile_names
 from drivers.validation import ConfigError, decode_toml
 
@@ -68,14 +69,15 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
                 err(f"bus[{i}].device", f"not used by kind {b.kind}; did you mean kind = \"modbus-rtu\"?")
             if b.port is None:
                 b.port = 502
-        elif b.kind == "modbus-rtu":
+        elif b.kind in SERIAL_KINDS:
             if not b.device:
-                err(f"bus[{i}].device", "required for kind modbus-rtu (e.g. /dev/ttyS1)")
+                err(f"bus[{i}].device", f"required for kind {b.kind} (e.g. /dev/ttyS1)")
             if b.host or b.port:
-                err(f"bus[{i}].host", "not used by kind modbus-rtu")
+                err(f"bus[{i}].host", f"not used by kind {b.kind}")
 
     meters: dict[str, int] = {}
-    units: dict[tuple[str, int], int] = {}
+    units: dict[tuple[str, int | str], int] = {}
+    kinds = {b.name: b.kind for b in cfg.bus}
     # The daemon keeps its config for life: each profile is read once, and meters of one model
     # share equal (frozen) PointConfig objects instead of each holding copies.
     profiles: dict[str, Profile] = {}
@@ -88,13 +90,33 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
         if m.bus not in buses:
             known = ", ".join(buses) or "none configured"
             err(f"{key}.bus", f"unknown bus {m.bus!r} (buses: {known})")
-        elif (m.bus, m.unit) in units:
-            err(f"{key}.unit", f"unit {m.unit} on bus {m.bus!r} is already meter[{units[m.bus, m.unit]}]")
+        protocol = BUS_PROTOCOL.get(kinds.get(m.bus, ""), "modbus")
+        if protocol == "modbus":
+            if m.bus in buses and (m.bus, m.unit) in units:
+                err(f"{key}.unit", f"unit {m.unit} on bus {m.bus!r} is already meter[{units[m.bus, m.unit]}]")
+            elif m.bus in buses:
+                units[m.bus, m.unit] = i
+            if m.unit == 0:
+                err(f"{key}.unit", "expected 1–247 (0 is broadcast and never answers)")
+            if m.address is not None and m.bus in kinds:  # an unknown bus is reported above
+                err(f"{key}.address", f"not used on a Modbus bus; give unit (bus {m.bus!r} is {kinds[m.bus]})")
         else:
-            units[m.bus, m.unit] = i
-        if m.unit == 0:
-            err(f"{key}.unit", "expected 1–247 (0 is broadcast and never answers)")
-        _resolve_points(m, key, err, profiles, shared, path.parent)
+            _check_address(m, key, protocol, err)
+            if m.address is not None and (m.bus, m.address) in units:
+                err(f"{key}.address", f"address {m.address} on bus {m.bus!r} is already "
+                    f"meter[{units[m.bus, m.address]}]")
+            elif m.address is not None:
+                units[m.bus, m.address] = i
+        _resolve_points(m, key, err, profiles, shared, path.parent, protocol)
+
+
+def _check_address(m: MeterConfig, key: str, protocol: str, err: Any) -> None:
+    digits = 12 if protocol == "dlt645" else 14
+    if m.address is None:
+        err(f"{key}.address", f"required on a {protocol} bus: the meter number on its nameplate "
+            f"(up to {digits} digits)")
+    elif len(m.address) > digits:
+        err(f"{key}.address", f"expected up to {digits} digits for {protocol}, got {m.address!r}")
 
 
 def _topic_prefix_problem(prefix: str) -> str | None:
@@ -133,6 +155,7 @@ def _profile(name: str, config_dir: Path) -> Profile:
 def _resolve_points(
     m: MeterConfig, key: str, err: Any, profiles: dict[str, Profile], shared: dict[PointConfig, PointConfig],
     config_dir: Path,
+    protocol: str = "modbus",
 ) -> None:
     points: list[PointConfig] = []
     info: ProfileInfo | None = None
@@ -149,6 +172,10 @@ def _resolve_points(
             err(f"{key}.profile", f"profile {m.profile[:80]!r}: {e.lines[0]}")
             return
         info = prof.profile
+        if info.protocol != protocol:
+            err(f"{key}.profile", f"profile {m.profile!r} speaks {info.protocol}, but bus {m.bus!r} "
+                f"carries {protocol} (a line carries one protocol)")
+            return
         points.extend(prof.point)
     names = {p.name for p in points}
     m.point = [shared.setdefault(p, p) for p in m.point]
@@ -158,7 +185,7 @@ def _resolve_points(
             points = [q for q in points if q.name != p.name]
         names.add(p.name)
         points.append(p)
-        _check_point(p, f"{key}.point[{j}]", err)
+        _check_point(p, f"{key}.point[{j}]", err, protocol)
     if not points:
         err(key, "no points: give a profile or at least one [[meter.point]]")
     for pname, code in m.codes.items():
@@ -166,12 +193,25 @@ def _resolve_points(
             err(f"{key}.codes.{pname}", f"no point named {pname!r} on this meter")
         elif not DATA_CODE.match(code):
             err(f"{key}.codes.{pname}", f"expected a data code PP-UU-EEEE-CCTTTT-DD, got {code!r}")
+    if protocol != "modbus" and m.frame is None and info is not None:
+        m.frame = info.frame
+    if protocol == "cjt188" and (m.frame is None or m.frame.meter_type is None):
+        err(f"{key}.frame.meter_type", "required for CJ/T 188 (10 cold water, 20 heat, 30 gas …): "
+            "set it in the profile's [profile.frame] or the meter's frame")
+        return
     resolved = []
     for p in points:
         if p.name in m.codes:
             p = msgspec.structs.replace(p, code=m.codes[p.name])
+        if protocol != "modbus":
+            r = resolve_point(p, protocol, m.frame)
+            if isinstance(r, str):
+                err(f"{key}.point.{p.name}", r)
+                continue
+            p = r
         resolved.append(shared.setdefault(p, p))
     m.points = resolved
+    _check_freezes(m, key, err)
     if m.max_registers is None:
         m.max_registers = info.max_registers if info else 125
     for p in resolved:
@@ -190,9 +230,28 @@ def _resolve_points(
         err(f"{key}.probe_point", f"no point named {m.probe_point!r} on this meter")
 
 
-def _check_point(p: PointConfig, key: str, err: Any) -> None:
+def _check_freezes(m: MeterConfig, key: str, err: Any) -> None:
+    """A freeze point names a counter of the same meter (the daily close reads it for that one)."""
+    kinds = {p.name: p.kind for p in m.points}
+    for p in m.points:
+        if p.freeze_of is None:
+            continue
+        if p.freeze_of not in kinds:
+            err(f"{key}.point.{p.name}.freeze_of", f"no point named {p.freeze_of!r} on this meter")
+        elif kinds[p.freeze_of] != "counter":
+            err(f"{key}.point.{p.name}.freeze_of", f"{p.freeze_of!r} is not a counter")
+
+
+def _check_point(p: PointConfig, key: str, err: Any, protocol: str = "modbus") -> None:
     if p.code is not None and not DATA_CODE.match(p.code):
         err(f"{key}.code", f"expected a data code PP-UU-EEEE-CCTTTT-DD, got {p.code!r}")
+    if protocol != "modbus":
+        return  # resolved and checked with the meter's framing (drivers.di_layout)
+    if p.register is None:
+        err(f"{key}.register", "required on a Modbus bus (di is for DL/T 645 / CJ/T 188 buses)")
+        return
+    if p.di is not None:
+        err(f"{key}.di", "not used on a Modbus bus; give register")
     if p.register + p.count > 65536:
         err(f"{key}.register", f"a {p.type} at {p.register} runs past register 65535")
     if abs(p.scale) < 1e-12:

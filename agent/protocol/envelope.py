@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import decimal
-import hashlib
 import math
 import re
 from datetime import datetime
@@ -84,11 +83,6 @@ def format_value(value: float | int | None, decimals: int) -> str:
     if q.is_zero():
         q = q.copy_abs()
     return f"{q:f}"
-
-
-def sha256_hex(data: bytes) -> str:
-    """Lowercase hex SHA-256: the next envelope's `prev` is sha256_hex(this envelope's bytes)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def format_created(created: datetime) -> str:

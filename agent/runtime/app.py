@@ -1,7 +1,7 @@
-"""Wires the daemon together; owns no logic of its own.
+"""Builds the daemon's parts and runs them; owns no logic of its own.
 
 Threads: the asyncio loop (polling, scheduling, uplink futures), paho's network thread, and one
-SQLite thread through which every store call goes.
+SQLite thread through which every store call goes (agent/runtime/store_thread.py).
 """
 
 from __future__ import annotations
@@ -13,25 +13,26 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from agent.accounting.reports import Reporter
 from agent.config import Config
 from agent.protocol.sealer import ClockImplausible, Sealer
-from agent.protocol.signing import load_signer
+from agent.protocol.signing import Signer, load_signer
 from agent.runtime import sdnotify
 from agent.runtime.batcher import CommitBatcher
 from agent.runtime.clock import ClockWatch
 from agent.runtime.conditions import Conditions, Overruns
-from agent.runtime.heartbeat import Heartbeat
+from agent.runtime.heartbeat import Heartbeat, last_will
 from agent.runtime.malloc_tuning import keep_small_buffers_off_mmap
 from agent.runtime.poller import BusPoller
 from agent.runtime.read_plans import load_read_plan, save_read_plan
+from agent.runtime.store_thread import StoreThread
 from agent.runtime.supervise import supervise
 from agent.runtime.watchdog import Watchdog
 from agent.uplink.forwarder import Forwarder
@@ -43,44 +44,58 @@ from drivers.base import Reading
 from drivers.factory import open_driver
 
 log = logging.getLogger("agent.runtime.app")
-T = TypeVar("T")
 DAY_MS = 86_400_000
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest generation
-
-
-def aligned_start(interval: float, now: float | None = None) -> datetime:
-    """The next wall-clock multiple of `interval` seconds, so polls land on :00, :15, …"""
-    now = time.time() if now is None else now
-    nxt = (int(now // interval) + 1) * interval
-    return datetime.fromtimestamp(nxt, UTC)
+# An interval trigger that starts at the epoch fires on the wall-clock multiples of its
+# interval (:00, :15, … for 15 s), so every bus and every seal lands on the same clock marks.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class App:
-    def __init__(self, cfg: Config) -> None:
+    """Every part is built here, in the constructor, with what it needs; `run` starts them,
+    waits for a stop and shuts them down in order."""
+
+    def __init__(self, cfg: Config, store_thread: StoreThread, store: Store, signer: Signer) -> None:
         self.cfg = cfg
-        self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self.store_thread = store_thread
+        self.store = store
         self.stop = asyncio.Event()
         # The forwarder outlives `stop` briefly, to flush what the last seal produced.
         self.forward_stop = asyncio.Event()
         self.exit_code = 0
         self.polls_running: set[asyncio.Task[Any]] = set()
-        self.cycles: dict[str, asyncio.Task[None]] = {}  # each bus's latest poll cycle
-        self.first_poll_done = False
         self.budget_pressed = False  # the last pruning pass had to drop or could not get under
         self.overruns = Overruns(Conditions(log), cfg.schedule.poll_interval)
-
-    async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
+        self.clock = ClockWatch()
+        self.sealer = Sealer(cfg, store, signer)
+        self.reporter = Reporter(cfg, store, self.sealer)
+        self.uplink = MqttUplink(cfg.platform, cfg.agent.enterprise, cfg.agent.gateway,
+                                 will=last_will(cfg, signer))
+        self.forwarder = Forwarder(store, store_thread, self.uplink, MQTT, cfg.platform.inflight)
+        self.watchdog = Watchdog()
+        self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4),
+                                     committed=self._committed, failed=self._fatal)
+        self.pollers = [
+            BusPoller(bus, meters, open_driver(bus), self._sink(bus.name), on_plan=self._plan_changed)
+            for bus in cfg.bus
+            if (meters := [m for m in cfg.meter if m.bus == bus.name])
+        ]
+        for p in self.pollers:
+            self.watchdog.register(p.bus.name, cfg.schedule.poll_interval)
+        self.heartbeat = Heartbeat(cfg, store, self.clock, self.pollers, [self.forwarder])
+        self.scheduler = self._scheduler()
 
     async def run(self) -> int:
+        cfg = self.cfg
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        await self.build()
-        cfg = self.cfg
-
+        statuses = await self.store_thread.call(self.store.state.meter_statuses)
+        plans = {m.name: await self.store_thread.call(load_read_plan, self.store, m.name)
+                 for m in cfg.meter}
+        for p in self.pollers:
+            p.restore(statuses, plans)
         await self.uplink.start()
-        scheduler = self._scheduler()
         tasks = [
             asyncio.create_task(
                 supervise("forwarder", lambda: self.forwarder.run(self.forward_stop), self.forward_stop)
@@ -92,7 +107,7 @@ class App:
             cfg.agent.gateway, len(cfg.bus), len(cfg.meter), cfg.schedule.poll_interval, cfg.db_path,
         )
         await self._seal()  # catch up on anything a previous run committed but did not seal
-        scheduler.start()
+        self.scheduler.start()
         # Everything built so far (modules, config, pollers, clients) lives as long as the
         # process: move it out of the collector's sight so full collections stay cheap.
         gc.collect()
@@ -107,36 +122,8 @@ class App:
         try:
             await self._wait(tasks)
         finally:
-            await self._shutdown(scheduler, tasks)
+            await self._shutdown(tasks)
         return self.exit_code
-
-    async def build(self) -> None:
-        """Everything the daemon is made of, short of a connection or a started job: opening
-        the store, loading the key, the uplink's client, the drivers, the scheduler's jobs.
-        Whatever a config can break breaks here (tests/test_config_fuzz.py builds it)."""
-        cfg = self.cfg
-        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
-        self.store = await self.in_db(Store, cfg.db_path, (MQTT,))
-        self.sealer = Sealer(cfg, self.store, signer)
-        self.reporter = self._reporter()
-        self.heartbeat = Heartbeat(cfg, self.store, signer)
-        self.clock = ClockWatch()
-        self.heartbeat.clock = self.clock
-        self.uplink = MqttUplink(cfg.platform, cfg.agent.enterprise, cfg.agent.gateway,
-                                 will=self.heartbeat.will())
-        self.forwarder = Forwarder(self.store, self.db, self.uplink, MQTT, cfg.platform.inflight)
-        self.heartbeat.forwarder = self.forwarder
-        self.watchdog = Watchdog()
-        self.batcher = CommitBatcher(self._commit, window=min(0.2, cfg.schedule.poll_interval / 4),
-                                     committed=self._committed, failed=self._fatal)
-        self.pollers = self._pollers()
-        statuses = await self.in_db(self.store.state.meter_statuses)
-        plans = {m.name: await self.in_db(load_read_plan, self.store, m.name) for m in cfg.meter}
-        for p in self.pollers:
-            p.restore(statuses, plans)
-            self.watchdog.register(p.bus.name, cfg.schedule.poll_interval)
-        self.heartbeat.pollers = self.pollers
-        self._scheduler()  # jobs and triggers from the config's intervals; run() makes its own
 
     def request_stop(self, why: str) -> None:
         if not self.stop.is_set():
@@ -157,7 +144,8 @@ class App:
         self.exit_code = 1
         self.stop.set()
 
-    async def _shutdown(self, scheduler: AsyncIOScheduler, tasks: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        scheduler = self.scheduler
         scheduler.pause()  # no new cycles; the ones running finish and commit
         if self.polls_running:
             await asyncio.wait(self.polls_running, timeout=10)
@@ -167,7 +155,8 @@ class App:
         with contextlib.suppress(Exception):
             # Health as it is now (the poller stores it only when it changes meaning, and
             # its last-good time once a minute): the next start and `status` begin from here.
-            await self.in_db(self.store.readings.add_encoded, [], [s for p in self.pollers for s in p.statuses()])
+            statuses = [s for p in self.pollers for s in p.statuses()]
+            await self.store_thread.call(self.store.readings.add_encoded, [], statuses)
         with contextlib.suppress(Exception):
             await self._seal()
         await self._flush(grace=3.0)
@@ -179,8 +168,8 @@ class App:
         for p in self.pollers:
             with contextlib.suppress(Exception):
                 await p.driver.close()
-        await self.in_db(self.store.close)
-        self.db.shutdown(wait=True)
+        await self.store_thread.call(self.store.close)
+        self.store_thread.shutdown()
         log.info("stopped")
 
     async def _flush(self, grace: float) -> None:
@@ -189,22 +178,13 @@ class App:
         deadline = loop.time() + grace
         while self.uplink.connected and loop.time() < deadline:
             try:
-                pending, _ = await self.in_db(self.store.outbox.backlog, MQTT)
+                pending, _ = await self.store_thread.call(self.store.outbox.backlog, MQTT)
             except StoreError:
                 return
             if pending == 0:
                 return
             self.forwarder.wake()
             await asyncio.sleep(0.05)
-
-    def _pollers(self) -> list[BusPoller]:
-        pollers = []
-        for bus in self.cfg.bus:
-            meters = [m for m in self.cfg.meter if m.bus == bus.name]
-            if meters:
-                pollers.append(BusPoller(bus, meters, open_driver(bus), self._sink(bus.name),
-                                         on_plan=self._plan_changed))
-        return pollers
 
     def _sink(self, bus: str) -> Callable[[list[Sequence[Reading]], list[MeterStatus]], Any]:
         async def sink(readings: list[Sequence[Reading]], statuses: list[MeterStatus]) -> None:
@@ -214,7 +194,7 @@ class App:
 
     def _plan_changed(self, meter: str, plan: list[str] | None) -> None:
         """A meter's refused points were found (or are gone): keep its read plan for `status`."""
-        task = asyncio.ensure_future(self.in_db(save_read_plan, self.store, meter, plan))
+        task = asyncio.ensure_future(self.store_thread.call(save_read_plan, self.store, meter, plan))
         self.polls_running.add(task)  # shutdown waits for it like for a cycle
         task.add_done_callback(self.polls_running.discard)
 
@@ -222,38 +202,29 @@ class App:
         """A bus is alive once its samples are durable, not when they were read."""
         for bus in buses:
             self.watchdog.beat(bus)
-        if not self.first_poll_done:
+        if not self.watchdog.ready:
             # READY after the first commit: one slow line must not hold up start-up.
-            self.first_poll_done = True
             self.watchdog.mark_ready(f"polling {len(self.pollers)} bus(es)")
 
     async def _commit(self, polls: list[Sequence[Reading]], statuses: list[MeterStatus]) -> None:
         rows = self.store.readings.encode_polls(polls)  # here, where the readings are cache-hot
-        await self.in_db(self.store.readings.add_encoded, rows, statuses)
-
-    def _reporter(self) -> Any:
-        try:
-            from agent.accounting.reports import Reporter
-        except ImportError:  # accounting not installed in this build
-            return None
-        return Reporter(self.cfg, self.store, self.sealer)
+        await self.store_thread.call(self.store.readings.add_encoded, rows, statuses)
 
     def _scheduler(self) -> AsyncIOScheduler:
         cfg = self.cfg
         sched = AsyncIOScheduler(timezone=cfg.tz)
         # One job for every bus (they share poll_interval): it starts each bus's cycle as a task
         # of its own, so a slow line never holds up the others and the scheduler's per-job
-        # work is paid once per tick, not once per bus.
+        # work is paid once per tick, not once per bus (a job per bus cost +25–35 µs of CPU per
+        # bus-tick; docs/architecture.md).
         sched.add_job(
-            self._start_polls, IntervalTrigger(seconds=cfg.schedule.poll_interval,
-                                               start_date=aligned_start(cfg.schedule.poll_interval)),
+            self._start_polls, IntervalTrigger(seconds=cfg.schedule.poll_interval, start_date=EPOCH),
             id="poll", max_instances=1, coalesce=True,
             misfire_grace_time=max(1, int(cfg.schedule.poll_interval)),
         )
         # Sealing and reports drain whatever is due whenever they run, so a late run loses
         # nothing; a generous grace only avoids needless skips.
-        sched.add_job(self._seal, IntervalTrigger(seconds=cfg.schedule.seal_interval,
-                                                  start_date=aligned_start(cfg.schedule.seal_interval)),
+        sched.add_job(self._seal, IntervalTrigger(seconds=cfg.schedule.seal_interval, start_date=EPOCH),
                       id="seal", max_instances=1, coalesce=True, misfire_grace_time=3600)
         sched.add_job(self._heartbeat, IntervalTrigger(seconds=cfg.schedule.heartbeat),
                       id="heartbeat", max_instances=1, coalesce=True, misfire_grace_time=3600,
@@ -269,14 +240,14 @@ class App:
     def _job_event(self, event: JobExecutionEvent) -> None:
         if event.job_id == "poll":  # the whole tick was missed (the loop was blocked)
             for p in self.pollers:
-                self._overrun(p.bus.name)
+                p.missed_tick()
+                self._overrun(p)
 
-    def _overrun(self, bus: str) -> None:
-        # A condition, not a line per skipped cycle: 100 overrunning buses polled every second
-        # once wrote 24,000 lines in minutes.
-        self.overruns.skipped(bus)
-        if self.heartbeat:
-            self.heartbeat.overruns[bus] = self.heartbeat.overruns.get(bus, 0) + 1
+    def _overrun(self, poller: BusPoller) -> None:
+        """The one place a skipped cycle is reported (the poller has counted it): a condition,
+        not a line per skipped cycle — 100 overrunning buses polled every second once wrote
+        24,000 lines in minutes."""
+        self.overruns.skipped(poller.bus.name)
 
     async def _start_polls(self) -> None:
         """One tick of the poll clock: start every bus's cycle; a bus whose previous cycle is
@@ -284,14 +255,11 @@ class App:
         if self.stop.is_set():
             return
         for p in self.pollers:
-            running = self.cycles.get(p.bus.name)
-            if running is not None and not running.done():
-                self._overrun(p.bus.name)
+            task = p.start_cycle()
+            if task is None:
+                self._overrun(p)
                 continue
             self.overruns.on_time(p.bus.name)
-            # The cycle is the task itself (no wrapper coroutine): every resume of a task walks
-            # its whole chain of coroutines, ~2 per transaction, 100 buses a second.
-            task = self.cycles[p.bus.name] = asyncio.create_task(p.poll_once(), name=p.bus.name)
             self.polls_running.add(task)  # from now until it ends, shutdown waits for it
             task.add_done_callback(self._cycle_done)
 
@@ -308,7 +276,7 @@ class App:
 
     async def _seal(self) -> None:
         try:
-            made = await self.in_db(self._seal_in_db)
+            made = await self.store_thread.call(self._seal_in_db)
         except ClockImplausible:
             return
         except StoreError as e:
@@ -323,14 +291,13 @@ class App:
             now = int(time.time() * 1000)
             self.store.state.add_event("clock", now, {"step_ms": int(step * 1000), "at_ms": now})
         made = self.sealer.seal_readings()
-        if self.reporter is not None:
-            made += len(self.reporter.seal_due(int(time.time() * 1000)))
-        return made
+        return made + len(self.reporter.seal_due(int(time.time() * 1000)))
 
     async def _heartbeat(self) -> None:
         try:
-            await self.in_db(self.sealer.check_clock)
-            await self.in_db(self.heartbeat.seal_status, self.sealer)
+            await self.store_thread.call(self.sealer.check_clock)
+            live = self.heartbeat.live()  # here on the loop, where the pollers' state changes
+            await self.store_thread.call(self.heartbeat.seal_status, self.sealer, live)
             self.forwarder.wake()
         except ClockImplausible:
             pass
@@ -340,7 +307,7 @@ class App:
     async def _retention(self) -> None:
         s = self.cfg.storage
         try:
-            report = await self.in_db(
+            report = await self.store_thread.call(
                 prune, self.store, int(time.time() * 1000), int(s.raw_keep_days * DAY_MS),
                 int(s.history_keep_days * DAY_MS), int(s.budget_mb * 1024 * 1024),
             )
@@ -359,6 +326,21 @@ class App:
                      s.budget_mb, report.bytes_after)
 
 
+async def build(cfg: Config) -> App:
+    """Load the key, open the store on its thread, build the App: everything short of a
+    connection or a started job. Whatever a config can break breaks here
+    (tests/test_config_fuzz.py builds it from every config check-config accepts)."""
+    signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
+    store_thread = StoreThread()
+    store = await store_thread.call(Store, cfg.db_path, (MQTT,))
+    return App(cfg, store_thread, store, signer)
+
+
+async def serve(cfg: Config) -> int:
+    """Build the App and run it."""
+    return await (await build(cfg)).run()
+
+
 def run_agent(cfg: Config) -> int:
     keep_small_buffers_off_mmap()
-    return asyncio.run(App(cfg).run())
+    return asyncio.run(serve(cfg))

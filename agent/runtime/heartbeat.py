@@ -6,6 +6,8 @@ import base64
 import os
 import shutil
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
@@ -19,37 +21,54 @@ from buffer.store import Store
 if TYPE_CHECKING:
     from agent.protocol.sealer import Sealer
     from agent.runtime.clock import ClockWatch
-    from agent.runtime.poller import BusPoller
-    from agent.uplink.forwarder import Forwarder
+    from agent.runtime.poller import BusPoller, BusSnapshot
+    from agent.uplink.forwarder import Forwarder, ForwarderStats
+
+
+def last_will(cfg: Config, signer: Signer) -> tuple[str, bytes]:
+    """(topic, payload) of the MQTT last will: signed but outside the chain, since the broker
+    publishes it after we are gone."""
+    a = cfg.agent
+    msg: dict[str, Any] = {
+        "v": 1, "type": "offline", "enterprise": a.enterprise, "gateway": a.gateway,
+        "alg": signer.alg, "kid": signer.key_id,
+    }
+    msg["sig"] = base64.b64encode(signer.sign(canonical(msg))).decode()
+    return will_topic(cfg.platform.topic_prefix, a.enterprise, a.gateway), canonical(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """The running parts' state at one moment, taken on the event loop that owns it."""
+
+    buses: tuple[BusSnapshot, ...]
+    forwarders: tuple[ForwarderStats, ...]
+    clock_steps: int
 
 
 class Heartbeat:
-    def __init__(self, cfg: Config, store: Store, signer: Signer) -> None:
+    """Builds `status` bodies; the sealer signs and chains them like any envelope."""
+
+    def __init__(self, cfg: Config, store: Store, clock: ClockWatch,
+                 pollers: Sequence[BusPoller], forwarders: Sequence[Forwarder]) -> None:
         self.cfg = cfg
         self.store = store
-        self.signer = signer
+        self.clock = clock
+        self.pollers = tuple(pollers)
+        self.forwarders = tuple(forwarders)
         self.started = time.time()
-        self.pollers: list[BusPoller] = []
-        self.forwarder: Forwarder | None = None
-        self.overruns: dict[str, int] = {}
-        self.clock: ClockWatch | None = None
 
-    def will(self) -> tuple[str, bytes]:
-        """Signed but outside the chain: the broker publishes it after we are gone."""
-        a = self.cfg.agent
-        msg: dict[str, Any] = {
-            "v": 1, "type": "offline", "enterprise": a.enterprise, "gateway": a.gateway,
-            "alg": self.signer.alg, "kid": self.signer.key_id,
-        }
-        msg["sig"] = base64.b64encode(self.signer.sign(canonical(msg))).decode()
-        return will_topic(self.cfg.platform.topic_prefix, a.enterprise, a.gateway), canonical(msg)
+    def live(self) -> Live:
+        """Call on the event loop: the pollers and forwarders change their state there."""
+        return Live(tuple(p.snapshot() for p in self.pollers),
+                    tuple(f.stats() for f in self.forwarders), self.clock.steps)
 
-    def body(self, clock_problem: str | None) -> dict[str, Any]:
+    def body(self, clock_problem: str | None, live: Live) -> dict[str, Any]:
         """Runs on the store thread. Integers and strings only (the envelope rule)."""
         count, oldest = self.store.outbox.backlog(MQTT)
         meters = []
-        for p in self.pollers:
-            for h in p.health.values():
+        for bus in live.buses:
+            for h in bus.meters:
                 m: dict[str, Any] = {
                     "meter": h.meter, "bus": h.bus, "state": "online" if h.online else "offline",
                     "errors_total": h.errors_total,
@@ -75,26 +94,26 @@ class Heartbeat:
                 "free_bytes": free,
             },
             "clock": {"state": "implausible" if clock_problem else "ok",
-                      "steps": self.clock.steps if self.clock else 0,
+                      "steps": live.clock_steps,
                       **({"problem": clock_problem} if clock_problem else {})},
-            "uplink": self._uplink(),
+            "uplink": _uplink(live.forwarders[0]) if live.forwarders else {},
             "counters": {k: int(v) for k, v in sorted(self.store.state.counters().items())},
-            "overruns": dict(sorted(self.overruns.items())),
+            "overruns": {b.bus: b.overruns for b in sorted(live.buses, key=lambda b: b.bus)
+                         if b.overruns},
         }
         return body
 
-    def _uplink(self) -> dict[str, Any]:
-        if self.forwarder is None:
-            return {}
-        f = self.forwarder
-        out: dict[str, Any] = {
-            "connected": "yes" if f.uplink.connected else "no",
-            "delivered_total": f.delivered_total, "rejected_total": f.rejected_total,
-            "failures_total": f.failures_total,
-        }
-        if f.last_error:
-            out["last_error"] = str(f.last_error)
-        return out
+    def seal_status(self, sealer: Sealer, live: Live) -> int:
+        """Runs on the store thread, with `live` taken on the loop just before."""
+        return sealer.seal("status", self.body(sealer.clock_problem, live))
 
-    def seal_status(self, sealer: Sealer) -> int:
-        return sealer.seal("status", self.body(sealer.clock_problem))
+
+def _uplink(f: ForwarderStats) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "connected": "yes" if f.connected else "no",
+        "delivered_total": f.delivered_total, "rejected_total": f.rejected_total,
+        "failures_total": f.failures_total,
+    }
+    if f.last_error:
+        out["last_error"] = str(f.last_error)
+    return out

@@ -8,6 +8,7 @@ recorded, as gap readings, so completeness counts what really happened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -51,8 +52,15 @@ class MeterHealth:
         )
 
 
-def label(meter: MeterConfig) -> str:
-    return f'meter "{meter.name}" (bus {meter.bus}, unit {meter.unit})'
+@dataclass(frozen=True, slots=True)
+class BusSnapshot:
+    """What others may know of one bus (the heartbeat reads it): each meter's health, the
+    cycles completed and the ticks skipped because the previous cycle still ran."""
+
+    bus: str
+    meters: tuple[MeterStatus, ...]
+    cycles: int
+    overruns: int
 
 
 def gaps(meter: MeterConfig, ts: int, quality: Quality) -> list[Reading]:
@@ -60,7 +68,8 @@ def gaps(meter: MeterConfig, ts: int, quality: Quality) -> list[Reading]:
 
 
 class BusPoller:
-    """Polls the meters of one bus through its driver; the caller schedules `poll_once`.
+    """Polls the meters of one bus through its driver; the caller calls `start_cycle` on each
+    tick of its clock.
 
     Logs conditions, not polls (agent/runtime/conditions.py): a meter going offline, points
     failing, a meter busy, the bus failing — one line when each starts, one an hour while it
@@ -84,11 +93,31 @@ class BusPoller:
         self.on_plan = on_plan  # a meter's read plan changed (refused points found or gone)
         self.health = {m.name: MeterHealth(m.name, bus.name) for m in self.meters}
         self.cycles = 0
+        self.overruns = 0
+        self._cycle: asyncio.Task[list[Sequence[Reading]]] | None = None
         self.conditions = Conditions(log, clock=clock)
         self._stored: dict[str, tuple[tuple[bool, int, int], int]] = {}
         self._plans: dict[str, list[str] | None] = {}
         self._failing: dict[str, tuple[str, ...]] = {}  # meter -> its points failing now
         self._watch: set[str] = set()  # meters with a condition going on or a refined plan
+
+    def snapshot(self) -> BusSnapshot:
+        return BusSnapshot(self.bus.name, tuple(self.statuses()), self.cycles, self.overruns)
+
+    def start_cycle(self) -> asyncio.Task[list[Sequence[Reading]]] | None:
+        """Start a cycle as a task named for the bus; None, and one overrun counted, while the
+        previous cycle still runs (a tick skipped, never two cycles on one line)."""
+        if self._cycle is not None and not self._cycle.done():
+            self.overruns += 1
+            return None
+        # The cycle is the task itself (no wrapper coroutine): every resume of a task walks
+        # its whole chain of coroutines, ~2 per transaction, 100 buses a second.
+        self._cycle = asyncio.create_task(self.poll_once(), name=self.bus.name)
+        return self._cycle
+
+    def missed_tick(self) -> None:
+        """The clock could not even start this tick (the loop was blocked): an overrun too."""
+        self.overruns += 1
 
     def restore(self, statuses: Sequence[MeterStatus],
                 plans: Mapping[str, list[str] | None] | None = None) -> None:
@@ -138,7 +167,7 @@ class BusPoller:
                 now = self._now_ms()
                 touched = h.online or now >= h.next_probe_ms  # else it was not due anyway
                 if touched:
-                    self._failed(meter, h, f"{label(meter)}: {bus_fault.detail}", busy=False, quiet=True)
+                    self._failed(meter, h, f"{meter.label}: {bus_fault.detail}", busy=False, quiet=True)
                 got[meter.name] = gaps(meter, now, bus_fault.quality if touched else Quality.OFFLINE)
             else:
                 rows, touched, bus_fault = await self._poll_meter(meter)
@@ -164,7 +193,7 @@ class BusPoller:
                 self._bus_recovered()
         except BusFault as e:
             self.conditions.happening(("bus",), str(e), f"bus {self.bus.name}: still failing", str(e))
-            self._failed(meter, h, f"{label(meter)}: {e.detail}", busy=False, quiet=True)
+            self._failed(meter, h, f"{meter.label}: {e.detail}", busy=False, quiet=True)
             return gaps(meter, self._now_ms(), e.quality), True, e
         except MeterError as e:
             self._failed(meter, h, str(e), busy=e.busy)
@@ -172,7 +201,7 @@ class BusPoller:
             self._plan_changed(meter)
             return gaps(meter, self._now_ms(), quality), True, None
         except Exception as e:  # a driver bug must cost one meter one cycle, never the bus task
-            message = f"{label(meter)}: unexpected driver error {type(e).__name__}: {e}"
+            message = f"{meter.label}: unexpected driver error {type(e).__name__}: {e}"
             self._failed(meter, h, message, busy=False)
             return gaps(meter, self._now_ms(), Quality.CORRUPT), True, None
         # Quality.GOOD is the only 0; a MeterPoll is GOOD throughout.
@@ -193,17 +222,17 @@ class BusPoller:
             if self._failing.get(meter.name) != names:
                 # An error when these points start failing, not on every poll they go on failing
                 # (a refused point would otherwise rewrite the meter's health every poll).
-                self._note_error(h, f"{label(meter)}: {len(bad)} point(s) failed: {', '.join(names)} — {why}")
+                self._note_error(h, f"{meter.label}: {len(bad)} point(s) failed: {', '.join(names)} — {why}")
             self._recovered(meter, h, names)
             self._watch.add(meter.name)
             self.conditions.happening(
                 ("points", meter.name, names),
-                f"{label(meter)}: {len(names)} point(s) failing, the others are read: "
-                f"{', '.join(names)} — {why}", f"{label(meter)}: still failing: {', '.join(names)}", why,
+                f"{meter.label}: {len(names)} point(s) failing, the others are read: "
+                f"{', '.join(names)} — {why}", f"{meter.label}: still failing: {', '.join(names)}", why,
             )
         else:
             why = self._why(meter, bad)
-            self._failed(meter, h, f"{label(meter)}: every point failed — {why}", busy=False)
+            self._failed(meter, h, f"{meter.label}: every point failed — {why}", busy=False)
             self._plan_changed(meter)
         return rows, True, None
 
@@ -213,9 +242,9 @@ class BusPoller:
         name, c = meter.name, self.conditions
         h.online = True
         h.consecutive_failures = 0
-        c.over(("busy", name), f"{label(meter)}: no longer busy", after=3)
-        if not c.over(("offline", name), f"{label(meter)}: back online"):
-            c.over(("failing", name), f"{label(meter)}: answering again", after=3)
+        c.over(("busy", name), f"{meter.label}: no longer busy", after=3)
+        if not c.over(("offline", name), f"{meter.label}: back online"):
+            c.over(("failing", name), f"{meter.label}: answering again", after=3)
         self._points_ok(meter, failing)
         self._plan_changed(meter)
         if name not in self._failing and not self._plans.get(name) and not any(
@@ -238,7 +267,7 @@ class BusPoller:
             key = ("points", meter.name, old)
             if set(old) <= set(failing):  # more points fail now: the new line covers these
                 self.conditions.forget(key)
-            elif not self.conditions.over(key, f"{label(meter)}: {', '.join(old)} read again", after=3):
+            elif not self.conditions.over(key, f"{meter.label}: {', '.join(old)} read again", after=3):
                 return  # not over yet (it failed within the last three polls)
         if failing:
             self._failing[meter.name] = failing
@@ -289,10 +318,10 @@ class BusPoller:
         if busy:
             # Exception 6: the meter is alive but occupied; retry next cycle, never take it offline.
             self.conditions.happening(("busy", meter.name), f"{message} — busy, retried next cycle",
-                                      f"{label(meter)}: still busy", level=logging.INFO)
+                                      f"{meter.label}: still busy", level=logging.INFO)
             return
         h.consecutive_failures += 1
-        detail = message.removeprefix(f"{label(meter)}: ")
+        detail = message.removeprefix(f"{meter.label}: ")
         if h.online and h.consecutive_failures >= self.bus.offline_after:
             h.online = False
             self.conditions.forget(("failing", meter.name))
@@ -300,12 +329,12 @@ class BusPoller:
                 self.conditions.happening(
                     ("offline", meter.name),
                     f"{message} — offline after {h.consecutive_failures} failed cycles; probed "
-                    f"again every {self.bus.offline_cooldown:g} s", f"{label(meter)}: still offline",
+                    f"again every {self.bus.offline_cooldown:g} s", f"{meter.label}: still offline",
                     detail,
                 )
         elif not quiet:
             key = ("failing" if h.online else "offline", meter.name)
-            self.conditions.happening(key, message, f"{label(meter)}: still {key[0]}", detail)
+            self.conditions.happening(key, message, f"{meter.label}: still {key[0]}", detail)
         if not h.online:
             h.next_probe_ms = self._now_ms() + int(self.bus.offline_cooldown * 1000)
 

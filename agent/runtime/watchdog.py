@@ -77,27 +77,13 @@ class Watchdog:
             raise ValueError(f"period of {name!r} must be > 0 s, got {period}")
         self._sources[name] = _Source(period=period, last=time.monotonic())
 
-    def unregister(self, name: str) -> None:
-        """Stop watching `name` (a task that ends on purpose, e.g. at shutdown)."""
-        self._sources.pop(name, None)
-
     def beat(self, name: str) -> None:
         """`name` completed a cycle. Raises KeyError for a name never registered."""
         self._sources[name].last = time.monotonic()
 
-    heartbeat = beat
-
     def allowed_lateness(self, name: str) -> float:
         """Seconds `name` may go without a beat before the watchdog stops being fed."""
         return max(2 * self._sources[name].period, 2 * self._rule_interval)
-
-    def stale_sources(self, now: float | None = None) -> list[str]:
-        """Names of the sources that broke the lateness rule, by name."""
-        now = time.monotonic() if now is None else now
-        return sorted(
-            name for name, s in self._sources.items()
-            if now - s.last > self.allowed_lateness(name)
-        )
 
     # -- notifications ---------------------------------------------------------------------
 
@@ -112,16 +98,6 @@ class Watchdog:
         self._ready = True
         log.info("ready: %s", status)
         return sdnotify.ready(status)
-
-    def mark_first_poll_done(self, status: str = "first poll completed") -> bool:
-        """The agent is ready once its first poll has completed; idempotent."""
-        if self._ready:
-            return False
-        return self.mark_ready(status)
-
-    def set_status(self, text: str) -> bool:
-        """One line for `systemctl status energy-agent`."""
-        return sdnotify.status(text)
 
     # -- the feeding task ------------------------------------------------------------------
 

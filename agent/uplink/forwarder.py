@@ -7,23 +7,23 @@ again. Acknowledged seqs are marked delivered in batches (everything that comple
 the previous store call ran). On a link failure the window stops growing, drains, and the
 same rows are retried — byte-identical, straight from the store — after a back-off.
 
-Store calls go through the app's single SQLite thread (`db_executor`). A store failure ends
-`run()` (the app must stop); anything the uplink throws is logged in one line and retried.
+Store calls go through the store's one thread (agent/runtime/store_thread.py). A store failure
+ends `run()` (the app must stop); anything the uplink throws is logged in one line and retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from agent.runtime.backoff import Backoff
 from agent.runtime.conditions import Conditions
+from agent.runtime.store_thread import StoreThread
 from buffer.names import MQTT
 
 log = logging.getLogger("energy_agent.forwarder")
@@ -65,11 +65,25 @@ class Uplink(Protocol):
     async def publish(self, topic: str, payload: bytes, envelope_id: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ForwarderStats:
+    """What others may know of one destination's forwarding (the heartbeat reads it)."""
+
+    destination: str
+    connected: bool
+    delivered_total: int
+    rejected_total: int
+    failures_total: int
+    last_delivered_seq: int | None
+    last_delivered_ms: int | None
+    last_error: str | None
+
+
 class Forwarder:
     def __init__(
         self,
         store: Any,
-        db_executor: Executor,
+        store_thread: StoreThread,
         uplink: Uplink,
         destination: str = MQTT,
         window: int = 20,
@@ -78,7 +92,7 @@ class Forwarder:
         backoff_max: float = 10.0,
     ) -> None:
         self.store = store
-        self.db = db_executor
+        self.store_thread = store_thread
         self.uplink = uplink
         self.destination = destination
         self.window = max(1, window)
@@ -99,21 +113,11 @@ class Forwarder:
         """New envelopes were enqueued (or we are stopping): look at the outbox now."""
         self._wake.set()
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "destination": self.destination,
-            "connected": self.uplink.connected,
-            "delivered_total": self.delivered_total,
-            "rejected_total": self.rejected_total,
-            "failures_total": self.failures_total,
-            "last_delivered_seq": self.last_delivered_seq,
-            "last_delivered_ms": self.last_delivered_ms,
-            "last_error": self.last_error,
-        }
-
-    async def _db(self, fn: Callable[..., _R], *args: Any) -> _R:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.db, functools.partial(fn, *args))
+    def stats(self) -> ForwarderStats:
+        return ForwarderStats(
+            self.destination, self.uplink.connected, self.delivered_total, self.rejected_total,
+            self.failures_total, self.last_delivered_seq, self.last_delivered_ms, self.last_error,
+        )
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -237,7 +241,7 @@ class Forwarder:
 
     async def _store(self, fn: Callable[..., _R], *args: Any) -> _R:
         try:
-            return await self._db(fn, *args)
+            return await self.store_thread.call(fn, *args)
         except Exception as e:
             raise _StoreFailed() from e
 

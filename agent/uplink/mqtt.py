@@ -25,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
 from agent.config.secret_files import SecretFileError, read_secret
+from agent.protocol.envelope import ack_topic
 from agent.runtime.backoff import Backoff
 from agent.runtime.conditions import Conditions
 from agent.uplink.forwarder import AckTimeout, PlatformRejected, TooLarge, UplinkDown
@@ -49,7 +50,7 @@ class MqttUplink:
     ) -> None:
         self.cfg = cfg
         self.client_id = cfg.client_id or f"energy-agent-{enterprise}-{gateway}"
-        self.ack_topic = f"{cfg.topic_prefix}/{enterprise}/{gateway}/down/ack"
+        self.ack_topic = ack_topic(cfg.topic_prefix, enterprise, gateway)
         self.platform_acks = cfg.ack == "platform"
         self.connection_changed = asyncio.Event()  # set on every connect/disconnect
         self._up = asyncio.Event()

@@ -182,7 +182,7 @@ def meters(cfg: Config, store: Store, now_ms: int) -> dict[str, Any]:
             if not s.online:
                 retry = (s.last_error_ms or 0) + bus.offline_cooldown * 1000
                 state = "cooldown" if now_ms < retry else "offline"
-        out.append({"meter": m.name, "bus": m.bus, "unit": m.unit, "state": state,
+        out.append({"meter": m.name, "bus": m.bus, "unit": m.address or m.unit, "state": state,
                     "last_good_ms": s.last_good_ms if s else None,
                     "errors_total": s.errors_total if s else 0,
                     "consecutive_failures": s.consecutive_failures if s else 0,
