@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("scan", "find responding meters on a bus and identify their profiles"),
     "enter": ("enter", "seal a value no meter measures (coal received, output, output value)"),
     "export": ("export", "write a day's or month's report as CSV, sealed or not yet"),
+    "restate": ("restate", "state a sealed day or month again (supersedes it, says why)"),
     "replace-meter": ("replace_meter", "record a meter replacement (old final, new initial value)"),
     "resend": ("resend", "list envelopes set aside as undeliverable, or queue them again"),
     "serve": ("serve", "the energy manager's web page and JSON endpoints (a process of its own)"),

@@ -263,10 +263,13 @@ class Outbox:
     # -- look-ups by type and period ----------------------------------------------------------
 
     def envelopes(self, type: str, period_from: str | None = None,
-                  period_to: str | None = None) -> list[OutboxRow]:
+                  period_to: str | None = None, after_seq: int | None = None) -> list[OutboxRow]:
         sql = (f"SELECT {_OUTBOX_COLS} FROM outbox o JOIN payloads p ON p.seq = o.seq"
                " WHERE o.type = ?")
         params: list[Any] = [type]
+        if after_seq is not None:
+            sql += " AND o.seq > ?"
+            params.append(after_seq)
         if period_from is not None:
             sql += " AND o.period >= ?"
             params.append(period_from)

@@ -17,16 +17,18 @@ budget leaves no other choice), each step only when the previous one was not eno
 2. envelopes done (delivered or rejected) for every destination and older than the history window;
 3. over the disk budget, oldest first:
    a. summarised raw readings of any age;
-   b. done envelopes of any age;
+   b. done envelopes of any age, except reports (interval, daily, monthly, manual) younger
+      than the history window: the regulation asks for 6 months of them, kept locally;
    c. sealed raw readings accounting still needs (newer than `summarised_ts`) — the open
       day's reports lose samples (flagged, lower completeness), so this is logged as a warning
       and counted (`pruned_needed_readings`), but it loses no message already signed;
 4. over the budget, the very last resort: unsent envelopes — each one counted, logged with
    its id and recorded as an event — in order of what they are worth to the enterprise:
    heartbeats superseded by a newer one, then raw samples (the interval and daily reports
-   carry their substance), then the rest (the reports the regulation asks for, manual
-   entries, and the newest heartbeat, which tells the platform of the drops), each oldest
-   first.
+   carry their substance), then reports older than the history window, each oldest first.
+Reports younger than the history window and the newest heartbeat are never deleted: when the
+budget still cannot be met, the store raises the storage alarm (state `storage_alarm`, shown by
+`status` and carried in every heartbeat) until it can — the budget is too small for the site.
 Unsealed readings are never deleted. Deletes run in batches of one transaction each.
 """
 
@@ -43,6 +45,11 @@ from buffer.names import SEALED_CURSOR, SUMMARISED_CURSOR
 from buffer.store import Store
 
 log = logging.getLogger("buffer.retention")
+
+# The reports the regulation asks the access end to keep for 6 months (history_keep_days).
+REPORT_TYPES = ("interval", "daily", "monthly", "manual")
+_REPORTS_SQL = "(" + ", ".join(f"'{t}'" for t in REPORT_TYPES) + ")"
+ALARM_KEY = "storage_alarm"
 
 # "No reading is held for accounting": later than any timestamp a reading can carry.
 _NO_HOLD = 2**62
@@ -85,7 +92,8 @@ def prune(store: Store, now_ms: int, raw_keep_ms: int, history_keep_ms: int,
     if budget_bytes is not None and store.used_bytes() > budget_bytes:
         budget_readings = _delete_readings(store, sealed, summarised, budget_bytes)
         if store.used_bytes() > budget_bytes:
-            budget_envelopes = _delete_done_envelopes(store, None, budget_bytes)
+            budget_envelopes = _delete_done_envelopes(store, None, budget_bytes,
+                                                      keep_reports_after=history_cut)
         if store.used_bytes() > budget_bytes:
             needed = _delete_readings(store, sealed, None, budget_bytes,
                                       also_count="pruned_needed_readings")
@@ -94,15 +102,13 @@ def prune(store: Store, now_ms: int, raw_keep_ms: int, history_keep_ms: int,
                             " yet sealed still read — they will show gaps; raise the budget",
                             needed, _iso(summarised))
         if store.used_bytes() > budget_bytes:
-            dropped = _drop_unsent(store, now_ms, budget_bytes)
+            dropped = _drop_unsent(store, now_ms, budget_bytes, history_cut)
     if history or budget_envelopes or dropped:
         store.outbox.advance_watermarks()
     _reclaim(store)
 
     over = budget_bytes is not None and store.used_bytes() > budget_bytes
-    if over:
-        log.warning("store still over its disk budget (%d bytes used, budget %d): what is left"
-                    " is unsealed readings and the schema", store.used_bytes(), budget_bytes)
+    _alarm(store, now_ms, over, budget_bytes)
     report = PruneReport(raw, history, budget_readings, budget_envelopes, len(dropped),
                          tuple(dropped), events, before, store.size_bytes(), over, needed)
     budget_total = budget_readings + needed + budget_envelopes
@@ -113,6 +119,32 @@ def prune(store: Store, now_ms: int, raw_keep_ms: int, history_keep_ms: int,
                  budget_readings + needed, budget_envelopes, len(dropped), before,
                  report.bytes_after)
     return report
+
+
+def _alarm(store: Store, now_ms: int, over: bool, budget: int | None) -> None:
+    """Raise the storage alarm when the budget cannot be met without deleting the history the
+    regulation asks for; clear it when it can. One log line when it starts, one when it ends."""
+    was = store.state.get(ALARM_KEY)
+    if over:
+        used = store.used_bytes()
+        info = {"since_ms": json.loads(was)["since_ms"] if was else now_ms, "used_bytes": used,
+                "budget_bytes": budget or 0,
+                "reason": "the disk budget cannot hold the reports younger than "
+                          "history_keep_days: raise storage.budget_mb"}
+        store.state.set(ALARM_KEY, json.dumps(info, sort_keys=True))
+        if not was:
+            log.warning("storage alarm: %d bytes used, budget %d; reports younger than the history"
+                        " window, unsent envelopes and unsealed readings are kept — raise"
+                        " storage.budget_mb", used, budget or 0)
+    elif was:
+        store.state.set(ALARM_KEY, "")
+        log.info("storage alarm cleared: the store is within its disk budget again")
+
+
+def storage_alarm(store: Store) -> dict[str, Any] | None:
+    """The raised storage alarm, or None."""
+    text = store.state.get(ALARM_KEY)
+    return json.loads(text) if text else None
 
 
 def _iso(ms: int) -> str:
@@ -168,12 +200,16 @@ def _delete_envelopes(c: Any, seqs: Sequence[int]) -> None:
     c.executemany("DELETE FROM payloads WHERE seq = ?", rows)
 
 
-def _delete_done_envelopes(store: Store, before_ms: int | None, budget: int | None) -> int:
+def _delete_done_envelopes(store: Store, before_ms: int | None, budget: int | None,
+                           keep_reports_after: int | None = None) -> int:
     done, params = _done_condition(store)
     sql = f"SELECT o.seq FROM outbox o WHERE {done}"
     if before_ms is not None:
         sql += " AND o.created_ms < ?"
         params.append(before_ms)
+    if keep_reports_after is not None:
+        sql += f" AND (o.type NOT IN {_REPORTS_SQL} OR o.created_ms < ?)"
+        params.append(keep_reports_after)
     # Under a budget, small batches: envelopes can be large and each one is history.
     batch = BATCH if budget is None else 200
     total = 0
@@ -195,11 +231,11 @@ def _delete_done_envelopes(store: Store, before_ms: int | None, budget: int | No
 _DROP_CLASSES = (
     " WHERE +type = 'status' AND seq < :newest_status",  # heartbeats a newer one supersedes
     " WHERE +type = 'readings'",
-    "",  # the rest: reports, manual entries, the newest heartbeat
+    f" WHERE +type IN {_REPORTS_SQL} AND created_ms < :history_cut",  # past the history window
 )
 
 
-def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
+def _drop_unsent(store: Store, now_ms: int, budget: int, history_cut: int) -> list[str]:
     dropped: list[str] = []
     seqs: list[int] = []
     types: dict[str, int] = {}
@@ -210,7 +246,8 @@ def _drop_unsent(store: Store, now_ms: int, budget: int) -> list[str]:
             # One at a time, re-checking the budget: every unsent envelope dropped is data the
             # platform will never get, so drop no more than the budget needs.
             rows = c.execute("SELECT seq, id, type, period, created_ms FROM outbox" + classes[0]
-                             + " ORDER BY seq LIMIT 1", {"newest_status": newest or 0}).fetchall()
+                             + " ORDER BY seq LIMIT 1",
+                             {"newest_status": newest or 0, "history_cut": history_cut}).fetchall()
             _delete_envelopes(c, [r[0] for r in rows])
             for seq, id_, type_, period, created in rows:
                 info = {"seq": seq, "id": id_, "type": type_, "period": period,

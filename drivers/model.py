@@ -101,6 +101,9 @@ class PointConfig(Base, kw_only=True, frozen=True, gc=False):
     signed: bool | None = None
     unit_code: bool | None = None
     field: str | None = None
+    # A counter's plausible maximum rate, in its unit per hour (e.g. the meter's rated power in
+    # kW for kWh): bounds how many wraps a long outage may hide and when a drop is a bad read.
+    max_rate: Annotated[float, Meta(gt=0)] | None = None
     # This point is the meter's own daily freeze of the counter point named here (DL/T 645
     # 05060101 for forward active energy): the daily close may use it instead of interpolating.
     freeze_of: str | None = None

@@ -342,6 +342,23 @@ class PlatformSim:
         with self._lock:
             return self.db.execute("SELECT * FROM sample").fetchall()
 
+    def final_reports(self, type_: str) -> dict[str, dict[str, Any]]:
+        """period -> body of the report a platform keeps as final: a restatement replaces the
+        envelope it names in `supersedes` (docs/protocol.md, Restatements); raises if one
+        names an envelope of another period or one never received."""
+        with self._lock:
+            rows = self.db.execute("SELECT id, wire FROM envelope WHERE type = ? ORDER BY seq",
+                                   (type_,)).fetchall()
+        final: dict[str, tuple[str, dict[str, Any]]] = {}
+        for env_id, wire in rows:
+            body = json.loads(wire)["body"]
+            period = body.get("period", "")
+            sup = body.get("supersedes")
+            if sup and (period not in final or final[period][0] != sup):
+                raise ValueError(f"{env_id} supersedes {sup}, not the final {type_} of {period}")
+            final[period] = (env_id, body)
+        return {p: b for p, (_, b) in final.items()}
+
     def sample_count(self) -> int:
         with self._lock:
             return int(self.db.execute("SELECT count(*) FROM sample").fetchone()[0])

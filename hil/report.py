@@ -67,6 +67,12 @@ class Report:
     dropped_counter: int = 0
     dropped_reported: int | None = None
     show_dropped: bool = False
+    # History (disk budget): reports the rig entered, how many the platform holds, how many
+    # were dropped, and whether a status envelope carried the storage alarm.
+    reports_entered: int = 0
+    reports_at_platform: int = 0
+    reports_dropped: int = 0
+    storage_alarm_reported: bool = False
     fault_s: float = 0.0  # seconds under a fault
     fault_cpu_s: float = 0.0  # agent CPU time during those
     fault_coverage: dict[str, float] = field(default_factory=dict)
@@ -90,6 +96,10 @@ class Report:
                 f"(disk budget; agent counter {self.dropped_counter}, "
                 f"told the platform {told})",
             ]
+            if self.reports_entered:
+                lines.append(f"  reports kept        {self.reports_at_platform} at the platform "
+                             f"({self.reports_entered} entered, {self.reports_dropped} dropped); "
+                             f"storage alarm {'reported' if self.storage_alarm_reported else 'not reported'}")
             if self.dropped_placed_by_rowid:
                 lines.append(f"                      ({self.dropped_placed_by_rowid} of those "
                              "samples placed by row id: sealed and dropped between two looks)")
@@ -194,6 +204,9 @@ def build_report(
     rep.dropped_samples = len(dropped_keys)
     rep.dropped_counter = int(obs.agent_counters.get("dropped_envelopes", 0))
     rep.dropped_reported = reported_drops(obs.platform, enterprise, gateway)
+    rep.reports_dropped = sum(1 for t in obs.dropped.values() if t in REPORT_TYPES)
+    rep.reports_at_platform, rep.storage_alarm_reported = _history(obs.platform, enterprise,
+                                                                   gateway)
     lost = [k for k in expected if k not in received and k not in dropped_keys]
     rep.lost = len(lost)
     rep.examples += [f"lost: {k}" for k in lost[:3]]
@@ -292,6 +305,23 @@ def dropped_samples(obs: Observer, committed: Any,
     return exact | inferred
 
 
+REPORT_TYPES = ("interval", "daily", "monthly", "manual")
+
+
+def _history(platform: PlatformSim, enterprise: str, gateway: str) -> tuple[int, bool]:
+    """(reports the platform accepted, whether any status envelope carried the storage alarm)."""
+    marks = ",".join("?" * len(REPORT_TYPES))
+    with platform._lock:
+        n = platform.db.execute(
+            f"SELECT count(*) FROM envelope WHERE enterprise=? AND gateway=? AND type IN ({marks})",
+            (enterprise, gateway, *REPORT_TYPES)).fetchone()[0]
+        rows = platform.db.execute(
+            "SELECT wire FROM envelope WHERE enterprise=? AND gateway=? AND type='status'",
+            (enterprise, gateway)).fetchall()
+    alarm = any("storage_alarm" in json.loads(r[0]).get("body", {}) for r in rows)
+    return int(n), alarm
+
+
 def reported_drops(platform: PlatformSim, enterprise: str, gateway: str) -> int | None:
     """`counters.dropped_envelopes` of the newest status envelope the platform accepted."""
     with platform._lock:
@@ -314,6 +344,9 @@ def chain_with_drops(obs: Observer, enterprise: str, gateway: str) -> dict[str, 
     c = obs.platform.chain(enterprise, gateway)
     missing = set(c["missing"])
     dropped = sorted(missing & set(obs.dropped))
+    # Dropped by the agent, yet at the platform: it arrived, but its acknowledgement did not
+    # come back before the drop (the broker went down in between). Not a gap.
+    c["dropped_but_delivered"] = sorted(set(obs.dropped) - missing)
     c["missing"] = sorted(missing - set(obs.dropped))
     c["dropped"] = dropped
     if dropped:
@@ -326,7 +359,9 @@ def chain_with_drops(obs: Observer, enterprise: str, gateway: str) -> dict[str, 
             if seq + 1 not in prevs:
                 continue  # the successor was dropped too
             sha = obs.envelopes.get(seq, ("", "", []))[1]
-            if sha and prevs[seq + 1] == sha:
+            if not sha:
+                continue  # sealed and dropped between two looks: the link cannot be checked
+            if prevs[seq + 1] == sha:
                 checked += 1
             else:
                 c["broken"] = sorted({*c["broken"], seq + 1})
@@ -373,9 +408,19 @@ def judge(rep: Report, expect: dict[str, Any]) -> None:
     if rep.dropped_envelopes and rep.dropped_reported != rep.dropped_counter:
         rep.failures.append(f"the platform was told of {rep.dropped_reported} drops, "
                             f"not {rep.dropped_counter}")
-    if set(rep.chain.get("dropped", [])) != set(rep.dropped_seqs):
+    delivered = set(rep.chain.get("dropped_but_delivered", []))
+    if set(rep.chain.get("dropped", [])) != set(rep.dropped_seqs) - delivered:
         rep.failures.append("dropped seqs differ from the platform's gaps: "
                             f"{sorted(set(rep.chain.get('dropped', [])) ^ set(rep.dropped_seqs))[:5]}")
+    if expect.get("keep_reports"):
+        if rep.reports_dropped:
+            rep.failures.append(f"{rep.reports_dropped} reports dropped: the history window "
+                                "must keep them")
+        if rep.reports_at_platform < rep.reports_entered or not rep.reports_entered:
+            rep.failures.append(f"the platform holds {rep.reports_at_platform} reports of "
+                                f"{rep.reports_entered} entered")
+    if expect.get("storage_alarm") and not rep.storage_alarm_reported:
+        rep.failures.append("no status envelope carried the storage alarm")
     for key in ("pruned_readings",):
         floor_n = expect.get(f"min_{key}")
         got = int(rep.counters.get(key, 0))

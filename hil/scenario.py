@@ -112,6 +112,7 @@ class Rig:
     restores_ms: list[int] = field(default_factory=list)
     faults_ms: list[tuple[int, int]] = field(default_factory=list)  # (start, end) windows
     fault_open_ms: int | None = None
+    entered: int = 0  # manual entries the rig sealed (reports.enter)
 
     async def start(self) -> None:
         self.stack = contextlib.AsyncExitStack()
@@ -174,6 +175,29 @@ class Rig:
             sim = SimMeter(name=m["name"], unit=m.get("unit", 1), points=points)
         self.meters[sim.name] = sim
         return sim
+
+    def _enter_reports(self, n: int, code: str) -> int:
+        """Seal n manual entries (a report type the history window keeps) beside the running
+        agent, as `energy-agent enter` would: one store transaction each."""
+        from agent.accounting.manual import manual_body, seal_manual
+        from agent.config import load_config
+        from agent.protocol.sealer import Sealer
+        from agent.protocol.signing import load_signer
+        from buffer.store import Store
+
+        cfg = load_config(self.config_file)
+        store = Store(cfg.db_path)
+        try:
+            sealer = Sealer(cfg, store, load_signer(cfg.signing.key_file))
+            now = int(time.time() * 1000)
+            for i in range(n):
+                body, period = manual_body(code, str(100 + i), "t", tz=cfg.tz, entered_ms=now,
+                                           month=time.strftime("%Y-%m"),
+                                           note=f"HIL entry {i + 1} of {n}: " + "x" * 200)
+                seal_manual(store, sealer, body, period)
+        finally:
+            store.close()
+        return n
 
     def _keygen(self, key_file: Path) -> None:
         subprocess.run([sys.executable, "-m", "agent", "keygen", "--key", str(key_file)],
@@ -266,6 +290,9 @@ class Rig:
             else:
                 sim.mode, sim.delay = verb, float(e.get("delay", sim.delay))
                 sim.exception_code = int(e.get("code", sim.exception_code))
+        elif what == "reports.enter":
+            self.entered += await asyncio.to_thread(self._enter_reports, int(e.get("n", 1)),
+                                                    str(e.get("code", "00-00-0000-040001-00")))
         elif what == "agent.kill":
             self.kill_agent()
             await asyncio.sleep(float(e.get("down", 0)))
@@ -329,6 +356,7 @@ async def run_scenario(scn: Scenario, work: Path | None = None,
             poll, int(started * 1000), int(scn.expect.get("window_ms", 5000)),
             ENTERPRISE, GATEWAY, rig.faults_ms)
         rep.kills, rep.kills_during_backlog = rig.kills, rig.kills_during_backlog
+        rep.reports_entered = rig.entered
         rep.show_dropped = "min_dropped_envelopes" in scn.expect
         # Which meters the platform saw marked offline (quality 4): the poller took them out
         # after bus.offline_after failed cycles instead of timing out on them every cycle.

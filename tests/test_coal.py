@@ -34,9 +34,9 @@ def test_tce_per_variety_matches_hand_calculation():
 def test_comprehensive_consumption_is_the_sum_over_varieties():
     items = [
         _item("00-00-0000-020201-10", "electricity", "kWh", "12500"),
-        # A sub-meter of the same electricity: whole-plant items exist, so it is not added again.
-        _item("01-02-0301-020201-20", "electricity", "kWh", "4000"),
-        _item("00-00-0000-010301-10", "natural_gas", "m3", "3000"),
+        # A sub-meter (usage 30): converted and shown, never summed into the total.
+        _item("01-02-0301-020201-30", "electricity", "kWh", "4000"),
+        _item("00-00-0000-010103-10", "natural_gas", "m3", "3000"),
         _item("00-00-0000-020501-10", "steam", "t", "20"),
         _item("00-00-0000-010104-10", "raw_coal", "t", "5"),
         # Product output (class 04) never counts as energy.

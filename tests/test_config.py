@@ -122,7 +122,7 @@ def test_profile_points_resolve_and_codes_apply() -> None:
     m = cfg.meter_named("workshop-a")
     assert m.points, "profile points resolved"
     energy = next(p for p in m.points if p.name == "import_active_energy")
-    assert energy.code == "01-00-0000-020101-10"
+    assert energy.code == "01-00-0000-020201-30"
     assert m.probe_point
 
 
@@ -165,7 +165,7 @@ bus = "lan"
 unit = 2
 profile = "acrel-dtsd1352"
 [meter.codes]
-import_active_energy = "01-00-0000-020101-10"
+import_active_energy = "01-00-0000-020201-10"
 
 [[meter]]
 name = "b"
@@ -176,7 +176,7 @@ profile = "acrel-dtsd1352"
     _, a, b = _meters(tmp_path, meters)
     a_energy = next(p for p in a.points if p.name == "import_active_energy")
     b_energy = next(p for p in b.points if p.name == "import_active_energy")
-    assert (a_energy.code, b_energy.code) == ("01-00-0000-020101-10", None)
+    assert (a_energy.code, b_energy.code) == ("01-00-0000-020201-10", None)
     others = [(p, q) for p, q in zip(a.points, b.points, strict=True) if p.name != "import_active_energy"]
     assert others and all(p is q for p, q in others)
 
@@ -198,14 +198,15 @@ def test_every_config_key_is_in_the_annotated_example() -> None:
 
     text = (Path(__file__).resolve().parent.parent / "config" / "agent.example.toml").read_text()
     # A key is present when it is set, or shown commented out, at the start of a line.
-    present = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.M))
+    present = set(re.findall(r"^#?\s*([a-z0-9_]+)\s*=", text, flags=re.M))
     sections = set(re.findall(r"^#?\s*\[+([a-z_.]+)\]+", text, flags=re.M))
     not_keys = {"points", "source", "warnings"}  # filled by load_config
     missing = []
     for struct in (schema.AgentSection, schema.PlatformSection, schema.SigningSection,
-                   schema.ScheduleSection, schema.StorageSection, BusConfig, MeterConfig, PointConfig):
+                   schema.ScheduleSection, schema.StorageSection, BusConfig, MeterConfig, PointConfig,
+                   schema.BoundarySection, schema.CodeCoefficient):
         for f in msgspec.structs.fields(struct):
             if f.encode_name not in present | not_keys and f.encode_name not in {"point", "codes"}:
                 missing.append(f"{struct.__name__}.{f.encode_name}")
     assert missing == []
-    assert {"meter.point", "meter.codes", "coefficients", "storage", "schedule"} <= sections
+    assert {"meter.point", "meter.codes", "coefficients", "storage", "schedule", "boundary"} <= sections

@@ -1,6 +1,6 @@
 """The store's disk budget during a long outage, and a corrupt store at start — with the real agent.
 
-DESIGN.md: when the budget is reached the oldest sealed raw readings go first; an unsent envelope
+The design: when the budget is reached the oldest sealed raw readings go first; an unsent envelope
 is the last thing ever dropped, and each drop is logged, counted and reported in the next status
 message. A corrupt database is moved aside, a fresh one started, and the event reported.
 """

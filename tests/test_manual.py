@@ -87,8 +87,11 @@ def test_export_marks_unsealed_periods_and_reads_sealed_ones(site: Path, tmp_pat
     out = tmp_path / "day.csv"
     assert main(["export", "-c", str(site), "--day", "2026-11-21", "-o", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    daily = [r for r in rows if r["type"] == "daily"]
+    daily = [r for r in rows if r["type"] == "daily" and r["dataCode"] == "00-00-0000-020201-10"]
     assert len(daily) == 1 and daily[0]["status"] == "not yet sealed"
+    # The total is an ordinary item of the daily report, under its own code.
+    (total,) = [r for r in rows if r["type"] == "daily" and r["dataCode"] == "00-00-0000-080000-00"]
+    assert total["value"] == "0.0885" and total["unit"] == "tce"
     assert daily[0]["value"] == "720.00" and daily[0]["completeness"] == "1.0000"
     assert len([r for r in rows if r["type"] == "interval"]) == 96
     assert [r["value"] for r in rows if r["type"] == "total_tce"] == ["0.0885"]  # 720 × 0.1229
@@ -124,7 +127,7 @@ def test_export_today_so_far(site: Path, tmp_path: Path):
     out = tmp_path / "today.csv"
     assert main(["export", "-c", str(site), "--day", today, "-o", str(out)]) == 0
     rows_out = list(csv.DictReader(out.open()))
-    daily = [r for r in rows_out if r["type"] == "daily"]
+    daily = [r for r in rows_out if r["type"] == "daily" and r["meter"] == "main"]
     assert len(daily) == 1 and daily[0]["status"] == "not yet sealed"
     intervals = [r for r in rows_out if r["type"] == "interval"]
     # Only the intervals begun by now, the last one still running.

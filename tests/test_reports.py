@@ -94,6 +94,10 @@ def _every_minute(store: Store, start: str, end: str, kwh_at_start: float, per_m
     store.readings.add_readings(rows)
 
 
+def _counters(body: dict) -> list[dict]:
+    return [i for i in body["items"] if i["kind"] == "counter"]
+
+
 def _bodies(store: Store, type_: str) -> dict[str, dict]:
     return {r.period: json.loads(r.payload)["body"] for r in store.outbox.envelopes(type_)}
 
@@ -109,7 +113,7 @@ def test_agent_off_across_midnight_still_closes_yesterday(rig):
     assert seqs
     daily = _bodies(store, "daily")
     assert list(daily) == ["2026-11-21"]
-    (item,) = daily["2026-11-21"]["items"]
+    (item,) = _counters(daily["2026-11-21"])
     assert item["periodStart"] == "2026-11-21T00:00:00+08:00" and item["statType"] == 1
     assert item["inputType"] == 4 and item["dataCode"] == "00-00-0000-020201-10"
     assert {"gap", "interpolated"} <= set(item["flags"])
@@ -146,7 +150,7 @@ def test_midnight_between_reads_ten_minutes_apart(rig):
     _read(store, "2026-11-22T00:05", 5030.00)
     rep = Reporter(cfg, store, sealer)
     body = rep.day_body(date(2026, 11, 21), ms("2026-11-22T00:31"))
-    (item,) = body["items"]
+    (item,) = _counters(body)
     # 23:55:00.150 → 5020.00, 00:05:00.150 → 5030.00: at 00:00 the counter stood at 5025.00
     # (to the cent; the 150 ms offsets cancel).
     assert item["endValue"] == "5025.00"
@@ -163,7 +167,7 @@ def test_meter_replaced_mid_day(rig):
     _every_minute(store, "2026-11-21T12:00", "2026-11-22T00:10", 0.0, 0.5)
     rep = Reporter(cfg, store, sealer)
     body = rep.day_body(date(2026, 11, 21), ms("2026-11-22T00:31"))
-    (item,) = body["items"]
+    (item,) = _counters(body)
     # Old meter: 90005.00 at 00:00 (interpolated), final 90365.00: 360.00 kWh. New meter:
     # 0.00 at 12:00, 360.00 at 00:00 (720 min × 0.5): 360.00 kWh. Together 720.00 kWh.
     assert item["value"] == "720.00"
@@ -175,7 +179,7 @@ def test_backwards_without_replacement_is_flagged_not_negative(rig):
     _every_minute(store, "2026-11-20T23:50", "2026-11-21T12:00", 90000.0, 0.5)
     _every_minute(store, "2026-11-21T12:00", "2026-11-22T00:10", 80000.0, 0.5)  # unexplained
     rep = Reporter(cfg, store, sealer)
-    (item,) = rep.day_body(date(2026, 11, 21), ms("2026-11-22T00:31"))["items"]
+    (item,) = _counters(rep.day_body(date(2026, 11, 21), ms("2026-11-22T00:31")))
     assert "backwards" in item["flags"]
     assert Decimal(item["value"]) == Decimal("359.50")  # the last good step 90359.50 is held
 
@@ -238,7 +242,7 @@ def test_budget_pruning_leaves_the_open_day_whole(rig, hold: bool):
 
     _every_minute(store, "2026-11-22T12:00", "2026-11-23T00:31", 1440.0 * 2.5, 1.0)
     rep.seal_due(ms("2026-11-23T00:31"))
-    (item,) = _bodies(store, "daily")["2026-11-22"]["items"]
+    (item,) = _counters(_bodies(store, "daily")["2026-11-22"])
     if hold:
         assert report.needed_readings == 0 and report.budget_envelopes > 0
         assert report.budget_readings == 1440  # the 20th; the 21st is the 22nd's lookback
@@ -278,7 +282,7 @@ def test_first_start_at_14_00_leaves_the_morning_without_values_not_zero(rig, tm
         assert item["startValue"] == "" and item["endValue"] == ""
     (first,) = intervals["2026-11-21T14:00"]["items"]
     assert first["value"] == "15.00"  # 14:00:00.150 → 14:15: the first interval with reads
-    (day,) = _bodies(store, "daily")["2026-11-21"]["items"]
+    (day,) = _counters(_bodies(store, "daily")["2026-11-21"])
     assert Decimal(day["value"]) == Decimal("600.00")  # 14:00 → 24:00, nothing invented before
     # export writes the same: an empty value, never "0".
     from agent.cli import main

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from buffer import readings
-from buffer.retention import prune
+from buffer.retention import prune, storage_alarm
 from buffer.store import EnvelopeMeta, Store
 from drivers.base import Reading
 from tests.store_helpers import enqueue
@@ -24,12 +24,13 @@ def add_readings(store: Store, n: int, ts0: int, step: int = 1000) -> None:
     store.readings.add_readings([Reading(f"m{i % 10}", "e", ts0 + i * step, float(i)) for i in range(n)])
 
 
-def add_envelopes(store: Store, n: int, created_ms: int, size: int = 4000) -> list[int]:
+def add_envelopes(store: Store, n: int, created_ms: int, size: int = 4000,
+                  type_: str = "readings") -> list[int]:
     seqs = []
     for _ in range(n):
         seq, _ = store.outbox.chain_head()
         payload = (f"{seq}:".encode() + b"x" * size)[:size]
-        enqueue(store, payload, EnvelopeMeta(seq, f"E-G-{seq}", "daily", "t", created_ms))
+        enqueue(store, payload, EnvelopeMeta(seq, f"E-G-{seq}", type_, "t", created_ms))
         seqs.append(seq)
     return seqs
 
@@ -270,15 +271,54 @@ def test_unsent_envelopes_go_by_worth_superseded_heartbeats_then_raw_samples(sto
     kinds = ["status", "readings", "daily", "status", "readings", "interval", "manual", "status", "readings"]
     seqs = {seq: kind for seq, kind in ((put(k), k) for k in kinds)}
     store.checkpoint()
-    want = ["status", "status", "readings", "readings", "readings", "daily", "interval", "manual", "status"]
+    want = ["status", "status", "readings", "readings", "readings"]
 
     def dropped() -> list[str]:
         return [seqs[e[3]["seq"]] for e in store.state.events("envelope_dropped")]
 
-    prune(store, NOW, RAW_KEEP, HISTORY_KEEP, store.used_bytes() - 3 * 4096)  # a little over
+    prune(store, NOW, RAW_KEEP, HISTORY_KEEP, store.used_bytes() - 4096)  # a little over
     assert 0 < len(dropped()) < len(want) and dropped() == want[:len(dropped())]
-    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)  # nothing fits: all go, in that order
+    assert storage_alarm(store) is None
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)  # nothing fits
+    # Superseded heartbeats and raw samples go; the reports younger than the history window
+    # and the newest heartbeat stay, and the storage alarm says the budget is too small.
     assert dropped() == want
-    order = [e[3]["seq"] for e in store.state.events("envelope_dropped")]
-    assert order[-1] == max(s for s, k in seqs.items() if k == "status")  # the newest heartbeat last
-    assert report.over_budget and outbox_seqs(store) == []
+    left = sorted(seqs[s] for s in outbox_seqs(store))
+    assert left == ["daily", "interval", "manual", "status"]
+    assert report.over_budget
+    alarm = storage_alarm(store)
+    assert alarm is not None and "history_keep_days" in alarm["reason"] and alarm["budget_bytes"] == 1
+    prune(store, NOW, RAW_KEEP, HISTORY_KEEP, None)  # budget lifted: the alarm ends
+    assert storage_alarm(store) is None
+
+
+def test_budget_never_deletes_delivered_reports_younger_than_the_history_window(store: Store) -> None:
+    old = add_envelopes(store, 20, NOW - 200 * DAY, type_="daily")  # past the window: may go
+    young = {t: add_envelopes(store, 30, NOW - 90 * DAY, type_=t)
+             for t in ("interval", "daily", "monthly", "manual")}
+    raw = add_envelopes(store, 60, NOW - 10 * DAY)
+    every = old + [s for v in young.values() for s in v] + raw
+    store.outbox.mark_delivered("mqtt", every)
+    store.outbox.mark_delivered("https", every)
+    # HISTORY_KEEP is 183 days: the 200-day-old ones go in step 2 already; under a budget that
+    # cannot be met, delivered raw samples go, every young report stays.
+    report = prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)
+    assert outbox_seqs(store) == sorted(s for v in young.values() for s in v)
+    assert report.history_envelopes == len(old) and report.budget_envelopes == len(raw)
+    assert report.over_budget and storage_alarm(store) is not None
+
+
+def test_status_shows_the_storage_alarm(store: Store, tmp_path: Path) -> None:
+    from agent.commands.status import collect
+    from agent.config import load_config
+    from tests.test_reports import CONFIG
+
+    (tmp_path / "agent.toml").write_text(CONFIG.format(dir=tmp_path))
+    cfg = load_config(tmp_path / "agent.toml")
+    add_envelopes(store, 5, NOW - DAY, type_="daily")
+    assert not any("storage alarm" in w for w in collect(cfg, store, NOW)["warnings"])
+    prune(store, NOW, RAW_KEEP, HISTORY_KEEP, 1)
+    report = collect(cfg, store, NOW)
+    assert report["storage_alarm"]["budget_bytes"] == 1
+    assert any(w.startswith("storage alarm:") and "raise storage.budget_mb" in w
+               for w in report["warnings"])

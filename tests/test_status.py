@@ -46,7 +46,7 @@ register = 0
 type = "u32"
 kind = "counter"
 variety = "electricity"
-code = "00-00-0000-020101-10"
+code = "00-00-0000-020201-10"
 """)
         agent = AgentProcess(cfg).start()
         try:

@@ -26,7 +26,7 @@ from tests.agent_harness import ENTERPRISE, GATEWAY, REPO, AgentProcess, Countin
 
 TZ = "Asia/Shanghai"
 POLL_S = 5
-ENERGY_CODE = "00-00-0000-020101-10"
+ENERGY_CODE = "00-00-0000-020201-10"
 POWER_CODE = "00-00-0000-020199-10"
 KW_START = 500.0  # kWh on the counter at the first backfilled sample
 

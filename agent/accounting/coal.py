@@ -1,8 +1,10 @@
 """Standard-coal conversion (GB/T 2589): kgce per unit of each energy variety.
 
-The defaults are GB/T 2589-2020's reference values (1 kgce = 29,307.6 kJ). Provinces publish their own coefficient
-per energy code and a measured calorific value beats any table, so `Config.coefficients`
-(variety → kgce per unit) overrides them site by site. Everything here is Decimal so a report's
+The defaults are GB/T 2589-2020's reference values (1 kgce = 29,307.6 kJ), tabulated with
+sources in docs/accounting.md. Provinces publish their own coefficient per energy code and a
+measured calorific value beats any table, so `Config.coefficients` (variety → kgce per unit) and
+`Config.coefficient` (data code → kgce, steam enthalpy or pressure, gas calorific value)
+override them site by site. Everything here is Decimal so a report's
 tonnes of standard coal equivalent (tce) are reproducible to the last digit from the figures in
 the envelope.
 
@@ -15,8 +17,11 @@ electricity coefficient reports under the equal-value convention, and every repo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from agent.accounting.steam import saturated_steam_enthalpy
 
 KJ_PER_KGCE = Decimal("29307.6")
 STEAM_KGCE_PER_MJ = Decimal("0.03412")  # = 1 / 29.3076 MJ per kgce, rounded as GB/T 2589 does
@@ -70,6 +75,7 @@ class Coefficients:
 
     kgce: Mapping[str, Decimal]  # variety -> kgce per base unit
     base_units: Mapping[str, str]  # variety -> base unit of its coefficient
+    per_code: Mapping[str, Decimal] = field(default_factory=dict)  # data code -> kgce per its unit
 
     @property
     def electricity_convention(self) -> str:
@@ -77,31 +83,39 @@ class Coefficients:
         e = self.kgce.get("electricity", ELECTRICITY_EQUIVALENT)
         return "equivalent" if e == ELECTRICITY_EQUIVALENT else "equal"
 
-    def factor(self, variety: str, unit: str) -> Decimal:
-        """kgce per `unit` of `variety` (the coefficient adjusted for the unit's scale)."""
-        if variety not in self.kgce:
+    def factor(self, variety: str, unit: str, code: str | None = None) -> Decimal:
+        """kgce per `unit` of `variety` (the coefficient adjusted for the unit's scale). A
+        coefficient configured for the data code comes first; it is per the variety's base
+        unit (kg of steam, m³ of gas), or per the item's own unit for a variety of the site's
+        own naming."""
+        per = self.per_code.get(code) if code is not None else None
+        if per is None and variety not in self.kgce:
             raise CoalError(
                 f"energy variety {variety!r} has no standard-coal coefficient: add "
                 f"coefficients.{variety} = <kgce per unit> to the config"
             )
+        k = per if per is not None else self.kgce[variety]
         base = self.base_units.get(variety)
         if base is None or unit == base:
-            return self.kgce[variety]  # a site coefficient is taken as per the point's own unit
+            return k  # a site coefficient is taken as per the point's own unit
         conv = UNITS.get(unit)
         if conv is None or conv[0] != base:
             raise CoalError(
                 f"energy variety {variety!r} is measured in {unit!r}, but its coefficient is per "
                 f"{base}: use a unit convertible to {base} or set coefficients.{variety} per {unit}"
             )
-        return self.kgce[variety] * conv[1]
+        return k * conv[1]
 
-    def tce(self, variety: str, unit: str, quantity: Decimal) -> Decimal:
-        """Tonnes of standard coal for `quantity` in `unit`, rounded to 0.1 kgce."""
-        kgce = quantity * self.factor(variety, unit)
+    def tce(self, variety: str, unit: str, quantity: Decimal, code: str | None = None) -> Decimal:
+        """Tonnes of standard coal for `quantity` in `unit`, rounded to 0.1 kgce. A coefficient
+        configured for the data code (measured calorific value, steam enthalpy) comes first and
+        is per the item's own unit."""
+        kgce = quantity * self.factor(variety, unit, code)
         return (kgce / 1000).quantize(TCE_PLACES, rounding=ROUND_HALF_UP)
 
 
-def coefficients(overrides: Mapping[str, float] | None = None) -> Coefficients:
+def coefficients(overrides: Mapping[str, float] | None = None,
+                 per_code: Mapping[str, Any] | None = None) -> Coefficients:
     """Defaults with the site's `Config.coefficients` applied.
 
     An override is taken per the variety's base unit when the variety is in the table (so
@@ -112,7 +126,26 @@ def coefficients(overrides: Mapping[str, float] | None = None) -> Coefficients:
     base = {v: u for v, (_, u) in DEFAULTS.items()}
     for variety, value in (overrides or {}).items():
         kgce[variety] = Decimal(repr(value))
-    return Coefficients(kgce, base)
+    codes = {code: code_coefficient(c) for code, c in (per_code or {}).items()}
+    return Coefficients(kgce, base, codes)
+
+
+def code_coefficient(c: Any) -> Decimal:
+    """kgce per unit from one `[coefficient."<code>"]` table (agent/config/schema.py)."""
+    if c.kgce is not None:
+        return Decimal(repr(c.kgce))
+    if c.enthalpy_mj_per_kg is not None:
+        return steam_coefficient(repr(c.enthalpy_mj_per_kg))
+    if c.pressure_mpa is not None:
+        return steam_coefficient(saturated_steam_enthalpy(Decimal(repr(c.pressure_mpa))))
+    if c.calorific_mj_per_m3 is not None:
+        return gas_coefficient(Decimal(repr(c.calorific_mj_per_m3)))
+    raise CoalError("coefficient: give kgce, enthalpy_mj_per_kg, pressure_mpa or calorific_mj_per_m3")
+
+
+def gas_coefficient(net_calorific_mj_per_m3: Decimal) -> Decimal:
+    """kgce per m³ of a gas from its net calorific value (1 kgce = 29.3076 MJ, GB/T 2589)."""
+    return (net_calorific_mj_per_m3 * 1000 / KJ_PER_KGCE).quantize(Decimal("0.0001"), ROUND_HALF_UP)
 
 
 def steam_coefficient(enthalpy_mj_per_kg: Decimal | float | str) -> Decimal:

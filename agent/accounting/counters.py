@@ -51,8 +51,11 @@ INTERPOLATED = "interpolated"  # a boundary value was interpolated across a gap
 EXTRAPOLATED = "extrapolated"  # no read on one side of a boundary: the nearest value was held
 CLOCK = "clock"  # the gateway clock was stepped during the period
 NO_DATA = "no_data"  # no read at all: the value is empty
+BAD_READ = "bad_read"  # a read near zero that nothing confirmed as a reset was not used
+FREEZE = "freeze"  # a boundary value is the meter's own daily-freeze register
 FLAGS = frozenset(
-    {GAP, BACKWARDS, ROLLOVER, RESET, REPLACED, SPIKE, INTERPOLATED, EXTRAPOLATED, CLOCK, NO_DATA}
+    {GAP, BACKWARDS, ROLLOVER, RESET, REPLACED, SPIKE, INTERPOLATED, EXTRAPOLATED, CLOCK, NO_DATA,
+     BAD_READ, FREEZE}
 )
 
 # A drop to at most this fraction of the previous value is a meter reset, not a bad read.
@@ -121,9 +124,42 @@ def _quantum(decimals: int) -> Decimal:
     return Decimal(1).scaleb(-decimals)
 
 
-def classify(prev: Decimal, cur: Decimal, modulus: Decimal | None) -> tuple[str, Decimal, Decimal]:
-    """(kind, base, consumption) of a step from effective value `prev` to read `cur`."""
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """What a counter can plausibly do per millisecond: `expected` from its own history (the
+    last sealed day), `maximum` from its configuration (rated power, pipe size)."""
+
+    expected: Decimal | None = None
+    maximum: Decimal | None = None
+
+
+NO_RATES = Rates()
+
+
+def classify(prev: Decimal, cur: Decimal, modulus: Decimal | None, elapsed_ms: int = 0,
+             rates: Rates = NO_RATES) -> tuple[str, Decimal, Decimal]:
+    """(kind, base, consumption) of a step from effective value `prev` to read `cur`.
+
+    Over a step long enough for the counter to wrap at its expected rate (an outage on a small
+    counter), the number of wraps is the one that makes the step closest to what that rate
+    gives in the elapsed time, within the maximum rate: a 16-bit counter read again after k
+    wraps counts all k. Shorter steps are judged by their value alone, as before."""
     d = cur - prev
+    if modulus is not None and rates.expected is not None and elapsed_ms > 0:
+        expect = rates.expected * elapsed_ms
+        if expect > modulus / 2:
+            k = int(((expect - d) / modulus).to_integral_value(ROUND_HALF_UP))
+            k = max(k, 0 if d >= 0 else 1)
+            if rates.maximum is not None:
+                most = rates.maximum * elapsed_ms
+                while k > 0 and d + k * modulus > most:
+                    k -= 1
+            c = d + k * modulus
+            if c >= 0 and (rates.maximum is None or c <= rates.maximum * elapsed_ms):
+                return (ROLLOVER if k else "normal"), prev, c
+    if modulus is not None and rates.maximum is not None and elapsed_ms > 0 and d < 0 \
+            and d + modulus > rates.maximum * elapsed_ms and not _near_zero(prev, cur):
+        return BACKWARDS, prev, Decimal(0)  # a wrap would need more than the meter can do
     if d >= 0:
         # Forward by more than half the range is a small step backwards through the wrap point.
         if modulus is not None and d > modulus / 2:
@@ -131,9 +167,13 @@ def classify(prev: Decimal, cur: Decimal, modulus: Decimal | None) -> tuple[str,
         return "normal", prev, d
     if modulus is not None and d + modulus <= modulus / 2:
         return ROLLOVER, prev, d + modulus
-    if prev > 0 and cur >= 0 and cur <= prev * RESET_FRACTION:
+    if _near_zero(prev, cur):
         return RESET, Decimal(0), cur
     return BACKWARDS, prev, Decimal(0)
+
+
+def _near_zero(prev: Decimal, cur: Decimal) -> bool:
+    return prev > 0 and 0 <= cur <= prev * RESET_FRACTION
 
 
 def _walk(
@@ -141,7 +181,8 @@ def _walk(
     samples: Sequence[Sample],
     replacements: Sequence[Replacement],
     modulus: Decimal | None,
-) -> tuple[list[_Node], list[int]]:
+    rates: Rates = NO_RATES,
+) -> tuple[list[_Node], list[int], list[int]]:
     events: list[tuple[int, int, Decimal]] = [(s.ts, _READ, s.value) for s in samples]
     for r in replacements:
         events.append((r.ts, _OLD_FINAL, r.old_final))
@@ -152,6 +193,7 @@ def _walk(
     events.sort(key=lambda e: (e[0], e[1]))
     nodes: list[_Node] = []
     spikes: list[int] = []
+    dropouts: list[int] = []
     if seed is not None:
         nodes.append(_Node(seed.ts, seed.value, Decimal(0), "seed", seed.value, Decimal(0)))
     for i, (ts, k, v) in enumerate(events):
@@ -165,10 +207,30 @@ def _walk(
         if k == _NEW_INITIAL:
             kind, base, delta = REPLACED, v, Decimal(0)
         else:
-            kind, base, delta = classify(prev.eff, v, modulus)
+            kind, base, delta = classify(prev.eff, v, modulus, ts - prev.ts, rates)
+        if kind == RESET and not _reset_confirmed(prev.eff, v, events, i):
+            # One read near zero that the next read does not confirm (a converter answering
+            # zeros, a meter powering up): a bad read, not used. Were it taken as a reset, the
+            # next read would count the whole counter from zero.
+            dropouts.append(ts)
+            continue
         eff = prev.eff if kind == BACKWARDS else v
         nodes.append(_Node(ts, eff, prev.cum + delta, kind, base, delta))
-    return nodes, spikes
+    return nodes, spikes, dropouts
+
+
+def _reset_confirmed(baseline: Decimal, value: Decimal, events: list[tuple[int, int, Decimal]],
+                     i: int) -> bool:
+    """A drop to near zero is a reset when what follows says so: a recorded replacement, or a
+    next read that stays below the old baseline and rises from the low value. A next read back
+    at or above the baseline says the low read was wrong; without a next read it is unconfirmed
+    (the next period, opened from the held baseline, decides with the reads it sees)."""
+    if i + 1 >= len(events):
+        return False
+    _, kind, nxt = events[i + 1]
+    if kind != _READ:
+        return True
+    return value <= nxt < baseline
 
 
 def _rise(prev: Decimal, cur: Decimal, modulus: Decimal | None) -> Decimal | None:
@@ -217,7 +279,7 @@ def _at(
     part = (b.delta * Decimal(t - a.ts) / Decimal(b.ts - a.ts)).quantize(q, ROUND_HALF_UP)
     value = b.base + part
     if b.kind == ROLLOVER and modulus is not None and value >= modulus:
-        value -= modulus
+        value %= modulus
     # `part` is exactly what the step a → value counts (see module doc: splits telescope).
     return value, a.cum + part, None
 
@@ -231,6 +293,7 @@ def close_periods(
     seed: Decimal | None = None,
     replacements: Sequence[Replacement] = (),
     gap_ms: int | None = None,
+    rates: Rates = NO_RATES,
 ) -> list[PeriodValue]:
     """Consumption of a counter over consecutive periods [bounds[k], bounds[k+1]).
 
@@ -242,7 +305,7 @@ def close_periods(
     """
     q = _quantum(decimals)
     seed_sample = Sample(bounds[0], seed) if seed is not None else None
-    nodes, spikes = _walk(seed_sample, samples, replacements, modulus)
+    nodes, spikes, dropouts = _walk(seed_sample, samples, replacements, modulus, rates)
     out: list[PeriodValue] = []
     if not nodes:
         for s, e in itertools.pairwise(bounds):
@@ -286,6 +349,8 @@ def close_periods(
                     flags.add(INTERPOLATED)
         if any(s <= t < e for t in spikes):
             flags.add(SPIKE)
+        if any(s <= t < e for t in dropouts):
+            flags.add(BAD_READ)
         if gap_ms is not None and EXTRAPOLATED in flags:
             flags.add(GAP)
         out.append(PeriodValue(s, e, v0, v1, c1 - c0, frozenset(flags)))

@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo
 from agent.accounting import statistics
 from agent.accounting.coal import CoalError, coefficients, format_decimal
 from agent.config import DATA_CODE, Config
+from agent.config.boundary import role_of
+from agent.config.codes import variety_of
 from agent.protocol.sealer import Sealer
 from buffer.store import Store
 
@@ -88,16 +90,20 @@ def seal_manual(store: Store, sealer: Sealer, body: dict[str, Any], period: str)
 
 
 def added_tce(cfg: Config, code: str, variety: str, unit: str, value: str) -> str | None:
-    """Tonnes of standard coal a manual value adds, as shown before it is saved; None when it
-    does not count (not an energy or working-medium class, or no variety)."""
+    """Tonnes of standard coal a manual value adds to 综合能源消费总量, as shown before it is
+    saved: negative for an output of the boundary; None when it does not count (a sub-meter,
+    not an energy or working-medium class, or no variety known for it)."""
     parse_code(code)
     v = parse_value(value)
-    if not variety or code.split("-")[3][:2] not in statistics.ENERGY_CLASSES:
+    role = role_of(code, cfg.boundary)
+    variety = variety or variety_of(code) or ""
+    if not variety or role not in ("input", "output"):
         return None
     try:
-        return format_decimal(coefficients(cfg.coefficients).tce(variety, unit.strip(), v))
+        t = coefficients(cfg.coefficients, cfg.coefficient).tce(variety, unit.strip(), v, code=code)
     except CoalError as e:
         raise ManualError(str(e)) from None
+    return format_decimal(t if role == "input" else -t)
 
 
 def enter_value(cfg: Config, code: str, value: str, unit: str, *, entered_ms: int,

@@ -32,10 +32,12 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from agent.accounting import counters, statistics
+from agent.accounting import counters, statistics, totals
 from agent.accounting.coal import coefficients
 from agent.accounting.counters import Replacement, Sample
-from agent.accounting.manual import REPLACEMENT_EVENT
+from agent.accounting.freeze import freeze_sample
+from agent.accounting.manual import REPLACEMENT_EVENT, manual_entries
+from agent.accounting.restate import restate_due
 from agent.accounting.statistics import STAT_DAY, STAT_INTERVAL, Item
 from agent.config import Config
 from agent.protocol.sealer import Sealer
@@ -61,7 +63,7 @@ class Reporter:
         self.sealer = sealer  # None: compute only (export)
         self.tz = cfg.tz
         self.items = statistics.reported_items(cfg)
-        self.coefs = coefficients(cfg.coefficients)
+        self.coefs = coefficients(cfg.coefficients, cfg.coefficient)
         self.minutes = cfg.schedule.interval_minutes
         self.poll_s = cfg.schedule.poll_interval
         # More than two polls missed in a row is a gap.
@@ -81,6 +83,7 @@ class Reporter:
         day_seqs, open_day = self._seal_days(now_ms, since, last_good)
         seqs += day_seqs
         seqs += self._seal_months(now_ms, since)
+        seqs += restate_due(self, now_ms)
         self._hold_readings(min(open_interval, open_day) - LOOKBACK_MS)
         return seqs
 
@@ -181,8 +184,10 @@ class Reporter:
         labels = [statistics.interval_label(s, self.tz) for s in bounds[:-1]]
         prev = statistics.interval_label(start_ms - step, self.tz)
         seeds = self._seeds("interval", prev)
+        rates = self._rates(statistics.local_day(start_ms, self.tz))
         per_item = {it: self._item_periods(it, bounds, seeds.get((it.meter, it.point)), now_ms,
-                                           STAT_INTERVAL) for it in self.items}
+                                           STAT_INTERVAL, rates=rates.get(it))
+                    for it in self.items}
         bodies = {}
         for k, label in enumerate(labels):
             bodies[label] = {
@@ -197,20 +202,30 @@ class Reporter:
         start = statistics.day_start_ms(day, self.tz)
         grid = statistics.interval_bounds(day, self.tz, self.minutes)
         seeds = self._seeds("daily", (day - timedelta(days=1)).isoformat())
+        rates = self._rates(day)
         items = []
         for it in self.items:
             (item,) = self._item_periods(it, [start, grid[-1]], seeds.get((it.meter, it.point)),
-                                         now_ms, STAT_DAY, grid=grid)
+                                         now_ms, STAT_DAY, grid=grid, rates=rates.get(it))
             items.append(item)
+        manual = self.manual_for(day.isoformat())
+        summary = statistics.energy_summary(items, self.coefs, self.cfg.boundary, manual)
+        items += totals.computed_items(summary, items, manual, self.cfg.boundary, STAT_DAY,
+                                       statistics.rfc3339(start, self.tz), statistics.INPUT_METER)
         body: dict[str, Any] = {
             "period": day.isoformat(),
             "period_start": statistics.rfc3339(start, self.tz),
             "interval_minutes": self.minutes,
             "poll_interval_ms": int(self.poll_s * 1000),
             "items": items,
+            "manual": manual,
         }
-        body.update(statistics.energy_summary(items, self.coefs))
+        body.update(summary)
         return body
+
+    def manual_for(self, period: str) -> list[dict[str, Any]]:
+        """The manual entries for exactly this day or month that no later entry supersedes."""
+        return totals.final_entries(manual_entries(self.store, period, period))
 
     def month_body(self, month: str, now_ms: int) -> dict[str, Any]:
         """From the sealed days of the month; a day not sealed (yet) is computed."""
@@ -224,10 +239,12 @@ class Reporter:
                 days.append(sealed[day.isoformat()])
             elif since <= day < today:
                 days.append(self.day_body(day, now_ms))
-        return statistics.month_body(month, self.tz, days, self.coefs)
+        return statistics.month_body(month, self.tz, days, self.coefs, self.cfg.boundary,
+                                     self.manual_for(month))
 
     def _item_periods(self, it: Item, bounds: list[int], seed: Decimal | None, now_ms: int,
-                      stat_type: int, grid: list[int] | None = None) -> list[dict[str, Any]]:
+                      stat_type: int, grid: list[int] | None = None,
+                      rates: counters.Rates | None = None) -> list[dict[str, Any]]:
         lo = bounds[0] - (0 if seed is not None else LOOKBACK_MS)
         hi = min(bounds[-1] + CONTEXT_MS, now_ms + 1)
         good = [r for r in self.store.readings.readings_for(it.meter, it.point, lo, hi) if _good(r)]
@@ -237,16 +254,29 @@ class Reporter:
         if it.kind == "counter":
             samples = [Sample(r.ts, counters.to_decimal(r.value, it.decimals)) for r in good
                        if r.value is not None]
+            frozen = None
+            if stat_type == STAT_DAY and it.freeze is not None:
+                reads = self.store.readings.readings_for(it.meter, it.freeze, bounds[-1], hi)
+                frozen = freeze_sample(reads, samples, bounds[-1], it.decimals, it.modulus)
+                if frozen is not None:
+                    samples = sorted([*samples, frozen], key=lambda x: x.ts)
             pvs = counters.close_periods(
                 bounds, samples, decimals=it.decimals, modulus=it.modulus, seed=seed,
-                replacements=self.replacements(it), gap_ms=self.gap_ms)
+                replacements=self.replacements(it), gap_ms=self.gap_ms,
+                rates=rates or counters.Rates(maximum=it.max_rate))
             for pv in pvs:
                 flags = set(pv.flags)
                 if any(pv.start <= t < pv.end for t in clock):
                     flags.add(counters.CLOCK)
+                extra = {}
+                if it.freeze is not None and stat_type == STAT_DAY:
+                    # Says how the day closed: the meter's freeze register, or interpolation.
+                    extra["closedBy"] = "freeze" if frozen is not None else "interpolation"
+                    if frozen is not None:
+                        flags.add(counters.FREEZE)
                 out.append(self._item(it, stat_type, pv.start, pv.end, pv.consumption, flags,
                                       good, grid, startValue=pv.start_value,
-                                      endValue=pv.end_value))
+                                      endValue=pv.end_value, **extra))
         else:
             for s, e in itertools.pairwise(bounds):
                 vals = [counters.to_decimal(r.value, it.decimals) for r in good
@@ -288,9 +318,27 @@ class Reporter:
         if not rows:
             return {}
         out = {}
-        for it in _body(rows[0].payload)["items"]:
+        for it in _body(rows[-1].payload)["items"]:  # the newest: a restatement is final
             if it.get("endValue"):
                 out[(it["meter"], it["point"])] = Decimal(it["endValue"])
+        return out
+
+    def _rates(self, day: date) -> dict[Item, counters.Rates]:
+        """Each counter's expected rate from its last sealed day in the week before `day` (its
+        own history), with its configured maximum: what a long outage may have hidden."""
+        rows = self.store.outbox.envelopes("daily", (day - timedelta(days=7)).isoformat(),
+                                           (day - timedelta(days=1)).isoformat())
+        values: dict[tuple[str, str], Decimal] = {}
+        for r in rows:  # oldest first: the newest day wins
+            for i in _body(r.payload)["items"]:
+                if i.get("kind") == "counter" and i["value"] not in ("", None) and \
+                        counters.NO_DATA not in i["flags"]:
+                    values[(i["meter"], i["point"])] = Decimal(i["value"])
+        out = {}
+        for it in self.items:
+            v = values.get((it.meter, it.point))
+            expected = v / 86_400_000 if v is not None and v > 0 else None
+            out[it] = counters.Rates(expected, it.max_rate)
         return out
 
     def _last_good(self, it: Item, now_ms: int) -> int | None:

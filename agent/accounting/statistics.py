@@ -3,7 +3,7 @@
 Pure functions over already-fetched data; agent/accounting/reports.py does the store reading and sealing.
 Values travel as decimal strings and are summed as Decimal, so a month is exactly the sum of its
 days (the monitoring system's data-quality requirements ask daily and monthly figures to agree
-within 5 %; here they agree exactly).
+within 5 %; here a month's items are the exact sums of its days').
 
 Every period is labelled with its local start, as the provincial data-quality evaluations
 require (e.g. Anhui's, http://www.boteman.cn/paper/315935852.html): interval "2026-11-21T10:15",
@@ -21,9 +21,12 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent.accounting.coal import CoalError, Coefficients, format_decimal
+from agent.accounting import totals
+from agent.accounting.coal import Coefficients, format_decimal
 from agent.accounting.counters import modulus_for
 from agent.config import Config
+from agent.config.codes import variety_of
+from agent.config.schema import BoundarySection
 
 STAT_INTERVAL, STAT_DAY, STAT_MONTH = 0, 1, 2
 INPUT_METER, INPUT_MANUAL = 4, 5
@@ -31,10 +34,6 @@ INCOMPLETE = "incomplete"  # a month with days missing
 # The regulator's data-quality line: values uploaded ÷ values expected ≥ 90 % per item (the
 # monitoring system's data-quality requirements).
 COMPLETENESS_MIN = 0.90
-# Data classes (CC of PP-UU-EEEE-CCTTTT-DD) that are energy or energy-consuming working media
-# and so count towards comprehensive energy consumption; 04 products, 08 indicators do not.
-ENERGY_CLASSES = frozenset({"01", "02", "03"})
-WHOLE_PLANT = "00-00-0000-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +48,24 @@ class Item:
     kind: str  # counter | instantaneous
     decimals: int
     modulus: Decimal | None
+    max_rate: Decimal | None = None  # plausible maximum, units per ms (PointConfig.max_rate)
+    freeze: str | None = None  # the meter's point holding this counter's daily freeze
 
 
 def reported_items(cfg: Config) -> list[Item]:
     """Every point with a data code, in config order."""
     out = []
     for m in cfg.meter:
+        freezes = m.freezes()
         for p in m.points:
             if p.code is None:
                 continue
             d = p.value_decimals
             mod = modulus_for(p.type, p.scale, p.modulus, d) if p.kind == "counter" else None
-            out.append(Item(m.name, p.name, p.code, p.variety or "", p.unit, p.kind, d, mod))
+            rate = Decimal(repr(p.max_rate)) / 3_600_000 if p.max_rate else None
+            variety = p.variety or variety_of(p.code) or ""
+            out.append(Item(m.name, p.name, p.code, variety, p.unit, p.kind, d, mod, rate,
+                            freezes.get(p.name)))
     return out
 
 
@@ -185,66 +190,43 @@ def mean(values: Sequence[Decimal], decimals: int) -> Decimal | None:
     return (sum(values, Decimal(0)) / len(values)).quantize(q, rounding=ROUND_HALF_UP)
 
 
-def energy_summary(items: Sequence[dict[str, Any]], coefs: Coefficients) -> dict[str, Any]:
-    """tce per variety and the comprehensive total for a day's or month's counter items.
-
-    Each energy is counted once: when a variety has whole-plant items (data code
-    00-00-0000-…) only those count, otherwise all its items do (a site metering only its
-    sub-circuits). Only energy and working-media classes (01, 02, 03) count; an item whose
-    variety has no coefficient or whose unit cannot be converted is listed in `unconverted`.
-    """
-    by_variety: dict[str, list[dict[str, Any]]] = {}
-    unconverted: list[str] = []
-    for it in items:
-        if it["kind"] != "counter" or not it["variety"] or it["value"] == "":
-            continue
-        if it["dataCode"].split("-")[3][:2] not in ENERGY_CLASSES:
-            continue
-        by_variety.setdefault(it["variety"], []).append(it)
-    tce: dict[str, Decimal] = {}
-    for variety, its in sorted(by_variety.items()):
-        plant = [i for i in its if i["dataCode"].startswith(WHOLE_PLANT)]
-        for it in plant or its:
-            try:
-                t = coefs.tce(variety, it["unit"], Decimal(it["value"]))
-            except CoalError:
-                unconverted.append(it["dataCode"])
-                continue
-            tce[variety] = tce.get(variety, Decimal(0)) + t
-    return summary_fields(tce, coefs, unconverted)
-
-
-def summary_fields(tce: dict[str, Decimal], coefs: Coefficients,
-                   unconverted: Sequence[str] = ()) -> dict[str, Any]:
-    used = {v: format_decimal(coefs.kgce[v]) for v in tce if v in coefs.kgce}
-    return {
-        "tce": {v: format_decimal(t) for v, t in sorted(tce.items())},
-        "total_tce": format_decimal(sum(tce.values(), Decimal("0.0000"))),
-        "coefficients": used,  # kgce per base unit, as applied
+def energy_summary(items: Sequence[dict[str, Any]], coefs: Coefficients,
+                   boundary: BoundarySection | None = None,
+                   manual: Sequence[dict[str, Any]] = (), expected: Iterable[str] = ()
+                   ) -> dict[str, Any]:
+    """综合能源消费总量 of a day's or month's items and manual entries (agent/accounting/totals.py),
+    with the coefficients and the electricity convention it used."""
+    s = totals.energy_total(items, manual, coefs, boundary or BoundarySection(), expected)
+    used = {v: format_decimal(coefs.kgce[v]) for v in
+            {p["variety"] for p in s["boundary"]} if v in coefs.kgce}
+    s.update({
+        "coefficients": dict(sorted(used.items())),  # kgce per base unit, as applied
+        "code_coefficients": {c: format_decimal(k) for c, k in sorted(coefs.per_code.items())},
         "electricity_convention": coefs.electricity_convention,
         "electricity_coefficient": format_decimal(coefs.kgce["electricity"]),
-        "unconverted": sorted(set(unconverted)),
-    }
+    })
+    return s
 
 
-def month_body(month: str, tz: ZoneInfo, days: Sequence[dict[str, Any]],
-               coefs: Coefficients) -> dict[str, Any]:
-    """A month from its days' bodies: every value and tce is the exact sum of the days'.
+def month_body(month: str, tz: ZoneInfo, days: Sequence[dict[str, Any]], coefs: Coefficients,
+               boundary: BoundarySection | None = None,
+               month_manual: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """A month from its days' bodies: every item's value is the exact sum of the days'.
 
     `days` are the daily bodies available (sealed or computed); a missing day, or a day where
-    an item has no value, marks that item "incomplete".
+    an item has no value, marks that item "incomplete". The total and unit consumption are
+    computed again from the month's sums and the manual entries that cover the month: the days'
+    entries, unless an entry for the whole month replaces them for its code (an invoice).
     """
+    b = boundary or BoundarySection()
     expected = len(month_days(month))
     start = rfc3339(day_start_ms(month_days(month)[0], tz), tz)
     acc: dict[tuple[str, str, str], dict[str, Any]] = {}
     order: list[tuple[str, str, str]] = []
-    tce: dict[str, Decimal] = {}
-    unconverted: set[str] = set()
     for body in days:
-        unconverted.update(body.get("unconverted", []))
-        for v, t in body.get("tce", {}).items():
-            tce[v] = tce.get(v, Decimal(0)) + Decimal(t)
         for it in body["items"]:
+            if it.get("kind") in totals.COMPUTED_KINDS:
+                continue
             key = (it["meter"], it["point"], it["dataCode"])
             if key not in acc:
                 order.append(key)
@@ -272,7 +254,13 @@ def month_body(month: str, tz: ZoneInfo, days: Sequence[dict[str, Any]],
             "flags": sorted(flags), "days": len(values), "daysExpected": expected,
         })
         items.append(it)
+    whole = {m["dataCode"] for m in month_manual}
+    manual = [*month_manual, *(m for body in days for m in body.get("manual", [])
+                               if m["dataCode"] not in whole)]
+    declared = [*b.inputs, *b.outputs]
+    summary = energy_summary(items, coefs, b, manual, expected=declared)
+    items += totals.computed_items(summary, items, manual, b, STAT_MONTH, start, INPUT_METER)
     body = {"period": month, "period_start": start, "days": len(days),
-            "days_expected": expected, "items": items}
-    body.update(summary_fields(tce, coefs, sorted(unconverted)))
+            "days_expected": expected, "items": items, "manual": manual}
+    body.update(summary)
     return body

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import sys
 import time
@@ -18,7 +19,7 @@ from agent.commands._common import add_config_argument, load_or_exit
 
 COLUMNS = ["type", "period", "status", "envelope", "dataCode", "meter", "point", "variety",
            "unit", "value", "statType", "inputType", "periodStart", "flags", "samples",
-           "samplesExpected", "completeness", "note", "supersedes"]
+           "samplesExpected", "completeness", "note", "supersedes", "reason"]
 NOT_SEALED = "not yet sealed"
 
 
@@ -99,7 +100,18 @@ def export_rows(rep: Any, store: Any, *, day: str | None, month: str | None,
     for type_, period, status, env, body in [main, *parts]:
         for it in body["items"]:
             yield {"type": type_, "period": period, "status": status, "envelope": env, **it,
-                   "flags": ";".join(it["flags"])}
+                   "flags": ";".join(it["flags"]), "supersedes": body.get("supersedes", ""),
+                   "reason": it.get("reason") or body.get("restated", "")}
+    # The history of restatements: every earlier envelope of the period, with what replaced it.
+    kind, period = ("daily", day) if day is not None else ("monthly", month)
+    rows = store.outbox.envelopes(kind, period, period)
+    for old, newer in itertools.pairwise(rows):
+        body = json.loads(old.payload)["body"]
+        for it in body["items"]:
+            yield {"type": kind, "period": period, "status": f"superseded by {newer.id}",
+                   "envelope": old.id, **it, "flags": ";".join(it["flags"]),
+                   "supersedes": body.get("supersedes", ""),
+                   "reason": json.loads(newer.payload)["body"].get("restated", "")}
     for env, it in manual_entries(store, period_from, period_to):
         yield {"type": "manual", "period": it["period"], "status": "sealed", "envelope": env,
                **it}
@@ -114,8 +126,9 @@ def export_rows(rep: Any, store: Any, *, day: str | None, month: str | None,
 
 def _report(store: Any, type_: str, period: str, compute: Any) -> tuple[str, str, str, str, Any]:
     rows = store.outbox.envelopes(type_, period, period)
-    if rows:
-        return type_, period, "sealed", rows[0].id, json.loads(rows[0].payload)["body"]
+    if rows:  # the newest envelope of a period is its final value (a restatement)
+        status = "sealed" if len(rows) == 1 else f"sealed, restated {len(rows) - 1}×"
+        return type_, period, status, rows[-1].id, json.loads(rows[-1].payload)["body"]
     return type_, period, NOT_SEALED, "", compute()
 
 
@@ -123,7 +136,7 @@ def _intervals(rep: Any, store: Any, grid: list[int], now_ms: int) -> list[Any]:
     from agent.accounting import statistics
 
     labels = [statistics.interval_label(s, rep.tz) for s in grid[:-1]]
-    sealed = {r.period: r for r in store.outbox.envelopes("interval", labels[0], labels[-1])}
+    sealed = {r.period: r for r in store.outbox.envelopes("interval", labels[0], labels[-1])}  # newest wins
     computed: dict[str, Any] = {}
     if any(lab not in sealed for lab in labels):
         computed = rep.interval_bodies(grid[0], grid[-1], now_ms)

@@ -48,6 +48,7 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
     from agent.accounting.reports import completeness
     from agent.accounting.statistics import COMPLETENESS_MIN, day_start_ms, local_day
     from agent.runtime.read_plans import load_read_plan
+    from buffer.retention import storage_alarm
 
     statuses = {s.meter: s for s in store.state.meter_statuses()}
     # The stored health carries last-good times of up to a minute ago; the samples committed
@@ -90,8 +91,13 @@ def collect(cfg: Any, store: Any, now_ms: int) -> dict[str, Any]:
         if counters.get(name):
             hint = " — `energy-agent resend` lists them" if name == "rejected_envelopes" else ""
             warnings.append(f"{name.replace('_', ' ')}: {counters[name]}{hint}")
+    alarm = storage_alarm(store)
+    if alarm is not None:
+        warnings.append(f"storage alarm: {alarm['used_bytes']} bytes used, budget "
+                        f"{alarm['budget_bytes']} — {alarm['reason']}")
     return {
         "now_ms": now_ms, "store": str(cfg.db_path), "store_bytes": store.size_bytes(),
+        "storage_alarm": alarm,
         "meters": meters,
         # Set on the agent's first day: completeness counts from its first poll, not midnight.
         "completeness_since_ms": since,

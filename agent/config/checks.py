@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from agent.accounting import coal
+from agent.config.boundary import check_boundary
 from agent.config.credit_code import credit_code_problem
 from agent.config.schema import DATA_CODE, MAX_CLIENT_ID_BYTES, MAX_TOPIC_PREFIX_BYTES, Config
 from agent.config.transport import is_loopback
@@ -108,6 +110,8 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
             elif m.address is not None:
                 units[m.bus, m.address] = i
         _resolve_points(m, key, err, profiles, shared, path.parent, protocol)
+    if not errors:
+        check_boundary(cfg, err, lambda v: v in coal.DEFAULTS or v in cfg.coefficients)
 
 
 def _check_address(m: MeterConfig, key: str, protocol: str, err: Any) -> None:

@@ -101,6 +101,30 @@ class StorageSection(Base, kw_only=True):
     retention_interval: Annotated[float, Meta(ge=1, le=86400)] = 3600.0  # seconds between passes
 
 
+class BoundarySection(Base, kw_only=True):
+    """The enterprise's metering boundary, by data code. A code's usage field (DD) gives its
+    default role through config/codes/usages.toml; these lists override it."""
+
+    inputs: list[str] = []  # bought in or received: counted into the total
+    outputs: list[str] = []  # sold or transferred out: subtracted
+    sub_meters: list[str] = []  # inside the boundary: kept and uploaded, never summed
+    # The item 综合能源消费总量 (tce) is uploaded under; class 08 = energy-efficiency indicators.
+    total_code: str = "00-00-0000-080000-00"
+    # product output code (class 04) -> code of its unit consumption (kgce per unit of product);
+    # a product not listed gets its own code with class 04 replaced by 08.
+    products: dict[str, str] = {}
+
+
+class CodeCoefficient(Base, kw_only=True):
+    """One data code's standard-coal coefficient: exactly one way of giving it."""
+
+    kgce: Annotated[float, Meta(gt=0, le=1e6)] | None = None  # kgce per base unit (kWh, kg, m3, MJ)
+    enthalpy_mj_per_kg: Annotated[float, Meta(gt=0, lt=5)] | None = None  # steam
+    pressure_mpa: Annotated[float, Meta(gt=0, le=22)] | None = None  # saturated steam, absolute
+    calorific_mj_per_m3: Annotated[float, Meta(gt=0, lt=100)] | None = None  # gas, net (低位)
+    source: str = ""  # where the figure comes from (test report, supplier invoice, …)
+
+
 class WebSection(Base, kw_only=True):
     """`energy-agent serve`: the energy manager's local web page (docs/web.md)."""
 
@@ -125,6 +149,8 @@ class Config(Base, kw_only=True):
     web: WebSection = msgspec.field(default_factory=WebSection)
     # energy variety -> kgce per unit (overrides GB/T 2589): positive, finite
     coefficients: dict[Name, Annotated[float, Meta(gt=0, le=1e6)]] = {}
+    coefficient: dict[str, CodeCoefficient] = {}  # data code -> its own coefficient
+    boundary: BoundarySection = msgspec.field(default_factory=BoundarySection)
     # Where this config was loaded from; not a TOML key.
     source: str = ""
     warnings: list[str] = []

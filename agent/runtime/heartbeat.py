@@ -16,6 +16,7 @@ from agent.protocol.canonical import canonical
 from agent.protocol.envelope import will_topic
 from agent.protocol.signing import Signer
 from buffer.names import MQTT
+from buffer.retention import storage_alarm
 from buffer.store import Store
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ class Heartbeat:
             "overruns": {b.bus: b.overruns for b in sorted(live.buses, key=lambda b: b.bus)
                          if b.overruns},
         }
+        alarm = storage_alarm(self.store)
+        if alarm is not None:
+            body["storage_alarm"] = alarm  # the budget cannot hold 6 months of reports
         return body
 
     def seal_status(self, sealer: Sealer, live: Live) -> int:

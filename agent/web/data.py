@@ -106,7 +106,9 @@ def overview(cfg: Config, store: Store, now_ms: int) -> dict[str, Any]:
     rows = []
     for it in today["items"]:
         ratio = ratios.get((it["meter"], it["point"]))
-        rows.append({"key": f"{it['meter']}.{it['point']}", "dataCode": it["dataCode"],
+        # The total and unit consumption are items without a meter: keyed by their code.
+        key = f"{it['meter']}.{it['point']}" if it["meter"] else it["dataCode"]
+        rows.append({"key": key, "dataCode": it["dataCode"],
                      "meter": it["meter"], "point": it["point"], "variety": it["variety"],
                      "unit": it["unit"], "kind": it["kind"], "value": it["value"],
                      "flags": it["flags"], "completeness": ratio,
