@@ -56,6 +56,15 @@ def summary(whys: list[str], most: int = 3) -> str:
     return "; ".join(distinct[:most]) + more
 
 
+class FramingError(ModbusIOException):
+    """A reply that does not frame as the answer to the request sent; `problem` says how.
+    Raised by a strict framer (drivers/modbus_tcp.py), which has closed the connection."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
 class _RequestFailed(Exception):
     """One request produced no usable registers. `answered`: the meter did reply."""
 
@@ -117,15 +126,16 @@ class RequestExecutor:
             for name in refused:
                 got[name] = Reading(meter.name, name, ts, None, Quality.EXCEPTION)
             whys.extend(dict.fromkeys(refused.values()))
-        link_down = split = False
+        split = False
+        link_down: Quality | None = None  # the connection is gone: what the rest become
         kept: list[ReadRequest] = []  # what is worth asking again next poll
         todo = deque(plan)
         sent = 0
         while todo:
             request = todo.popleft()
-            if link_down:
+            if link_down is not None:
                 # Nothing more can get through this cycle; the driver reconnects next read.
-                self._gaps(got, meter, request, Quality.TIMEOUT)
+                self._gaps(got, meter, request, link_down)
                 kept.append(request)
                 continue
             if sent and meter.pause_ms:
@@ -149,7 +159,8 @@ class RequestExecutor:
                     # A silent meter costs one request's timeout per cycle, not one per request.
                     raise MeterError(f"{meter.label}: {failure.what}", failure.quality) from None
                 answered = answered or failure.answered
-                link_down = failure.link_down
+                if failure.link_down:
+                    link_down = failure.quality
                 failures.append(failure)
                 self._gaps(got, meter, request, failure.quality)
                 continue
@@ -224,6 +235,12 @@ class RequestExecutor:
 
     def _failure(self, e: ModbusException | OSError, where: str) -> _RequestFailed:
         """What a pymodbus exception raised by a request means for its points."""
+        if isinstance(e, FramingError):
+            return _RequestFailed(
+                f"reply to {where} broke Modbus TCP framing ({e.problem}) — connection closed "
+                "and its buffer discarded; check for a faulty gateway or a second client",
+                Quality.CORRUPT, answered=True, link_down=True,
+            )
         if isinstance(e, ConnectionException):
             return _RequestFailed(
                 f"connection lost reading {where} — {self.no_reply_hint}",

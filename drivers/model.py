@@ -11,7 +11,26 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+from drivers.validation import pattern
+
+# Patterns are applied with re.search: \A and \Z, not ^ and $ (which lets a trailing newline
+# through), so a name that reaches a log line, a topic or a file name is exactly what it shows.
+Name = Annotated[str, pattern(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z",
+                               "a name of 1-64 letters, digits, '_', '.', '-' (first a letter or digit)")]
+# Free text that ends up in envelopes and logs (units): no control characters.
+Label = Annotated[str, pattern(r"\A[^\x00-\x1f\x7f]{0,32}\Z",
+                               "at most 32 characters, no control characters")]
+# A host name or address: no spaces, no control characters, at most a DNS name's 253.
+Host = Annotated[str, pattern(r"\A[^\x00-\x20\x7f/]{1,253}\Z",
+                              "a host name or IP address (1-253 characters, no spaces or '/')")]
+# A file path or device: no NUL (the OS refuses it with a ValueError), bounded by PATH_MAX.
+FilePath = Annotated[str, pattern(r"\A[^\x00]{1,4095}\Z",
+                                  "a file path of 1-4095 characters without NUL")]
+# Numbers a meter's reading is multiplied by, added to, or wraps at: finite and bounded, so a
+# value cannot become inf or nan on its way to an envelope (a TOML nan or 1e308 is refused).
+Scale = Annotated[float, Meta(ge=-1e12, le=1e12)]
+Offset = Annotated[float, Meta(ge=-1e15, le=1e15)]
+Modulus = Annotated[float, Meta(gt=0, le=2.0**64)]
 DataType = Literal["u16", "s16", "u32", "s32", "u64", "s64", "f32", "f64"]
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 Function = Literal["holding", "input"]
@@ -40,17 +59,17 @@ class Base(Struct, forbid_unknown_fields=True, kw_only=True):
 class BusConfig(Base, kw_only=True):
     name: Name
     kind: BusKind
-    host: str | None = None  # modbus-tcp, modbus-rtu-over-tcp
+    host: Host | None = None  # modbus-tcp, modbus-rtu-over-tcp
     port: Annotated[int, Meta(ge=1, le=65535)] | None = None
-    device: str | None = None  # serial kinds: /dev/ttyS1, /dev/ttyUSB0, or a pyserial URL
+    device: FilePath | None = None  # serial kinds: /dev/ttyS1, /dev/ttyUSB0, or a pyserial URL
     baud: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
     parity: Literal["N", "E", "O"] = "E"
     data_bits: Literal[7, 8] = 8
     stop_bits: Literal[1, 2] = 1
     timeout: Annotated[float, Meta(gt=0, le=30)] = 1.0  # seconds per request attempt
     retries: Annotated[int, Meta(ge=0, le=10)] = 1
-    offline_after: Annotated[int, Meta(ge=1)] = 3  # consecutive failed cycles
-    offline_cooldown: Annotated[float, Meta(gt=0)] = 300.0  # seconds before a retry probe
+    offline_after: Annotated[int, Meta(ge=1, le=1000)] = 3  # consecutive failed cycles
+    offline_cooldown: Annotated[float, Meta(gt=0, le=86400)] = 300.0  # seconds before a retry probe
 
 
 # frozen: load_config shares equal points between meters (see config_checks), so none may be
@@ -63,20 +82,20 @@ class PointConfig(Base, kw_only=True, frozen=True, gc=False):
     function: Function = "holding"
     type: DataType = "u16"
     order: ByteOrder = "ABCD"
-    scale: float = 1.0
-    offset: float = 0.0
-    unit: str = ""
+    scale: Scale = 1.0
+    offset: Offset = 0.0
+    unit: Label = ""
     kind: PointKind = "instantaneous"
-    variety: str | None = None  # energy variety, e.g. "electricity", "natural_gas"
+    variety: Name | None = None  # energy variety, e.g. "electricity", "natural_gas"
     code: str | None = None  # data code PP-UU-EEEE-CCTTTT-DD
     decimals: Annotated[int, Meta(ge=0, le=9)] | None = None
-    modulus: float | None = None  # counter roll-over value when not implied by the type
+    modulus: Modulus | None = None  # counter roll-over value when not implied by the type
     # DL/T 645 / CJ/T 188 (drivers/di_layout.py): the data identifier as the standard writes
     # it ("00010000", "901F"); where the value sits in the DI's reply data (`at`, bytes from
     # its start) and its BCD digit pattern (`format`, "XXXXXX.XX"); `signed`: sign in bit 7 of
     # the top byte; `unit_code`: a CJ/T 188 unit byte follows the value; `field`: a CJ/T 188
     # 901F field by name instead of at/format. Known DIs and fields fill these in on load.
-    di: Annotated[str, Meta(pattern=r"^[0-9A-Fa-f]{4}([0-9A-Fa-f]{4})?$")] | None = None
+    di: Annotated[str, Meta(pattern=r"\A[0-9A-Fa-f]{4}([0-9A-Fa-f]{4})?\Z")] | None = None
     at: Annotated[int, Meta(ge=0, le=250)] | None = None
     format: str | None = None
     signed: bool | None = None
@@ -120,7 +139,7 @@ class FrameOptions(Base, kw_only=True, frozen=True):
     value_order: ByteSequence = "low-first"  # BCD byte order of values (some vendors reverse)
     di_order: ByteSequence = "low-first"  # CJ/T 188: 901F is sent 1F 90 by the standard
     ser: bool = True  # CJ/T 188: a sequence byte (SER) follows the DI
-    meter_type: Annotated[str, Meta(pattern=r"^[0-9A-Fa-f]{2}$")] | None = None  # CJ/T 188 T
+    meter_type: Annotated[str, Meta(pattern=r"\A[0-9A-Fa-f]{2}\Z")] | None = None  # CJ/T 188 T
 
 
 class MeterConfig(Base, kw_only=True):
@@ -128,16 +147,17 @@ class MeterConfig(Base, kw_only=True):
     bus: Name
     unit: Annotated[int, Meta(ge=0, le=255)] = 1  # Modbus unit id (0 = broadcast is refused)
     # DL/T 645 / CJ/T 188: the meter number as printed on the nameplate (12 / 14 digits).
-    address: Annotated[str, Meta(pattern=r"^[0-9]{1,14}$")] | None = None
+    address: Annotated[str, Meta(pattern=r"\A[0-9]{1,14}\Z")] | None = None
     frame: FrameOptions | None = None  # overrides the profile's framing settings
-    profile: str | None = None
+    # A shipped profile's name, or a path to a profile file under the config's directory.
+    profile: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
     point: list[PointConfig] = []
     codes: dict[str, str] = {}  # point name -> data code, for points from a profile
     max_registers: Annotated[int, Meta(ge=1, le=125)] | None = None
     max_gap: Annotated[int, Meta(ge=0, le=124)] | None = None
     pause_ms: Annotated[int, Meta(ge=0, le=10000)] | None = None  # between requests
     connect_pause_ms: Annotated[int, Meta(ge=0, le=10000)] | None = None
-    probe_point: str | None = None
+    probe_point: Name | None = None
     # Filled by load_config from the profile and the inline points; not a TOML key.
     points: list[PointConfig] = []
 

@@ -6,10 +6,13 @@ wheel carries them as drivers/profiles; a source checkout keeps them in config/p
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from drivers.model import Profile
 from drivers.validation import decode_toml
+
+SHIPPED_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 def profile_dirs() -> list[Path]:
@@ -19,6 +22,8 @@ def profile_dirs() -> list[Path]:
 
 def load_profile(name: str) -> Profile:
     """The shipped profile `name`. KeyError if there is none; ConfigError if it is broken."""
+    if not SHIPPED_NAME.fullmatch(name):  # never a path: no '/', no '..', bounded length
+        raise KeyError(name)
     for d in profile_dirs():
         f = d / f"{name}.toml"
         if f.is_file():
@@ -30,5 +35,5 @@ def profile_names() -> list[str]:
     names: set[str] = set()
     for d in profile_dirs():
         if d.is_dir():
-            names.update(p.stem for p in d.glob("*.toml"))
+            names.update(p.stem for p in d.glob("*.toml") if SHIPPED_NAME.fullmatch(p.stem))
     return sorted(names)

@@ -19,25 +19,62 @@ from msgspec import Struct
 
 _T = TypeVar("_T")
 
+# What each string pattern of the structs means, for messages: msgspec only quotes the regex.
+PATTERN_HELP: dict[str, str] = {}
+
+
+def pattern(regex: str, help_text: str) -> Any:
+    """A msgspec Meta matching `regex`, described as `help_text` in error messages."""
+    PATTERN_HELP[repr(regex)] = help_text
+    return msgspec.Meta(pattern=regex)
+
+
 
 class ConfigError(Exception):
     """One or more configuration mistakes, each already one self-contained line."""
 
     def __init__(self, lines: list[str]):
+        # Whatever a value held (a newline, an escape sequence, 5000 characters), each mistake
+        # stays one readable line.
+        lines = [_printable(line) for line in lines]
         super().__init__("\n".join(lines))
         self.lines = lines
+
+
+MAX_LINE = 400
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(line: str) -> str:
+    line = _CONTROL.sub(lambda m: repr(m.group())[1:-1], line)
+    return line if len(line) <= MAX_LINE else line[: MAX_LINE - 1] + "…"
+
+
+# A config or profile is a few KiB; refuse to parse megabytes of something else.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+# Tables and arrays nest 5 deep in the agent's config (meter, point, value); anything much
+# deeper is a mistake, and unbounded depth would end in a RecursionError somewhere below.
+MAX_DEPTH = 16
 
 
 def decode_toml(path: Path, kind: type[_T], check_raw: Callable[[Path, dict[str, Any]], None] | None = None) -> _T:
     """Read `path` as TOML and convert it to `kind`. Raises ConfigError naming file and key."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError([f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, not a config"])
+        raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"]) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot read: {e}"]) from None
+        raise ConfigError([f"{path}: cannot read: {_one_line(e)}"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: (top level): nested too deep to parse"]) from None
+    if (where := _too_deep(raw)) is not None:
+        raise ConfigError([f"{path}: {where or '(top level)'}: nested deeper than {MAX_DEPTH} levels"])
     if check_raw is not None:
         check_raw(path, raw)
     _share_strings(raw, {})
@@ -45,6 +82,25 @@ def decode_toml(path: Path, kind: type[_T], check_raw: Callable[[Path, dict[str,
         return msgspec.convert(raw, kind, strict=True)
     except msgspec.ValidationError as e:
         raise ConfigError([f"{path}: {explain(str(e), kind)}"]) from None
+
+
+def _one_line(e: Exception) -> str:
+    return repr(str(e))[1:-1][:300]
+
+
+def _too_deep(raw: dict[str, Any]) -> str | None:
+    """The key path of the first value nested deeper than MAX_DEPTH, else None (iterative, so
+    the check itself cannot overflow the stack)."""
+    stack: list[tuple[Any, str, int]] = [(raw, "", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return where
+        if isinstance(node, dict):
+            stack.extend((v, _join(where, str(k)[:40]), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
+    return None
 
 
 def _share_strings(node: Any, seen: dict[str, str]) -> None:
@@ -82,7 +138,7 @@ def explain(text: str, root: type) -> str:
             want = "one of " + ",".join(map(str, choices))
         return f"{path or '(top level)'}: expected {want}, got {u.group(2)}"
     if u := re.match(r"Expected `str` matching regex (.+)", msg):
-        return f"{path}: expected a name of letters, digits, '_', '.', '-' (regex {u.group(1)})"
+        return f"{path}: expected {PATTERN_HELP.get(u.group(1), 'a string matching ' + u.group(1))}"
     msg = msg.replace("`", "")
     return f"{path or '(top level)'}: {msg[0].lower() + msg[1:] if msg else msg}"
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.agent_harness import REPO, CountingMeter, write_site
+from tests.example_config import example_text, key_material
 
 
 def agent(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -15,8 +16,12 @@ def agent(*argv: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, cwd=REPO)
 
 
-def test_check_config_json_has_the_read_plans() -> None:
-    r = agent("check-config", "--json", str(REPO / "config" / "agent.example.toml"))
+def test_check_config_json_has_the_read_plans(tmp_path: Path) -> None:
+    # The example as shipped, its key and certificate paths pointed at real files: check-config
+    # loads them as the daemon will.
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(example_text(key_material(tmp_path), str(tmp_path / "data")), encoding="utf-8")
+    r = agent("check-config", "--json", str(cfg))
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     lan = next(b for b in doc["buses"] if b["bus"] == "lan")

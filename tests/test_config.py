@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
+from agent.protocol.signing import generate_key
 from drivers.model import MeterConfig
 
 GOOD = """
@@ -41,9 +42,19 @@ kind = "counter"
 """
 
 
+def with_key(tmp_path: Path, text: str) -> str:
+    """The config with a real signing key and a data dir of the test's own: check-config
+    checks both (a key it cannot load would stop the daemon)."""
+    key = tmp_path / "signing.key"
+    if not key.exists():
+        generate_key(key)
+    text = text.replace("/nonexistent/signing.key", str(key))
+    return text.replace("[agent]\n", f'[agent]\ndata_dir = "{tmp_path / "data"}"\n', 1)
+
+
 def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     f = tmp_path / "agent.toml"
-    f.write_text(text, encoding="utf-8")
+    f.write_text(with_key(tmp_path, text), encoding="utf-8")
     return subprocess.run(
         [sys.executable, "-m", "agent", "check-config", str(f)],
         capture_output=True, text=True, timeout=60,
@@ -76,6 +87,7 @@ def test_good_config_passes_and_prints_plan(tmp_path: Path) -> None:
         (lambda s: s.replace('unit = "kWh"', 'unit = "kWh"\ncode = "01-02"'),
          "meter[0].point[0].code: expected a data code PP-UU-EEEE-CCTTTT-DD"),
         (lambda s: s.replace('[agent]', '[agent]\ntimezone = "Mars/Olympus"'), "agent.timezone"),
+        (lambda s: s.replace('[agent]', '[agent]\ntimezone = "Asia"'), "agent.timezone"),
         (lambda s: s.replace('unit = 1\n', 'unit = 1\nmax_registers = 1\n'),
          "meter[0].max_registers: point 'import_active_energy' is a u32 of 2 registers"),
     ],

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from agent.protocol.signing import generate_key
 from hil.serial_pair import serial_pair
 from hil.sim_di import DiLine, di_meter
 
@@ -35,6 +36,8 @@ async def cli(*args: str) -> tuple[int, str]:
 
 
 def write_config(tmp: Path, body: str) -> str:
+    if not (tmp / "key").exists():  # check-config loads the signing key, as run does
+        generate_key(tmp / "key")
     path = tmp / "agent.toml"
     path.write_text(HEAD.format(d=tmp) + body, encoding="utf-8")
     return str(path)

@@ -382,26 +382,29 @@ async def crafted_server(reply: Callable[[int, int, int, int], bytes]) -> asynci
 
 def test_a_reply_that_does_not_fit_the_request_is_corrupt() -> None:
     # Register 0 gets one register too many, register 100 an answer to function 4: neither
-    # answers the request sent, whatever its transaction id says.
+    # answers the request sent, whatever its transaction id says. Each closes the connection.
     def reply(fc: int, start: int, count: int, tid: int) -> bytes:
         if start == 0:
             return struct.pack(">BB", fc, 2 * (count + 1)) + b"\x00\x01" * (count + 1)
         return struct.pack(">BB", 4, 2 * count) + b"\x00\x02" * count
 
-    points = [PointConfig(name="a", register=0), PointConfig(name="b", register=100)]
-
     async def main() -> None:
         server = await crafted_server(reply)
         port = server.sockets[0].getsockname()[1]
         driver = ModbusTcpDriver(bus_for(port, timeout=0.3, retries=0))
+        reasons = []
         try:
-            rows = await driver.read(meter(points, max_gap=0))
+            for register in (0, 100):
+                rows = await driver.read(meter([PointConfig(name="a", register=register)]))
+                assert [(r.quality, r.value) for r in rows] == [(Quality.CORRUPT, None)]
+                reasons += driver.last_failures("main-incomer")
         finally:
             await driver.close()
             server.close()
-        assert [(r.quality, r.value) for r in rows] == [(Quality.CORRUPT, None)] * 2
-        reasons = driver.last_failures("main-incomer")
-        assert reasons[0].startswith("reply to holding 0..0 has 2 registers, not 1")
-        assert reasons[1].startswith("reply with function 4 to holding 100..100 (function 3)")
+        assert reasons[0].startswith("reply to holding 0..0 broke Modbus TCP framing (byte count 4 "
+                                     "in MBAP length 7, expected 2 in 5) — connection closed")
+        assert reasons[1].startswith("reply to holding 100..100 broke Modbus TCP framing "
+                                     "(function 4, expected 3)")
+        assert driver.connects == 2
 
     asyncio.run(main())

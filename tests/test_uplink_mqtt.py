@@ -293,7 +293,23 @@ def test_missing_tls_files_are_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="pw"):
         MqttUplink(cfg, E, G)
     (tmp_path / "pw").write_text("secret\n")
-    MqttUplink(cfg, E, G)  # readable: fine
+    (tmp_path / "pw").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"password file is accessible by group or others \(mode 0644\)"):
+        MqttUplink(cfg, E, G)
+    (tmp_path / "pw").chmod(0o600)
+    MqttUplink(cfg, E, G)  # readable by its owner only: fine
+
+
+def test_a_client_key_others_can_read_is_refused(pki: Path, tmp_path: Path) -> None:
+    key = tmp_path / "client.key"
+    key.write_bytes((pki / "client.key").read_bytes())
+    key.chmod(0o644)
+    cfg = platform(1883, tls=True, ca_file=str(pki / "ca.crt"),
+                   cert_file=str(pki / "client.crt"), key_file=str(key))
+    with pytest.raises(ConfigError, match=r"TLS client key is accessible by group or others \(mode 0644\)"):
+        MqttUplink(cfg, E, G)
+    key.chmod(0o600)
+    MqttUplink(cfg, E, G)
 
 
 def test_publish_packet_size_as_mqtt_counts_it() -> None:

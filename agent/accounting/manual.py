@@ -14,6 +14,7 @@ the daemon sealing at the same moment only makes one of the two wait for the loc
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import date, datetime
 from decimal import Decimal
@@ -117,7 +118,8 @@ def enter_value(cfg: Config, code: str, value: str, unit: str, *, entered_ms: in
     body, period = manual_body(code, value, unit, tz=cfg.tz, entered_ms=entered_ms, month=month,
                                day=day, note=note, supersedes=supersedes, variety=variety)
     try:
-        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
+        # An operator's action: root may use the key the service user owns (run may not).
+        signer = load_signer(cfg.signing.key_file, cfg.signing.key_id, any_owner=os.geteuid() == 0)
         store = Store(cfg.db_path, destination_types(cfg))
     except (KeyFileError, StoreError) as e:
         raise ManualError(str(e)) from None

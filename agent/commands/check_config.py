@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_or_exit(args.file or args.config)
+    cfg = load_or_exit(args.file or args.config, preflight=True)
     report = collect(cfg)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))

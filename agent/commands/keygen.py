@@ -80,6 +80,6 @@ def run(args: argparse.Namespace) -> int:
     print(public_key_pem(raw), end="")
     if key_id_override and key_id_override != key_id:
         print()
-        print(f"note: the config sets signing.key_id = {key_id_override!r}; envelopes will carry that "
-              "kid, so register the key under it (or remove it to use the derived one)")
+        print(f"note: the config sets signing.key_id = {key_id_override!r}, which is not this key's "
+              f"id: remove it (or set {key_id!r}) — check-config and run refuse any other")
     return 0

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_or_exit(args.config)  # also refuses a non-loopback listen without TLS and login
-    from agent.config.checks import is_loopback
+    from agent.config.transport import is_loopback
     from agent.protocol.signing import KeyFileError, load_signer
     from agent.web.auth import PasswordFileError, read_password_file
 

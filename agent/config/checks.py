@@ -6,7 +6,6 @@ Each problem is one line naming the key path; `check` also resolves every meter'
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,11 @@ from agent.config.boundary import check_boundary
 from agent.config.credit_code import credit_code_problem
 from agent.config.destinations import resolve_destinations
 from agent.config.schema import DATA_CODE, Config
+from agent.config.transport import is_loopback
 from drivers.di_layout import resolve_point
 from drivers.model import BUS_PROTOCOL, SERIAL_KINDS, MeterConfig, PointConfig, Profile, ProfileInfo
 from drivers.profiles import load_profile, profile_names
-from drivers.validation import ConfigError
+from drivers.validation import ConfigError, decode_toml
 
 
 def check(cfg: Config, path: Path, errors: list[str]) -> None:
@@ -38,10 +38,14 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
         err("agent.enterprise", f"expected letters and digits only, got {cfg.agent.enterprise!r}")
     try:
         ZoneInfo(cfg.agent.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory such as "Asia"
         err("agent.timezone", f"expected an IANA time zone like Asia/Shanghai, got {cfg.agent.timezone!r}")
+    if not cfg.agent.data_dir.startswith("/"):
+        err("agent.data_dir", f"expected an absolute path, got {cfg.agent.data_dir!r}")
 
     resolve_destinations(cfg, err)
+    if cfg.platform is not None and cfg.platform.allow_plaintext is not None and cfg.platform.tls:
+        cfg.warnings.append(f"{path}: platform.allow_plaintext: ignored, tls = true")
 
     check_web(cfg, err)
 
@@ -86,7 +90,7 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
                 units[m.bus, m.unit] = i
             if m.unit == 0:
                 err(f"{key}.unit", "expected 1–247 (0 is broadcast and never answers)")
-            if m.address is not None:
+            if m.address is not None and m.bus in kinds:  # an unknown bus is reported above
                 err(f"{key}.address", f"not used on a Modbus bus; give unit (bus {m.bus!r} is {kinds[m.bus]})")
         else:
             _check_address(m, key, protocol, err)
@@ -95,7 +99,7 @@ def check(cfg: Config, path: Path, errors: list[str]) -> None:
                     f"meter[{units[m.bus, m.address]}]")
             elif m.address is not None:
                 units[m.bus, m.address] = i
-        _resolve_points(m, key, err, profiles, shared, protocol)
+        _resolve_points(m, key, err, profiles, shared, path.parent, protocol)
     if not errors:
         check_boundary(cfg, err, lambda v: v in coal.DEFAULTS or v in cfg.coefficients)
 
@@ -109,8 +113,28 @@ def _check_address(m: MeterConfig, key: str, protocol: str, err: Any) -> None:
         err(f"{key}.address", f"expected up to {digits} digits for {protocol}, got {m.address!r}")
 
 
+
+def _profile(name: str, config_dir: Path) -> Profile:
+    """A shipped profile by name, or a profile file given as a path under the config's own
+    directory (relative to it, or absolute inside it). KeyError: no such profile; ConfigError:
+    a path outside the directory, or a broken file."""
+    if "/" not in name and not name.endswith(".toml"):
+        return load_profile(name)
+    base = config_dir.resolve()
+    try:
+        target = (base / name).resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise ConfigError([f"cannot resolve: {e}"]) from None
+    if not target.is_relative_to(base) or target.suffix != ".toml":
+        raise ConfigError([f"expected a shipped profile name or a .toml file under {base}"])
+    if not target.is_file():
+        raise ConfigError([f"{target}: file not found"])
+    return decode_toml(target, Profile)
+
+
 def _resolve_points(
     m: MeterConfig, key: str, err: Any, profiles: dict[str, Profile], shared: dict[PointConfig, PointConfig],
+    config_dir: Path,
     protocol: str = "modbus",
 ) -> None:
     points: list[PointConfig] = []
@@ -119,12 +143,13 @@ def _resolve_points(
         try:
             prof = profiles.get(m.profile)
             if prof is None:
-                prof = profiles[m.profile] = load_profile(m.profile)
+                prof = profiles[m.profile] = _profile(m.profile, config_dir)
         except KeyError:
-            err(f"{key}.profile", f"unknown profile {m.profile!r} (known: {', '.join(profile_names())})")
+            err(f"{key}.profile", f"unknown profile {m.profile[:80]!r} (known: {', '.join(profile_names())}; "
+                "or a path to a .toml file under the config's directory)")
             return
         except ConfigError as e:
-            err(f"{key}.profile", f"profile {m.profile!r} is broken: {e.lines[0]}")
+            err(f"{key}.profile", f"profile {m.profile[:80]!r}: {e.lines[0]}")
             return
         info = prof.profile
         if info.protocol != protocol:
@@ -209,18 +234,11 @@ def _check_point(p: PointConfig, key: str, err: Any, protocol: str = "modbus") -
         err(f"{key}.di", "not used on a Modbus bus; give register")
     if p.register + p.count > 65536:
         err(f"{key}.register", f"a {p.type} at {p.register} runs past register 65535")
-    if p.scale == 0:
-        err(f"{key}.scale", "expected a non-zero number")
+    if abs(p.scale) < 1e-12:
+        err(f"{key}.scale", "expected a non-zero number (at least 1e-12 in magnitude)")
     if p.modulus is not None and p.kind != "counter":
         err(f"{key}.modulus", "only counters roll over; set kind = \"counter\" or remove modulus")
 
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def check_web(cfg: Config, err: Any) -> None:

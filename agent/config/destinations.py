@@ -20,6 +20,8 @@ import msgspec
 from agent.config.schema import (
     DATA_CODE,
     ENVELOPE_TYPES,
+    MAX_CLIENT_ID_BYTES,
+    MAX_TOPIC_PREFIX_BYTES,
     PROVINCE_TYPES,
     Config,
     Destination,
@@ -84,8 +86,11 @@ def check_mqtt_settings(d: PlatformSection, key: str, say: Err) -> None:
         say(f"{key}.cert_file", "cert_file and key_file go together (TLS client certificate)")
     if (d.ca_file or d.cert_file) and not d.tls:
         say(f"{key}.tls", "expected true when ca_file or cert_file is set")
-    if "#" in d.topic_prefix or "+" in d.topic_prefix or d.topic_prefix.endswith("/"):
-        say(f"{key}.topic_prefix", f"expected an MQTT topic without wildcards, got {d.topic_prefix!r}")
+    if problem := topic_prefix_problem(d.topic_prefix):
+        say(f"{key}.topic_prefix", f"{problem}, got {d.topic_prefix[:80]!r}")
+    if d.client_id is not None and not 1 <= len(d.client_id.encode()) <= MAX_CLIENT_ID_BYTES:
+        say(f"{key}.client_id", f"expected 1-{MAX_CLIENT_ID_BYTES} bytes of UTF-8, "
+            f"got {len(d.client_id.encode())}")
     if d.ack == "platform":
         from agent.protocol.acks import AckKeyError, load_ack_keys
 
@@ -142,6 +147,21 @@ def _check_province(d: ProvinceHttpsDestination, key: str, say: Err) -> None:
                 float(getattr(it, field))
             except ValueError:
                 say(f"{key}.item[{j}].{field}", f"expected a decimal number, got {getattr(it, field)!r}")
+
+
+def topic_prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot start the agent's MQTT topics (MQTT 3.1.1 §4.7), or None."""
+    if not prefix:
+        return "expected a topic prefix such as \"energy\""
+    if "#" in prefix or "+" in prefix:
+        return "expected an MQTT topic without the wildcards + and #"
+    if prefix.startswith("$"):
+        return "expected a topic not starting with $ (reserved for the broker, e.g. $SYS)"
+    if prefix.endswith("/"):
+        return "expected no trailing /"
+    if len(prefix.encode()) > MAX_TOPIC_PREFIX_BYTES:
+        return f"expected at most {MAX_TOPIC_PREFIX_BYTES} bytes of UTF-8"
+    return None
 
 
 def resolve_destinations(cfg: Config, err: Err) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from nacl.signing import SigningKey
+
+from agent.config.secret_files import SecretFileError, SecretFileMissing, read_secret
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,10 +25,8 @@ if TYPE_CHECKING:
 # make the same signature of the same bytes with the same key (tests/test_signing.py).
 # `cryptography` is imported only to write a key file, or to read one in another form.
 
-# Group/other bits of any kind: a key others can read is no longer this gateway's identity,
-# and one others can write can be swapped for theirs.
-_FOREIGN_ACCESS = stat.S_IRWXG | stat.S_IRWXO
-_MAX_KEY_FILE = 64 * 1024  # a PKCS8 Ed25519 PEM is ~120 bytes; refuse to slurp anything huge
+# Mode and owner rules for the key file, shared with the other secret files:
+# agent/config/secret_files.py.
 
 # RFC 8410 section 7: an Ed25519 PKCS8 v1 key is always these 16 DER bytes and then the 32-byte
 # seed: SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }.
@@ -125,33 +124,19 @@ def public_key_pem(public_key_raw: bytes) -> str:
     ).decode("ascii")
 
 
-def load_signer(path: str | Path, key_id: str | None = None) -> Ed25519Signer:
-    """Load the gateway's key; refuse (KeyFileError) a missing, exposed or foreign-format file."""
+def load_signer(path: str | Path, key_id: str | None = None, any_owner: bool = False) -> Ed25519Signer:
+    """Load the gateway's key; refuse (KeyFileError) a missing, exposed, foreign-owned or
+    foreign-format file. `any_owner`: see secret_files.access_problem."""
     path = Path(path)
     try:
-        # Check the mode of the file actually opened (fstat), not of a path that may change.
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        data = read_secret(str(path), "signing key", any_owner)
+    except SecretFileMissing:
         raise KeyFileError(
             f"{path}: signing key not found — create it with `energy-agent keygen --key {path}`"
         ) from None
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot open signing key: {e.strerror}") from None
+    except SecretFileError as e:
+        raise KeyFileError(str(e)) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{path}: signing key is not a regular file")
-        if st.st_mode & _FOREIGN_ACCESS:
-            raise KeyFileError(
-                f"{path}: signing key is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}) — run `chmod 600 {path}`"
-            )
-        data = os.read(fd, _MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
-    try:
-        if len(data) > _MAX_KEY_FILE:
-            raise ValueError("file too large")
         return Ed25519Signer.from_pem(data, key_id)
     except (ValueError, TypeError) as e:
         # TypeError: an encrypted PEM (no password given); ValueError: not PEM / not Ed25519.

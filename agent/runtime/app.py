@@ -345,15 +345,22 @@ class App:
                      s.budget_mb, report.bytes_after)
 
 
-async def serve(cfg: Config) -> int:
-    """Load the key, open the store on its thread, build the App and run it."""
+async def build(cfg: Config) -> App:
+    """Load the key, open the store on its thread, build the App: everything short of a
+    connection or a started job. Whatever a config can break breaks here
+    (tests/test_config_fuzz.py builds it from every config check-config accepts)."""
     signer = load_signer(cfg.signing.key_file, cfg.signing.key_id)
     store_thread = StoreThread()
     # topic_of: a corrupt store's envelopes whose outbox row is gone can still be salvaged.
     assert cfg.platform is not None  # resolve_destinations leaves the topics' MQTT settings
     store = await store_thread.call(Store, cfg.db_path, destination_types(cfg), False, functools.partial(
         topic_for, cfg.platform.topic_prefix, cfg.agent.enterprise, cfg.agent.gateway))
-    return await App(cfg, store_thread, store, signer).run()
+    return App(cfg, store_thread, store, signer)
+
+
+async def serve(cfg: Config) -> int:
+    """Build the App and run it."""
+    return await (await build(cfg)).run()
 
 
 def run_agent(cfg: Config) -> int:

@@ -18,7 +18,6 @@ import logging
 import ssl
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -27,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConfigError, PlatformSection
 from agent.config.destinations import broker_list
+from agent.config.secret_files import SecretFileError, read_secret
 from agent.protocol.acks import MAX_ACK_BYTES, AckKeyError, AckRefused, load_ack_keys, parse_acks, printable
 from agent.protocol.envelope import ack_topic
 from agent.runtime.backoff import Backoff
@@ -111,6 +111,8 @@ class MqttUplink:
         )
         try:
             if cfg.tls:
+                if cfg.key_file:
+                    read_secret(cfg.key_file, "TLS client key")  # mode and owner, like the signing key
                 client.tls_set(
                     ca_certs=cfg.ca_file,
                     certfile=cfg.cert_file,
@@ -120,9 +122,12 @@ class MqttUplink:
             if cfg.username:
                 password = None
                 if cfg.password_file:
-                    password = Path(cfg.password_file).read_text(encoding="utf-8").strip()
+                    secret = read_secret(cfg.password_file, "password file")
+                    password = secret.decode("utf-8").strip()
                 client.username_pw_set(cfg.username, password)
-        except (OSError, ssl.SSLError) as e:
+        except SecretFileError as e:
+            raise ConfigError([f"platform: {e}"]) from None
+        except (OSError, ssl.SSLError, UnicodeDecodeError) as e:
             # Missing or unreadable key material is a configuration problem: one clear line.
             files = ", ".join(
                 f"{k} = {v}"

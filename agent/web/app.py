@@ -33,8 +33,8 @@ from starlette.routing import Route
 
 from agent.accounting import statistics
 from agent.config import Config
-from agent.config.checks import is_loopback
 from agent.config.destinations import destination_types
+from agent.config.transport import is_loopback
 from agent.web import auth, data, pages, series
 from agent.web.i18n import LANGS
 from buffer.store import Store, StoreError
