@@ -105,3 +105,57 @@ def test_hostile_text_from_a_meter_is_escaped_and_clipped() -> None:
     assert "\x1b" not in html and "x" * 200 not in html
     page = pages.layout("zh", "meters", "", query="item=a&lang=zh&day=<x>")
     assert 'href="?item=a&amp;day=&lt;x&gt;&amp;lang=en"' in page  # the switch keeps the rest, escaped
+
+
+def test_overview_shows_the_sealed_total_its_reason_and_the_restatement(tmp_path: Path) -> None:
+    from datetime import date
+
+    from agent.accounting.manual import manual_body, seal_manual
+    from agent.accounting.reports import Reporter
+    from agent.accounting.restate import restate_period
+    from agent.web import pages
+    from tests.test_reports import TZ, ms
+    from tests.test_totals import SITE, _day_of_reads, _site
+
+    cfg = load_config(_site(tmp_path, extra='[boundary]\ninputs = ["00-00-0000-010104-10"]\n'))
+    generate_key(cfg.signing.key_file)
+    now = ms("2026-12-01T09:00")
+    store = Store(tmp_path / "agent.db")
+    try:
+        sealer = Sealer(cfg, store, load_signer(cfg.signing.key_file), clock=lambda: now / 1000)
+        rep = Reporter(cfg, store, sealer)
+        # Incomer B silent all day: (60 000 − 30 000) kWh × 0.1229 = 3.6870 tce, incomplete.
+        _day_of_reads(store, "2026-11-21", "2026-11-22",
+                      {n: k for n, _, k in SITE if n != "incomer-b"})
+        sealer.seal("daily", rep.day_body(date(2026, 11, 21), now), period="2026-11-21")
+        sealer.seal("monthly", rep.month_body("2026-11", now), period="2026-11")
+        first = data.overview(cfg, store, now)["sealed"]
+        day, month = first["day"], first["month"]
+        assert day is not None and month is not None
+        assert (day["period"], day["total_tce"], day["dataCode"]) == ("2026-11-21", "3.6870", "00-00-0000-080000-00")
+        assert day["incomplete"] and day["reason"] == "01-01-0002-020201-10 (input, incomer-b.kwh): no value"
+        assert month["period"] == "2026-11" and month["total_tce"] == "3.6870" and month["incomplete"]
+        assert day["unit_consumption"] == [] and day["restatements"] == 0
+
+        # 250 t of product entered late: the day is restated; the newest envelope wins and
+        # carries the unit consumption, 3 687.0 kgce / 250 t = 14.7480 kgce/t.
+        b, period = manual_body("00-00-0000-040001-00", "250", "t", tz=TZ, entered_ms=now, day="2026-11-21")
+        seal_manual(store, sealer, b, period)
+        assert restate_period(rep, "daily", "2026-11-21", "output entered late", now)
+        d = data.overview(cfg, store, now)
+        day = d["sealed"]["day"]
+        assert day["restatements"] == 1 and day["restated"] == "output entered late"
+        assert day["supersedes"] == first["day"]["envelope"] and day["total_tce"] == "3.6870"
+        (uc,) = day["unit_consumption"]
+        assert (uc["dataCode"], uc["product"], uc["value"], uc["unit"]) == \
+            ("00-00-0000-080001-00", "00-00-0000-040001-00", "14.7480", "kgce/t")
+        assert uc["incomplete"]  # the total it divides is incomplete
+        html = pages.overview(d, "zh", TZ)
+        assert '<td class="num" id="sealed-total-day">3.6870</td>' in html
+        assert '<td class="num" id="sealed-total-month">' in html and "综合能源消费总量" in html
+        assert "01-01-0002-020201-10 (input, incomer-b.kwh): no value" in html and "不完整" in html
+        assert "单位产品综合能耗" in html and "14.7480 kgce/t" in html and "已更正 1 次" in html
+        en = pages.overview(d, "en", TZ)
+        assert "Comprehensive energy consumption per unit of product" in en and "restated 1×" in en
+    finally:
+        store.close()

@@ -21,6 +21,7 @@ from typing import Any
 from agent.accounting import statistics
 from agent.accounting.manual import manual_entries
 from agent.accounting.reports import SINCE_KEY, Reporter, completeness
+from agent.accounting.totals import INCOMPLETE, TOTAL_KIND, UNIT_KIND
 from agent.config import Config
 from agent.protocol.sealer import BUILD_DATE_MS, CLOCK_BEHIND_MS
 from buffer.store import Store
@@ -121,9 +122,44 @@ def overview(cfg: Config, store: Store, now_ms: int) -> dict[str, Any]:
         "tce": today.get("tce", {}), "total_tce": today.get("total_tce", ""),
         "electricity_convention": today.get("electricity_convention", ""),
         "month_to_date": month_to_date(cfg, store, now_ms, today),
+        "sealed": sealed_totals(store),
         "completeness_line": COMPLETENESS_MIN,
         "alarms": alarms(cfg, store, now_ms, rows),
     }
+
+
+def sealed_totals(store: Store) -> dict[str, dict[str, Any] | None]:
+    """综合能源消费总量 and each product's unit consumption of the newest sealed day and month,
+    as their envelopes state them: the total item, with `incomplete` and its reason; the
+    newest envelope of a period is its final value (a restatement, agent/accounting/restate.py).
+    None: no such envelope yet."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for key, type_ in (("day", "daily"), ("month", "monthly")):
+        # Periods are ISO dates, so the newest is the greatest; a restatement of an older one
+        # may be the newest envelope, so the period is looked up first, its final row second.
+        periods = store.outbox.sealed_periods(type_, "0000", "9999")
+        rows = store.outbox.envelopes(type_, max(periods), max(periods)) if periods else []
+        if not rows:
+            out[key] = None
+            continue
+        body = json.loads(rows[-1].payload)["body"]
+        total = next((it for it in body.get("items", []) if it.get("kind") == TOTAL_KIND), None)
+        out[key] = {
+            "period": body.get("period", rows[-1].period), "envelope": rows[-1].id,
+            "restatements": len(rows) - 1, "supersedes": body.get("supersedes", ""),
+            "restated": _clip(body.get("restated", ""), 500),
+            "dataCode": "" if total is None else total["dataCode"],
+            "total_tce": "" if total is None else total["value"],
+            "incomplete": total is not None and INCOMPLETE in total.get("flags", []),
+            "reason": "" if total is None else _clip(total.get("reason", ""), 1000),
+            "unit_consumption": [
+                {"dataCode": it["dataCode"], "product": it.get("product", ""), "value": it["value"],
+                 "unit": it["unit"], "output": it.get("output", ""),
+                 "incomplete": INCOMPLETE in it.get("flags", []),
+                 "reason": _clip(it.get("reason", ""), 1000)}
+                for it in body.get("items", []) if it.get("kind") == UNIT_KIND],
+        }
+    return out
 
 
 def alarms(cfg: Config, store: Store, now_ms: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

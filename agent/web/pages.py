@@ -97,6 +97,29 @@ def overview(d: dict[str, Any], lang: str, tz: ZoneInfo) -> str:
                      f'<td class="num">{e(mtd["values"].get(it["key"], ""))}</td>', e(it["unit"]),
                      f'<td class="num {"bad" if it["below_line"] else "ok"}" data-key="{e(it["key"])}" '
                      f'data-field="completeness">{pct(c)}</td>', e(flag_names(lang, it["flags"]))])
+    sealed = []
+    for key in ("day", "month"):
+        st = d["sealed"][key]
+        if st is None:
+            continue
+        status = (f'<td class="bad">{e(flag_names(lang, ["incomplete"]))}</td>' if st["incomplete"]
+                  else f'<td class="ok">{L("total.complete")}</td>')
+        restated = (f'{L("restated", n=st["restatements"])}: {e(st["restated"])}'
+                    if st["restatements"] else "")
+        sealed.append([f"{L('sealed.' + key)} {e(st['period'])}",
+                       f'<td class="num" id="sealed-total-{key}">{e(st["total_tce"] or "—")}</td>',
+                       status, f'<td class="reason">{e(st["reason"])}</td>', restated])
+        for uc in st["unit_consumption"]:
+            sealed.append([f"{L('sealed.' + key)} {e(st['period'])} · {L('unit_consumption')} "
+                           f"<small>{e(uc['dataCode'])} ({L('product')} {e(uc['product'])}, "
+                           f"{e(uc['output'])})</small>",
+                           f'<td class="num">{e(uc["value"] or "—")} {e(uc["unit"])}</td>',
+                           f'<td class="bad">{e(flag_names(lang, ["incomplete"]))}</td>'
+                           if uc["incomplete"] else f'<td class="ok">{L("total.complete")}</td>',
+                           f'<td class="reason">{e(uc["reason"])}</td>', ""])
+    sealed_table = (f"<h3>{L('sealed_totals')}</h3>"
+                    + table([L("period"), L("total_tce") + f" ({L('tce')})", L("state"), L("reason"),
+                             L("restatement")], sealed, "sealed-totals")) if sealed else ""
     alarms = "".join(f'<div class="alarm"><b>{L("alarm." + a["kind"])}</b> — {e(a["subject"])}: {e(a["detail"])}'
                      f'<br>{L("what_to_do")}: {L("do." + a["action"])}</div>' for a in d["alarms"])
     return (f"<h2>{L('today.so_far')} {e(d['day'])}</h2>{cards}"
@@ -104,6 +127,7 @@ def overview(d: dict[str, Any], lang: str, tz: ZoneInfo) -> str:
             + table([L("variety"), L("today") + " " + L("tce"), L("mtd") + " " + L("tce")], tce_rows)
             + table([L("data_code"), L("item"), L("variety"), L("today"), L("mtd"), L("unit"),
                      L("completeness") + f" <small>({L('completeness.line')})</small>", L("flags")], rows, "items")
+            + sealed_table
             + f"<h3>{L('alarms')}</h3>" + (alarms or f'<p class="ok">{L("alarms.none")}</p>'))
 
 
