@@ -81,11 +81,12 @@ def test_late_manual_entry_restates_day_and_month_and_reaches_the_platform(rig):
     # Every envelope, in order, through a real broker to the platform simulator: both
     # versions of the day and of the month are accepted (signature and chain verified).
     rows = []
-    for t in ("readings", "interval", "daily", "monthly", "manual", "status"):
+    for t in ("readings", "interval", "daily", "monthly", "manual", "status", "chain"):
         rows += store.outbox.envelopes(t)
     rows.sort(key=lambda r: r.seq)
     with Mosquitto() as broker:
-        sim = PlatformSim(broker.port, {signer.key_id: signer.public_key_raw},
+        gateway = (cfg.agent.enterprise, cfg.agent.gateway)
+        sim = PlatformSim(broker.port, {gateway: {signer.key_id: signer.public_key_raw}},
                           tmp / "platform.db").start()
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="agent-under-test")
         pub.connect("127.0.0.1", broker.port)
